@@ -1,0 +1,102 @@
+"""Film pixels -> the classifier's input: find the lungs, crop to them, equalise, blank the rest.
+
+Public COVID-19 collections are confounded with their hospitals: text markers, borders, exposure
+and film size tell the source, and the source tells the class. Cropping to the lung field,
+equalising the intensities inside it and blanking everything outside it takes those cues away.
+Training and inference share these functions so that both see identical inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+MIN_LUNG_FRACTION = 0.03  # below this the segmenter found no lungs: use the whole film instead
+
+
+def resize(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a float image (antialiased when shrinking, by Pillow)."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+                      .resize((width, height), Image.BILINEAR), dtype=np.float32)
+
+
+def equalize(a: np.ndarray, weight: np.ndarray | None = None, bins: int = 256) -> np.ndarray:
+    """Histogram equalisation to [0, 1], with the histogram taken where `weight` is high (the lungs)."""
+    idx = np.clip((a * (bins - 1)).round().astype(np.int64), 0, bins - 1)
+    hist = np.bincount(idx.ravel(), weights=None if weight is None else weight.ravel(), minlength=bins)
+    if hist.sum() <= 0:
+        hist = np.bincount(idx.ravel(), minlength=bins).astype(np.float64)
+    cdf = np.cumsum(hist)
+    cdf = (cdf - cdf[0]) / max(cdf[-1] - cdf[0], 1e-6)
+    return cdf[idx].astype(np.float32)
+
+
+def lung_input(pixels: np.ndarray, size: int) -> np.ndarray:
+    """The segmenter's input: the whole film squashed to size x size and equalised."""
+    return equalize(resize(pixels, size, size))
+
+
+def lung_box(mask: np.ndarray, margin: float) -> tuple[float, float, float, float] | None:
+    """(top, bottom, left, right) of the lung mask as fractions of the film, widened by `margin`."""
+    ys, xs = np.nonzero(mask > 0.5)
+    if len(ys) < MIN_LUNG_FRACTION * mask.size:
+        return None
+    h, w = mask.shape
+    t, b, l, r = ys.min() / h, (ys.max() + 1) / h, xs.min() / w, (xs.max() + 1) / w
+    mh, mw = (b - t) * margin, (r - l) * margin
+    return max(0.0, t - mh), min(1.0, b + mh), max(0.0, l - mw), min(1.0, r + mw)
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation then a soft edge, so that the lung borders and costophrenic angles stay in view."""
+    t = torch.from_numpy((mask > 0.5).astype(np.float32))[None, None]
+    if radius > 0:
+        t = torch.nn.functional.max_pool2d(t, 2 * radius + 1, stride=1, padding=radius)
+        t = torch.nn.functional.avg_pool2d(t, 2 * (radius // 2) + 1, stride=1, padding=radius // 2,
+                                           count_include_pad=False)
+    return t[0, 0].numpy()
+
+
+@dataclass
+class Prepared:
+    """What the classifier saw, and where it came from in the film."""
+
+    image: np.ndarray          # float32 SxS in [0, 1]: equalised lung crop, blanked outside the lungs
+    mask: np.ndarray           # float32 SxS soft lung mask in the crop (1 = seen)
+    box: tuple[float, float, float, float]  # crop (top, bottom, left, right), fractions of the film
+    lung_fraction: float       # share of the film the segmenter called lung (0 when none found)
+
+
+def prepare(pixels: np.ndarray, lung_prob: np.ndarray, size: int, margin: float, dilation: float,
+            blank: bool = True) -> Prepared:
+    """Crop the film to the lungs found in `lung_prob` (any resolution) and build the model's input."""
+    lung = lung_prob > 0.5
+    frac = float(lung.mean())
+    box = lung_box(lung_prob, margin)
+    h, w = pixels.shape
+    if box is None:  # no lungs found: whole film, nothing blanked; the OOD check reports it
+        box, frac = (0.0, 1.0, 0.0, 1.0), 0.0
+    t, b, l, r = box
+    crop = pixels[int(t * h): max(int(t * h) + 1, int(round(b * h))), int(l * w): max(int(l * w) + 1, int(round(r * w)))]
+    crop = resize(crop, size, size)
+    if frac == 0.0:
+        mask = np.ones((size, size), np.float32)
+    else:
+        mh, mw = lung_prob.shape
+        m = lung_prob[int(t * mh): max(int(t * mh) + 1, int(round(b * mh))),
+                      int(l * mw): max(int(l * mw) + 1, int(round(r * mw)))]
+        mask = dilate(resize(m.astype(np.float32), size, size), int(round(dilation * size)))
+    image = equalize(crop, mask)
+    if blank:
+        image = image * mask
+    return Prepared(image=image, mask=mask, box=box, lung_fraction=frac)
+
+
+def to_tensor(images: list[np.ndarray], mean: list[float], std: list[float]) -> torch.Tensor:
+    """Grayscale [0, 1] images -> normalised 3-channel batch (N, 3, S, S)."""
+    x = torch.from_numpy(np.stack(images))[:, None].expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous()
