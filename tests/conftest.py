@@ -1,0 +1,12 @@
+"""Shared test helpers. Real data lies beside the clone in ../shared (CI has it there too)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, e.g. shared_data("cxr", "MANIFEST.csv")."""
+    return SHARED.joinpath("data", *parts)
