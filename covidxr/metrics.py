@@ -1,0 +1,408 @@
+"""Binary screening metrics with honest uncertainty: pure numpy, no torch.
+
+Convention everywhere: `y_true` is 1 for COVID-19 (positive), 0 otherwise; `scores` are the calibrated
+positive-class probabilities; a film is called positive when `score >= threshold`.
+A metric whose denominator is empty (e.g. sensitivity on a source with no positives) is `None`,
+never NaN, so reports serialise to strict JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+N_BOOT = 1000
+ECE_BINS = 10
+_BOOT_CHUNK_CELLS = 4_000_000  # bootstrap replicates are drawn in chunks of about this many cells
+PROPORTIONS = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
+
+
+@dataclass(frozen=True)
+class Confusion:
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def n(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+    def as_dict(self) -> dict[str, int]:
+        return {"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its 95% interval."""
+    value: float
+    low: float
+    high: float
+
+    def ci(self) -> list[float]:
+        return [self.low, self.high]
+
+
+def _finite(x: float | None) -> float | None:
+    """A JSON-safe number: None for missing, NaN or infinite."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _estimates(named: dict[str, "Estimate | None"]) -> dict:
+    """{name: value, ..., "ci": {name: [low, high] or None}}: the shape every report serialises to."""
+    out: dict = {k: (None if e is None else _finite(e.value)) for k, e in named.items()}
+    out["ci"] = {k: (None if e is None else [_finite(e.low), _finite(e.high)]) for k, e in named.items()}
+    return out
+
+
+@dataclass(frozen=True)
+class RocCurve:
+    """Points of the empirical ROC; point k is the rule `score >= thresholds[k]` (the first is +inf)."""
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+
+    def as_dict(self) -> dict[str, list]:
+        return {"fpr": self.fpr.tolist(), "tpr": self.tpr.tolist(),
+                "thresholds": [_finite(t) for t in self.thresholds.tolist()]}
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    low: float            # bin edges on the predicted probability
+    high: float
+    n: int
+    mean_predicted: float | None
+    observed: float | None  # share of positives among the films in the bin
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Everything that depends on the threshold; cheap to recompute (the app's slider)."""
+    threshold: float
+    confusion: Confusion
+    sensitivity: Estimate | None
+    specificity: Estimate | None
+    accuracy: Estimate | None
+    ppv: Estimate | None
+    npv: Estimate | None
+
+    def estimates(self) -> dict[str, Estimate | None]:
+        return {k: getattr(self, k) for k in PROPORTIONS}
+
+
+@dataclass(frozen=True)
+class SourceReport:
+    """Per-source breakdown: the operating point plus AUC when the source holds both classes."""
+    n: int
+    n_pos: int
+    n_neg: int
+    point: OperatingPoint
+    auc: Estimate | None
+
+    def as_dict(self) -> dict:
+        return {"n": self.n, "n_pos": self.n_pos, "n_neg": self.n_neg,
+                **_estimates({**self.point.estimates(), "auc": self.auc}),
+                "confusion": self.point.confusion.as_dict()}
+
+
+@dataclass(frozen=True)
+class BinaryReport:
+    n: int
+    n_pos: int
+    n_neg: int
+    point: OperatingPoint
+    auc: Estimate | None
+    roc: RocCurve | None
+    ece: Estimate | None
+    reliability: list[ReliabilityBin]
+    per_source: dict[str, SourceReport]
+    # the data behind it, so `at()` can move the threshold without re-scoring
+    y_true: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0, np.int8))
+    scores: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))
+    sources: np.ndarray | None = field(repr=False, compare=False, default=None)
+
+    threshold = property(lambda self: self.point.threshold)
+    confusion = property(lambda self: self.point.confusion)
+    sensitivity = property(lambda self: self.point.sensitivity)
+    specificity = property(lambda self: self.point.specificity)
+    accuracy = property(lambda self: self.point.accuracy)
+    ppv = property(lambda self: self.point.ppv)
+    npv = property(lambda self: self.point.npv)
+
+    def metrics_at(self, threshold: float) -> OperatingPoint:
+        return operating_point(self.y_true, self.scores, threshold)
+
+    def at(self, threshold: float) -> "BinaryReport":
+        """The same report at another threshold; AUC, ROC and calibration are threshold-free and kept."""
+        per_source = {s: replace(r, point=operating_point(self.y_true[self.sources == s],
+                                                          self.scores[self.sources == s], threshold))
+                      for s, r in self.per_source.items()}
+        return replace(self, point=self.metrics_at(threshold), per_source=per_source)
+
+    def as_dict(self) -> dict:
+        """Plain JSON types only (no numpy, no NaN): undefined metrics and their CIs are None."""
+        return {"n": self.n, "n_pos": self.n_pos, "n_neg": self.n_neg, "threshold": self.threshold,
+                **_estimates({**self.point.estimates(), "auc": self.auc, "ece": self.ece}),
+                "confusion": self.confusion.as_dict(),
+                "roc": None if self.roc is None else self.roc.as_dict(),
+                "reliability": [dataclasses.asdict(b) for b in self.reliability],
+                "per_source": {k: r.as_dict() for k, r in self.per_source.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# proportions
+
+
+def _as_arrays(y_true: Sequence, scores: Sequence | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    y = np.asarray(y_true).astype(bool).astype(np.int8).ravel()
+    if scores is None:
+        return y, None
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"{y.size} labels but {s.size} scores")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores must be finite numbers")
+    return y, s
+
+
+def confusion(y_true: Sequence, y_pred: Sequence) -> Confusion:
+    y, p = _as_arrays(y_true)[0].astype(bool), _as_arrays(y_pred)[0].astype(bool)
+    if y.shape != p.shape:
+        raise ValueError(f"{y.size} labels but {p.size} predictions")
+    return Confusion(tp=int(np.sum(y & p)), fp=int(np.sum(~y & p)), tn=int(np.sum(~y & ~p)), fn=int(np.sum(y & ~p)))
+
+
+def wilson_ci(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials; behaves at 0 and n, unlike the Wald interval."""
+    if n <= 0:
+        raise ValueError("a proportion needs n > 0")
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} outside 0..{n}")
+    p, z2 = k / n, z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion(k: int, n: int, z: float = Z95) -> Estimate | None:
+    """k/n with its Wilson interval; None when n == 0 (the metric is undefined, not zero)."""
+    if n == 0:
+        return None
+    low, high = wilson_ci(k, n, z)
+    return Estimate(k / n, low, high)
+
+
+def sensitivity(c: Confusion) -> Estimate | None:
+    return proportion(c.tp, c.tp + c.fn)
+
+
+def specificity(c: Confusion) -> Estimate | None:
+    return proportion(c.tn, c.tn + c.fp)
+
+
+def accuracy(c: Confusion) -> Estimate | None:
+    return proportion(c.tp + c.tn, c.n)
+
+
+def ppv(c: Confusion) -> Estimate | None:
+    return proportion(c.tp, c.tp + c.fp)
+
+
+def npv(c: Confusion) -> Estimate | None:
+    return proportion(c.tn, c.tn + c.fn)
+
+
+def operating_point(y_true: Sequence, scores: Sequence, threshold: float) -> OperatingPoint:
+    """Confusion and the five proportions at `threshold`; O(n), no bootstrap (fast enough for a slider)."""
+    y, s = _as_arrays(y_true, scores)
+    c = confusion(y, s >= threshold)
+    return OperatingPoint(float(threshold), c, sensitivity(c), specificity(c), accuracy(c), ppv(c), npv(c))
+
+
+# ---------------------------------------------------------------------------------------------
+# ranking
+
+
+def _auc_counts(pos: np.ndarray, neg_sorted: np.ndarray, weights_pos: np.ndarray, weights_neg: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC for each row of multiplicity weights (rows: bootstrap replicates).
+
+    For each positive the weighted count of negatives below it plus half the tied ones, via the
+    cumulative weights of the sorted negatives: O(B * (n_pos + n_neg)), no pairwise matrix.
+    """
+    lo = np.searchsorted(neg_sorted, pos, side="left")
+    hi = np.searchsorted(neg_sorted, pos, side="right")
+    cum = np.zeros((weights_neg.shape[0], neg_sorted.size + 1))
+    np.cumsum(weights_neg, axis=1, out=cum[:, 1:])
+    wins = cum[:, lo] + 0.5 * (cum[:, hi] - cum[:, lo])
+    return (weights_pos * wins).sum(axis=1) / (weights_pos.sum(axis=1) * weights_neg.sum(axis=1))
+
+
+def auc(y_true: Sequence, scores: Sequence) -> float | None:
+    """Area under the ROC curve = P(score_pos > score_neg) + 0.5 P(tie); None without both classes."""
+    y, s = _as_arrays(y_true, scores)
+    pos, neg = s[y == 1], np.sort(s[y == 0])
+    if pos.size == 0 or neg.size == 0:
+        return None
+    return float(_auc_counts(pos, neg, np.ones((1, pos.size)), np.ones((1, neg.size)))[0])
+
+
+def _multiplicities(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """How often each of n items is drawn in each of n_boot resamples of size n (with replacement)."""
+    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def _boot_chunks(n: int, n_boot: int) -> Iterable[int]:
+    step = max(1, _BOOT_CHUNK_CELLS // max(n, 1))
+    for start in range(0, n_boot, step):
+        yield min(step, n_boot - start)
+
+
+def _percentile_ci(values: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def auc_ci(y_true: Sequence, scores: Sequence, n_boot: int = N_BOOT, seed: int = 0) -> Estimate | None:
+    """AUC with a percentile bootstrap 95% CI; positives and negatives resampled separately
+    (stratified), so every replicate keeps the class sizes and has an AUC."""
+    y, s = _as_arrays(y_true, scores)
+    pos, neg = s[y == 1], s[y == 0]
+    if pos.size == 0 or neg.size == 0:
+        return None
+    order = np.argsort(neg, kind="stable")
+    neg_sorted = neg[order]
+    value = float(_auc_counts(pos, neg_sorted, np.ones((1, pos.size)), np.ones((1, neg.size)))[0])
+    rng = np.random.default_rng(seed)
+    reps = [_auc_counts(pos, neg_sorted, _multiplicities(rng, pos.size, b), _multiplicities(rng, neg.size, b))
+            for b in _boot_chunks(pos.size + neg.size, n_boot)]
+    low, high = _percentile_ci(np.concatenate(reps))
+    return Estimate(value, low, high)
+
+
+def roc_curve(y_true: Sequence, scores: Sequence) -> RocCurve | None:
+    """ROC points at every distinct score, from (0, 0) at +inf down to (1, 1); None without both classes."""
+    y, s = _as_arrays(y_true, scores)
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(-s, kind="stable")
+    s_desc, y_desc = s[order], y[order]
+    last_of_value = np.r_[np.nonzero(np.diff(s_desc))[0], s_desc.size - 1]
+    tps = np.cumsum(y_desc)[last_of_value]
+    fps = (last_of_value + 1) - tps
+    return RocCurve(fpr=np.r_[0.0, fps / n_neg], tpr=np.r_[0.0, tps / n_pos],
+                    thresholds=np.r_[np.inf, s_desc[last_of_value]])
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration
+
+
+def _bin_index(scores: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-width bins on [0, 1]; a score of exactly 1 goes in the last bin."""
+    return np.minimum((scores * n_bins).astype(np.int64), n_bins - 1).clip(0)
+
+
+def ece(y_true: Sequence, scores: Sequence, n_bins: int = ECE_BINS) -> float | None:
+    """Expected calibration error of the positive-class probability:
+    sum over equal-width bins of (share of films in bin) * |observed positive rate - mean probability|."""
+    y, s = _as_arrays(y_true, scores)
+    if y.size == 0:
+        return None
+    gap = np.bincount(_bin_index(s, n_bins), weights=y - s, minlength=n_bins)
+    return float(np.abs(gap).sum() / y.size)
+
+
+def ece_ci(y_true: Sequence, scores: Sequence, n_bins: int = ECE_BINS, n_boot: int = N_BOOT,
+           seed: int = 0) -> Estimate | None:
+    """ECE with a percentile bootstrap 95% CI (resampled within each class, like the AUC)."""
+    y, s = _as_arrays(y_true, scores)
+    if y.size == 0:
+        return None
+    value = ece(y, s, n_bins)
+    # one column per bin holding (y - p) of the films in it: a replicate's bin gaps are W @ cols
+    cols = np.zeros((y.size, n_bins))
+    cols[np.arange(y.size), _bin_index(s, n_bins)] = y - s
+    groups = [np.nonzero(y == k)[0] for k in (1, 0) if np.any(y == k)]
+    rng = np.random.default_rng(seed)
+    reps = []
+    for b in _boot_chunks(y.size, n_boot):
+        gaps = sum(_multiplicities(rng, g.size, b) @ cols[g] for g in groups)
+        reps.append(np.abs(gaps).sum(axis=1) / y.size)
+    low, high = _percentile_ci(np.concatenate(reps))
+    return Estimate(value, low, high)
+
+
+def reliability(y_true: Sequence, scores: Sequence, n_bins: int = ECE_BINS) -> list[ReliabilityBin]:
+    """The table behind a reliability diagram: per bin, count, mean probability, observed positive rate."""
+    y, s = _as_arrays(y_true, scores)
+    idx = _bin_index(s, n_bins)
+    counts = np.bincount(idx, minlength=n_bins)
+    sum_p = np.bincount(idx, weights=s, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
+    return [ReliabilityBin(low=b / n_bins, high=(b + 1) / n_bins, n=int(counts[b]),
+                           mean_predicted=float(sum_p[b] / counts[b]) if counts[b] else None,
+                           observed=float(sum_y[b] / counts[b]) if counts[b] else None)
+            for b in range(n_bins)]
+
+
+# ---------------------------------------------------------------------------------------------
+# threshold choice and the full report
+
+
+def threshold_rule(min_sensitivity: float) -> str:
+    """The rule `choose_threshold` applies, in words (for the model card)."""
+    return (f"maximise Youden's J (sensitivity + specificity - 1) among thresholds with validation "
+            f"sensitivity >= {min_sensitivity:g}; threshold placed midway between adjacent validation scores")
+
+
+def choose_threshold(y_true: Sequence, scores: Sequence, min_sensitivity: float = 0.95) -> float:
+    """Decision threshold by the rule: among thresholds whose sensitivity on (y_true, scores) is at
+    least `min_sensitivity`, take the one with the largest Youden's J = sensitivity + specificity - 1;
+    ties go to the higher threshold (fewer false positives at equal J).
+
+    Candidates are the distinct scores (rule `score >= t`). The returned value lies midway between
+    the chosen score and the next lower distinct score (half the chosen score at the bottom), so
+    these films are classified exactly as measured and a tiny shift in a probability does not flip them.
+    A sensitivity of 1 is always reachable (the lowest score), so there is always an answer.
+    """
+    if not 0.0 <= min_sensitivity <= 1.0:
+        raise ValueError(f"min_sensitivity {min_sensitivity} outside [0, 1]")
+    roc = roc_curve(y_true, scores)
+    if roc is None:
+        raise ValueError("choosing a threshold needs both positive and negative films")
+    tpr, fpr, thr = roc.tpr[1:], roc.fpr[1:], roc.thresholds[1:]   # drop the +inf point
+    ok = tpr >= min_sensitivity - 1e-12
+    j = np.where(ok, tpr - fpr, -np.inf)
+    k = int(np.flatnonzero(j == j.max())[0])  # thresholds descend: the first maximum is the highest
+    below = thr[k + 1] if k + 1 < thr.size else 0.0
+    return float((thr[k] + below) / 2)
+
+
+def binary_report(y_true: Sequence, scores: Sequence, threshold: float, sources: Sequence[str] | None = None,
+                  n_boot: int = N_BOOT, seed: int = 0) -> BinaryReport:
+    """All the metrics of a labelled, scored set at one threshold, overall and per source."""
+    y, s = _as_arrays(y_true, scores)
+    src = None if sources is None else np.asarray([str(x) for x in sources], dtype=object)
+    if src is not None and src.shape != y.shape:
+        raise ValueError(f"{y.size} labels but {src.size} sources")
+    per_source: dict[str, SourceReport] = {}
+    if src is not None:
+        for name in sorted(set(src)):
+            m = src == name
+            ys, ss = y[m], s[m]
+            per_source[name] = SourceReport(n=int(m.sum()), n_pos=int(ys.sum()), n_neg=int(m.sum() - ys.sum()),
+                                            point=operating_point(ys, ss, threshold),
+                                            auc=auc_ci(ys, ss, n_boot, seed))
+    return BinaryReport(n=int(y.size), n_pos=int(y.sum()), n_neg=int(y.size - y.sum()),
+                        point=operating_point(y, s, threshold), auc=auc_ci(y, s, n_boot, seed),
+                        roc=roc_curve(y, s), ece=ece_ci(y, s, n_boot=n_boot, seed=seed),
+                        reliability=reliability(y, s), per_source=per_source,
+                        y_true=y, scores=s, sources=src)
