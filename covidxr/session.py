@@ -187,3 +187,62 @@ class LRU(Generic[K, V]):
 
     def keys(self) -> Sequence[K]:
         return list(self._d)
+
+
+# ---------------------------------------------------------------- metric tables (evaluation page, model card)
+
+METRIC_TITLES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "accuracy": "Accuracy",
+                 "ppv": "PPV", "npv": "NPV", "auc": "AUC", "ece": "Calibration error (ECE)"}
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_ci(ci: Sequence[float | None] | None, digits: int = 3) -> str:
+    """[low, high] -> "0.912–0.987"; "—" when the interval is undefined."""
+    if not ci or ci[0] is None or ci[1] is None:
+        return "—"
+    return f"{ci[0]:.{digits}f}–{ci[1]:.{digits}f}"
+
+
+def fmt_estimate(report: dict, name: str, digits: int = 3) -> str:
+    """"0.953 (0.912–0.987)" from a report dict shaped {name: value, "ci": {name: [low, high]}}."""
+    value = report.get(name)
+    if value is None:
+        return "—"
+    ci = (report.get("ci") or {}).get(name)
+    return f"{value:.{digits}f}" + ("" if fmt_ci(ci) == "—" else f" ({fmt_ci(ci, digits)})")
+
+
+def is_estimates(d: Any) -> bool:
+    """True for a dict shaped like a metrics report: some known metric plus a "ci" mapping."""
+    return isinstance(d, dict) and isinstance(d.get("ci"), dict) and any(k in d for k in METRIC_TITLES)
+
+
+def metric_rows(report: dict, names: Iterable[str] = METRIC_TITLES) -> list[dict[str, Any]]:
+    """One row per metric present in a report dict: title, value, 95% CI."""
+    ci = report.get("ci") or {}
+    return [{"metric": METRIC_TITLES.get(n, n), "value": fmt_num(report.get(n)), "95% CI": fmt_ci(ci.get(n))}
+            for n in names if n in report]
+
+
+def breakdown_rows(groups: dict[str, dict], key: str = "source",
+                   names: Sequence[str] = ("sensitivity", "specificity", "accuracy", "auc")) -> list[dict[str, Any]]:
+    """Per-source (or per held-out source) metrics, one row per group, each "value (CI)"."""
+    rows = []
+    for g, r in groups.items():
+        row: dict[str, Any] = {key: g}
+        for count in ("n", "n_pos", "n_neg"):
+            if count in r:
+                row[{"n": "films", "n_pos": "COVID-19", "n_neg": "other"}[count]] = r[count]
+        row.update({METRIC_TITLES.get(n, n): fmt_estimate(r, n) for n in names if n in r})
+        rows.append(row)
+    return rows
+
+
+def confusion_table(confusion: dict[str, int], positive: str = "covid") -> dict[str, dict[str, int]]:
+    """{tp, fp, tn, fn} -> columns "predicted ..." x rows "actual ..." for a 2x2 table."""
+    pos, neg = class_title(positive), f"not {class_title(positive)}"
+    return {f"predicted {pos}": {f"actual {pos}": confusion["tp"], f"actual {neg}": confusion["fp"]},
+            f"predicted {neg}": {f"actual {pos}": confusion["fn"], f"actual {neg}": confusion["tn"]}}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up a fresh machine, idempotently: a Python virtual environment in .venv with requirements.txt;
+# with --browser also Debian's Chromium, which the browser test drives (Playwright downloads nothing).
+# Shared by ./run.sh app, ./run.sh test and .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if [[ "${1:-}" == "--browser" && ! -x /usr/bin/chromium ]]; then
+    echo "setup: installing Debian's chromium" >&2
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "setup: creating .venv with $($PYTHON --version)" >&2
+    "$PYTHON" -m venv .venv
+fi
+
+# pip runs only when requirements.txt changed since the last successful install.
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    echo "setup: installing requirements.txt" >&2
+    .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
+    echo "$want" > "$stamp"
+fi
