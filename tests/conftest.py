@@ -1,8 +1,11 @@
 """Shared test helpers. Real data lies beside the clone in ../shared (CI has it there too)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -13,3 +16,15 @@ if str(REPO) not in sys.path:  # `pytest` (not only `python -m pytest`) imports 
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, e.g. shared_data("cxr", "MANIFEST.csv")."""
     return SHARED.joinpath("data", *parts)
+
+
+@pytest.fixture(scope="session")
+def classifier():
+    """The shipped model in weights/ (or $COVIDXR_TEST_WEIGHTS, e.g. /work/devweights, while the
+    trained model has not landed), loaded once and shared, as the app shares it between sessions."""
+    from covidxr.classifier import DEFAULT_WEIGHTS, Classifier
+
+    directory = Path(os.environ.get("COVIDXR_TEST_WEIGHTS") or DEFAULT_WEIGHTS)
+    if not (directory / "model_card.json").exists():
+        pytest.skip(f"no model in {directory} yet (set COVIDXR_TEST_WEIGHTS to a weights folder)")
+    return Classifier.from_dir(directory, threads=1)

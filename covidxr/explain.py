@@ -1,0 +1,195 @@
+"""Grad-CAM for the COVID-19 class, laid back onto the film the clinician looks at.
+
+Grad-CAM (pytorch-grad-cam's `GradCAM`) weighs the last convolutional block's activations
+(`CovidNet.cam_layer`) by the mean gradient of the positive-class logit, on the lung crop the
+model saw. The map is then put back where that crop came from in the film.
+
+Thread safety: a Streamlit server shares one Classifier between sessions. pytorch-grad-cam works by
+hooks on the target layer, and a hook on the shared network would also fire for every other
+thread's forward pass (predict() included) and mix their activations into this call's map. So each
+Grad-CAM runs on a private deep copy of the network, taken from a small per-classifier pool: a copy
+serves one call at a time, is made once (about 14 MB) and then reused, so the cost is paid only when
+more calls overlap than copies exist. The shared network is never hooked. In a copy only the CAM
+layer's weights require gradients, so the backward pass runs from the logits to that layer and no
+further.
+"""
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from .classifier import Classifier, Prediction
+from .films import Film
+from .model import CovidNet
+from .preprocess import resize
+
+POOL_SIZE = 4  # private network copies per classifier; more overlapping calls wait for a free one
+
+
+@dataclass
+class Explanation:
+    prediction: Prediction      # the same numbers as classifier.predict([film])[0]
+    heatmap: np.ndarray         # float32 at film.pixels' shape, [0, 1]; 0 = no attention
+
+
+class _Scorer(nn.Module):
+    """A private copy of the classifier's network that also keeps the pooled features of its last
+    forward pass, so that one pass gives the logits, the OOD features and the Grad-CAM."""
+
+    def __init__(self, net: CovidNet):
+        super().__init__()
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        for p in self.net.cam_layer.parameters():  # gradients flow from the logits back to here only
+            p.requires_grad_(True)
+        self.features: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net.features(x)
+        self.features = f.detach()
+        return self.net.head(f)  # what CovidNet.forward gives in eval mode (dropout is off)
+
+
+class _CamPool:
+    """Up to `size` GradCAMs, each on its own copy of the network, lent to one call at a time."""
+
+    def __init__(self, net: CovidNet, size: int):
+        self.net, self.size, self.made = net, size, 0
+        self.free: queue.LifoQueue[GradCAM] = queue.LifoQueue()
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self) -> Iterator[GradCAM]:
+        cam = None
+        with self.lock:
+            try:
+                cam = self.free.get_nowait()
+            except queue.Empty:
+                make = self.made < self.size
+                self.made += make
+        if cam is None:
+            if make:
+                scorer = _Scorer(self.net)
+                cam = GradCAM(model=scorer, target_layers=[scorer.net.cam_layer])
+            else:
+                cam = self.free.get()
+        try:
+            yield cam
+        finally:
+            cam.outputs = None  # drop this call's autograd graph before the next borrower
+            cam.model.features = None
+            cam.activations_and_grads.clear()
+            self.free.put(cam)
+
+
+_pools: "weakref.WeakKeyDictionary[Classifier, _CamPool]" = weakref.WeakKeyDictionary()
+_pools_lock = threading.Lock()
+
+
+def _pool(classifier: Classifier) -> _CamPool:
+    with _pools_lock:
+        pool = _pools.get(classifier)
+        if pool is None or pool.net is not classifier.net:
+            pool = _pools[classifier] = _CamPool(classifier.net, POOL_SIZE)
+        return pool
+
+
+def box_slices(box: tuple[float, float, float, float], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of `shape` covered by a (top, bottom, left, right) fraction box, rounded
+    the way preprocess.prepare() crops, so that the map lands on the pixels the crop came from."""
+    t, b, l, r = box
+    h, w = shape
+    return (slice(int(t * h), max(int(t * h) + 1, int(round(b * h)))),
+            slice(int(l * w), max(int(l * w) + 1, int(round(r * w)))))
+
+
+def place(crop_map: np.ndarray, box: tuple[float, float, float, float], shape: tuple[int, int]) -> np.ndarray:
+    """Resize a crop-sized map into its box on a zero film of `shape`, then scale its max to 1."""
+    out = np.zeros(shape, np.float32)
+    rows, cols = box_slices(box, shape)
+    out[rows, cols] = np.maximum(resize(crop_map, rows.stop - rows.start, cols.stop - cols.start), 0.0)
+    top = float(out.max())
+    return out / top if top > 0 else out
+
+
+def explain(classifier: Classifier, film: Film, masked: bool = True) -> Explanation:
+    """The prediction and the Grad-CAM map of the positive class for one film, from one forward pass.
+
+    The map is computed on the lung crop at the model's input size, resized into the crop's box on
+    the film, zero outside the box, and (with `masked`, the default) multiplied by the soft lung
+    mask the model saw. The model's input is blank outside that mask, so attention drawn there is
+    not something the model read in the film: at the CAM layer's coarse grid (1/32 of the input)
+    and after bilinear upsampling, the map bleeds over the mask's edge, and a blank area can still
+    shift the logit through its contrast with the lung edge. Masking removes that bleed, and with it
+    any evidence of such edge effects; pass masked=False to see the raw map inside the box (the
+    generalisation checks compare both). The result is scaled so that its maximum is 1; a map with
+    no positive evidence stays all zero.
+    """
+    prep = classifier.prepare([film])[0]
+    x = classifier.tensor([prep])
+    target = [ClassifierOutputTarget(classifier.card.positive_index)]
+    with _pool(classifier).borrow() as cam, torch.inference_mode(False), torch.enable_grad():
+        crop_map = cam(input_tensor=x.clone(), targets=target)[0]
+        logits = cam.outputs.detach()[0]
+        features = cam.model.features[0]
+    prediction = classifier.decide(film, prep, logits, features)
+    if masked:
+        crop_map = crop_map * prep.mask
+    return Explanation(prediction=prediction, heatmap=place(crop_map, prep.box, film.pixels.shape))
+
+
+def heatmap_image(heatmap: np.ndarray, width: int, height: int) -> Image.Image:
+    """An 8-bit grayscale picture of the map at the film's own size (0 = no attention, 255 = most)."""
+    im = Image.fromarray(np.ascontiguousarray(heatmap, dtype=np.float32), mode="F")
+    if im.size != (width, height):
+        im = im.resize((width, height), Image.BILINEAR)
+    a = np.asarray(im, dtype=np.float32)
+    return Image.fromarray((np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="L")
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """The jet colormap (blue -> cyan -> yellow -> red) for values in [0, 1], as float RGB."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    centres = np.array([3.0, 2.0, 1.0], np.float32)  # red, green, blue peaks at 3/4, 1/2, 1/4
+    return np.clip(1.5 - np.abs(4.0 * v - centres), 0.0, 1.0).astype(np.float32)
+
+
+def overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The film in gray with the map drawn over it in jet colours, as uint8 RGB at pixels' shape.
+
+    The colour's opacity is alpha x the map's value, so lung left without attention keeps its
+    own gray instead of being washed blue; alpha = 0 gives the plain film."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha {alpha} outside [0, 1]")
+    h = np.asarray(heatmap, np.float32)
+    if h.shape != pixels.shape:
+        h = resize(h, *pixels.shape)
+    gray = np.repeat(np.clip(pixels, 0.0, 1.0)[..., None], 3, axis=-1).astype(np.float32)
+    a = (alpha * np.clip(h, 0.0, 1.0))[..., None]
+    return (((1.0 - a) * gray + a * jet(h)) * 255.0 + 0.5).astype(np.uint8)
+
+
+def lung_mass(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the map's mass inside a lung mask (nonzero = lung; any size, resized to the map's).
+
+    A map that lives on text markers, borders or the mediastinum scores low; a uniform map scores
+    the lungs' share of the film. An all-zero map has no mass: NaN."""
+    m = np.asarray(mask)
+    if m.shape != heatmap.shape:
+        m = np.asarray(Image.fromarray((m > 0).astype(np.uint8) * 255).resize(
+            (heatmap.shape[1], heatmap.shape[0]), Image.NEAREST))
+    total = float(heatmap.sum())
+    return float(heatmap[m > 0].sum()) / total if total > 0 else float("nan")
