@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, shared_data
+from tests.conftest import REPO, shared_data
 from covidxr.explain import explain, heatmap_image, jet, lung_mass, overlay, place
 from covidxr.films import read_film
 
