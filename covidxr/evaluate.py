@@ -1,0 +1,370 @@
+"""Labelled films (a folder, a zip, a list of uploads) -> streamed scores -> an evaluation report.
+
+Layout: one subfolder per class; a subfolder named `covid` (any case) holds the positives, every
+other subfolder negatives; the label is the subfolder's name, lower-cased. `<source>/<class>/<file>`
+(the layout of ../shared/data/cxr) is recognised too, the first level then naming the source; an
+optional MANIFEST.csv with `path,source` columns gives sources as well.
+
+Scoring streams: films are read and scored a small batch at a time, so memory stays flat however
+many there are; a film that cannot be read becomes a row with its reason, and the rest are scored.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator, Sequence
+
+from .films import FilmError, read_film
+from .metrics import BinaryReport, OperatingPoint, binary_report
+from .safety import MAX_ENTRY_BYTES, PathRefused, ZipRefused, check_zip, link_escapes, read_entry
+
+POSITIVE_LABEL = "covid"           # the class folder whose films are positive
+NEGATIVE_PREDICTION = f"non-{POSITIVE_LABEL}"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+MANIFEST = "MANIFEST.csv"
+_DICOM_MAGIC_AT, _DICOM_MAGIC = 128, b"DICM"
+_SKIPPED_PARTS = ("__MACOSX",)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class LabelledItem:
+    """One film to score: where it is, its class label (None when no class folder names it), its
+    source, and an error already known before reading (e.g. a refused link)."""
+    path: str
+    label: str | None
+    source: str | None = None
+    error: str | None = None
+    read: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)  # default: the file
+
+    def load(self) -> bytes:
+        return self.read() if self.read is not None else Path(self.path).read_bytes()
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str
+    label: str | None                  # class folder name, lower-cased
+    source: str | None
+    probability: float | None = None   # calibrated COVID-19 probability; None when the film failed
+    prediction: str | None = None      # "covid" / "non-covid" at the threshold in use
+    error: str | None = None
+
+    @property
+    def positive(self) -> bool | None:
+        """The truth: is this a COVID-19 film? None when unlabelled."""
+        return None if self.label is None else self.label == POSITIVE_LABEL
+
+    def as_dict(self) -> dict:
+        if self.error is not None:
+            return {"path": self.path, "label": self.label, "source": self.source, "error": self.error}
+        return {"path": self.path, "label": self.label, "source": self.source,
+                "probability": self.probability, "prediction": self.prediction}
+
+
+def decision(probability: float, threshold: float) -> str:
+    return POSITIVE_LABEL if probability >= threshold else NEGATIVE_PREDICTION
+
+
+# ---------------------------------------------------------------------------------------------
+# finding the films
+
+
+def _hidden(rel: PurePosixPath) -> bool:
+    return any(p.startswith(".") or p in _SKIPPED_PARTS for p in rel.parts)
+
+
+def _is_film_name(rel: PurePosixPath, head: Callable[[], bytes]) -> bool:
+    """A known image extension, or (extension-less DICOM exports are common) DICOM's magic bytes."""
+    if rel.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if rel.name == MANIFEST:
+        return False
+    try:
+        return head()[_DICOM_MAGIC_AT:_DICOM_MAGIC_AT + 4] == _DICOM_MAGIC
+    except Exception:  # noqa: BLE001 - unreadable here means: not recognised as a film
+        return False
+
+
+def _layout(rels: Sequence[PurePosixPath]) -> list[tuple[str | None, str | None]]:
+    """(label, source) per relative path. Flat `<class>/<file>` when any file lies directly in a
+    top-level folder or a top-level folder is named `covid`; else `<source>/<class>/<file>`.
+    Deeper folders below the class folder keep that class; files above it have no label."""
+    flat = any(len(r.parts) == 2 or (len(r.parts) > 1 and r.parts[0].lower() == POSITIVE_LABEL) for r in rels)
+    if flat:
+        return [(r.parts[0].lower() if len(r.parts) >= 2 else None, None) for r in rels]
+    return [(r.parts[1].lower(), r.parts[0]) if len(r.parts) >= 3 else (None, None) for r in rels]
+
+
+def _manifest_sources(text: str) -> dict[str, str]:
+    """path -> source from a MANIFEST.csv (columns path, source); {} when it has no such columns."""
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"path", "source"} <= set(reader.fieldnames):
+        return {}
+    return {str(PurePosixPath(row["path"])): row["source"] for row in reader if row.get("path") and row.get("source")}
+
+
+def _items(rels: Sequence[PurePosixPath], paths: Sequence[str], readers: Sequence[Callable[[], bytes] | None],
+           errors: Sequence[str | None], manifest: dict[str, str]) -> list[LabelledItem]:
+    items = [LabelledItem(path, label, manifest.get(str(rel), source), err, read)
+             for rel, path, read, err, (label, source) in zip(rels, paths, readers, errors, _layout(rels))]
+    return sorted(items, key=lambda i: i.path)
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(_DICOM_MAGIC_AT + 4)
+
+
+def scan_folder(root: str | os.PathLike) -> list[LabelledItem]:
+    """Every film below `root`, labelled by its class folder, in sorted order. Hidden files are
+    skipped. Symbolic links are not followed into folders; a link (to a file or a folder) that
+    leads outside `root` becomes an item with an error, so the report lists it as refused."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PathRefused(f"{root}: not a folder")
+    rels: list[PurePosixPath] = []
+    errors: list[str | None] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames.sort()
+        for d in [d for d in dirnames if (here / d).is_symlink()]:
+            dirnames.remove(d)  # os.walk would not descend anyway; this keeps the intent explicit
+            rel = PurePosixPath((here / d).relative_to(root).as_posix())
+            if not _hidden(rel) and link_escapes(here / d, root):
+                rels.append(rel)
+                errors.append("refused: a symbolic link to a folder outside the evaluated folder")
+        for name in sorted(filenames):
+            path = here / name
+            rel = PurePosixPath(path.relative_to(root).as_posix())
+            if _hidden(rel):
+                continue
+            if path.is_symlink() and link_escapes(path, root):
+                rels.append(rel)
+                errors.append("refused: a symbolic link to a file outside the evaluated folder")
+            elif _is_film_name(rel, partial(_head, path)):
+                rels.append(rel)
+                errors.append(None)
+    manifest_file = root / MANIFEST
+    manifest = {}
+    if manifest_file.is_file() and not link_escapes(manifest_file, root):
+        manifest = _manifest_sources(manifest_file.read_text(errors="replace"))
+    return _items(rels, [str(root / r) for r in rels], [None] * len(rels), errors, manifest)
+
+
+def _strip_wrapper(rels: Sequence[PurePosixPath]) -> tuple[list[PurePosixPath], str]:
+    """Zipping a folder usually adds the folder itself on top: drop one shared top level when the
+    films lie at least two levels below it."""
+    tops = {r.parts[0] for r in rels}
+    if len(tops) == 1 and all(len(r.parts) >= 3 for r in rels):
+        top = tops.pop()
+        return [PurePosixPath(*r.parts[1:]) for r in rels], top + "/"
+    return list(rels), ""
+
+
+def scan_zip(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo], prefix: str = "",
+             max_entry_bytes: int = MAX_ENTRY_BYTES) -> list[LabelledItem]:
+    """Films in an already checked archive (see safety.check_zip); each is read, in memory, when scored."""
+    def head(info: zipfile.ZipInfo) -> bytes:
+        with zf.open(info) as f:
+            return f.read(_DICOM_MAGIC_AT + 4)
+
+    by_name = {PurePosixPath(i.filename): i for i in infos if not _hidden(PurePosixPath(i.filename))}
+    films = [r for r, i in by_name.items() if _is_film_name(r, partial(head, i))]
+    rels, top = _strip_wrapper(films) if films else ([], "")
+    manifest = {}
+    if (m := by_name.get(PurePosixPath(top + MANIFEST))) is not None:
+        manifest = _manifest_sources(read_entry(zf, m, max_entry_bytes).decode("utf-8", "replace"))
+    readers = [partial(read_entry, zf, by_name[f], max_entry_bytes) for f in films]
+    return _items(rels, [prefix + str(f) for f in films], readers, [None] * len(films), manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+
+def _read(item: LabelledItem):
+    """(film, None) or (None, reason)."""
+    if item.error is not None:
+        return None, item.error
+    try:
+        return read_film(item.load(), name=PurePosixPath(item.path).name), None
+    except FilmError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - an I/O or decoder failure is this file's problem only
+        return None, f"could not be read: {e}"
+
+
+def _predict(classifier, films: list) -> list[tuple[float | None, str | None]]:
+    """(probability, error) per film; if a batch fails, each film is tried alone to isolate the culprit."""
+    if not films:
+        return []
+    try:
+        return [(p.probability, None) for p in classifier.predict(films, batch_size=len(films))]
+    except Exception as e:  # noqa: BLE001 - one film the network cannot take must not sink the batch
+        if len(films) == 1:
+            return [(None, f"could not be scored: {e}")]
+    return [_predict(classifier, [f])[0] for f in films]
+
+
+def iter_scores(classifier, items: Sequence[LabelledItem], batch_size: int = 16, progress: Progress | None = None,
+                threshold: float | None = None) -> Iterator[Row]:
+    """One Row per item, in order, reading and scoring `batch_size` films at a time (only one
+    batch of decoded films is ever held). `progress(done, total)` is called before the first
+    batch and after each one. `threshold` None: the classifier's."""
+    threshold = classifier.threshold if threshold is None else threshold
+    total = len(items)
+    if progress:
+        progress(0, total)
+    for start in range(0, total, batch_size):
+        batch = items[start:start + batch_size]
+        read = [_read(it) for it in batch]
+        results: list[tuple[float | None, str | None]] = [(None, err) for _, err in read]
+        ok = [i for i, (film, _) in enumerate(read) if film is not None]
+        for i, r in zip(ok, _predict(classifier, [read[i][0] for i in ok])):
+            results[i] = r
+        del read  # the decoded films go before the rows are handed out
+        for it, (p, err) in zip(batch, results):
+            yield Row(it.path, it.label, it.source, p, None if p is None else decision(p, threshold), err)
+        if progress:
+            progress(start + len(batch), total)
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+@dataclass
+class EvaluationReport:
+    """Scored rows plus the metrics at one threshold. `at()` moves the threshold without re-scoring."""
+    threshold: float
+    rows: list[Row]
+    metrics: BinaryReport
+    seconds: float | None = None       # wall time of the scoring, when known
+
+    @property
+    def n(self) -> int:
+        """Films scored that carry a label (the films behind the metrics)."""
+        return self.metrics.n
+
+    @property
+    def n_errors(self) -> int:
+        return sum(r.error is not None for r in self.rows)
+
+    @property
+    def n_unlabelled(self) -> int:
+        return sum(r.error is None and r.label is None for r in self.rows)
+
+    @property
+    def failures(self) -> list[Row]:
+        return [r for r in self.rows if r.error is not None]
+
+    def metrics_at(self, threshold: float) -> OperatingPoint:
+        return self.metrics.metrics_at(threshold)
+
+    def at(self, threshold: float) -> "EvaluationReport":
+        rows = [r if r.probability is None else replace(r, prediction=decision(r.probability, threshold))
+                for r in self.rows]
+        return replace(self, threshold=float(threshold), rows=rows, metrics=self.metrics.at(threshold))
+
+    def as_dict(self) -> dict:
+        """The JSON report: n, n_errors, threshold, sensitivity, specificity, accuracy, ppv, npv, auc,
+        ece, ci {metric: [low, high]}, confusion {tp, fp, tn, fn}, roc {fpr, tpr, thresholds},
+        reliability, per_source, images [{path, label, source, probability, prediction} or
+        {path, label, source, error}]. Plain JSON types only; undefined metrics are null."""
+        m = self.metrics.as_dict()
+        return {"n": m.pop("n"), "n_errors": self.n_errors, "n_unlabelled": self.n_unlabelled, **m,
+                "seconds": self.seconds, "images": [r.as_dict() for r in self.rows]}
+
+    def to_csv(self) -> str:
+        """The per-image table: path, label, source, probability, prediction, error."""
+        out = io.StringIO()
+        w = csv.DictWriter(out, ["path", "label", "source", "probability", "prediction", "error"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(r.as_dict() for r in self.rows)
+        return out.getvalue()
+
+
+def build_report(rows: Iterable[Row], threshold: float, n_boot: int | None = None, seed: int = 0) -> EvaluationReport:
+    """Metrics over the labelled, scored rows; predictions restated at `threshold`. Sources enter
+    the per-source breakdown when any row has one (rows without are grouped as "unknown")."""
+    rows = [r if r.probability is None else replace(r, prediction=decision(r.probability, threshold)) for r in rows]
+    scored = [r for r in rows if r.probability is not None and r.label is not None]
+    sources = [r.source or "unknown" for r in scored] if any(r.source for r in scored) else None
+    kw = {} if n_boot is None else {"n_boot": n_boot}
+    metrics = binary_report([r.positive for r in scored], [r.probability for r in scored], threshold,
+                            sources=sources, seed=seed, **kw)
+    return EvaluationReport(float(threshold), rows, metrics)
+
+
+def evaluate_items(classifier, items: Sequence[LabelledItem], threshold: float | None = None,
+                   progress: Progress | None = None, batch_size: int = 16) -> EvaluationReport:
+    threshold = classifier.threshold if threshold is None else float(threshold)
+    t0 = time.perf_counter()
+    rows = list(iter_scores(classifier, items, batch_size, progress, threshold))
+    return replace(build_report(rows, threshold), seconds=time.perf_counter() - t0)
+
+
+def evaluate_folder(classifier, root: str | os.PathLike, threshold: float | None = None,
+                    progress: Progress | None = None, batch_size: int = 16) -> EvaluationReport:
+    """Score every film below a labelled folder (see the module docstring for the layout).
+    Raises PathRefused when `root` is not a folder or holds no film."""
+    items = scan_folder(root)
+    if not items:
+        raise PathRefused(f"{root}: no films found (expected one subfolder per class, e.g. covid/ and normal/)")
+    return evaluate_items(classifier, items, threshold, progress, batch_size)
+
+
+def evaluate_zip(classifier, data: bytes, threshold: float | None = None, progress: Progress | None = None,
+                 batch_size: int = 16, **limits) -> EvaluationReport:
+    """Score a zip of a labelled folder, read in memory (nothing is written to disk). The archive is
+    checked first (safety.check_zip, `limits` passed on); ZipRefused when it is refused or holds no film."""
+    infos = check_zip(data, **limits)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        items = scan_zip(zf, infos, max_entry_bytes=limits.get("max_entry_bytes", MAX_ENTRY_BYTES))
+        if not items:
+            raise ZipRefused("the archive holds no films")
+        return evaluate_items(classifier, items, threshold, progress, batch_size)
+
+
+def upload_items(files: Iterable[tuple[str, bytes]], label: str | None = None) -> list[LabelledItem]:
+    """Items for uploaded (name, bytes): a name with folders (`covid/a.png`) is labelled like a folder;
+    a bare name gets `label` (None: unlabelled, scored but outside the metrics). Kept in memory."""
+    files = list(files)
+    rels = [PurePosixPath(name.replace("\\", "/").lstrip("/")) for name, _ in files]
+    layout = _layout(rels) if any(len(r.parts) > 1 for r in rels) else [(None, None)] * len(rels)
+    default = None if label is None else label.lower()
+    return [LabelledItem(name, lab if lab is not None else default, src, read=partial(bytes, data))
+            for (name, data), (lab, src) in zip(files, layout)]
+
+
+def _is_zip_name(name: str) -> bool:
+    return name.lower().endswith(".zip")
+
+
+def evaluate_uploads(classifier, files: Iterable[tuple[str, bytes]], threshold: float | None = None,
+                     progress: Progress | None = None, batch_size: int = 16, label: str | None = None,
+                     **limits) -> EvaluationReport:
+    """Score uploaded films in memory; an upload named *.zip is checked and opened like evaluate_zip,
+    its members listed as `<zip name>/<member>` (a refused zip becomes one row with the reason).
+    See upload_items for labels."""
+    files = list(files)
+    items = upload_items([(n, d) for n, d in files if not _is_zip_name(n)], label)
+    for name, data in filter(lambda f: _is_zip_name(f[0]), files):
+        try:
+            infos = check_zip(data, **limits)
+        except ZipRefused as e:
+            items.append(LabelledItem(name, None, error=f"refused: {e}"))
+            continue
+        items += scan_zip(zipfile.ZipFile(io.BytesIO(data)), infos, prefix=name + "/",
+                          max_entry_bytes=limits.get("max_entry_bytes", MAX_ENTRY_BYTES))
+    if not items:
+        raise FilmError("no films were uploaded")
+    return evaluate_items(classifier, items, threshold, progress, batch_size)
