@@ -126,7 +126,8 @@ def _head(path: Path) -> bytes:
 def scan_folder(root: str | os.PathLike) -> list[LabelledItem]:
     """Every film below `root`, labelled by its class folder, in sorted order. Hidden files are
     skipped. Symbolic links are not followed into folders; a link (to a file or a folder) that
-    leads outside `root` becomes an item with an error, so the report lists it as refused."""
+    leads outside `root` becomes an item with an error, so the report lists it as refused.
+    Raises PathRefused when `root` is not a folder or holds no film."""
     root = Path(root)
     if not root.is_dir():
         raise PathRefused(f"{root}: not a folder")
@@ -156,6 +157,8 @@ def scan_folder(root: str | os.PathLike) -> list[LabelledItem]:
     manifest = {}
     if manifest_file.is_file() and not link_escapes(manifest_file, root):
         manifest = _manifest_sources(manifest_file.read_text(errors="replace"))
+    if not rels:
+        raise PathRefused(f"{root}: no films found (expected one subfolder per class, e.g. covid/ and normal/)")
     return _items(rels, [str(root / r) for r in rels], [None] * len(rels), errors, manifest)
 
 
@@ -316,10 +319,7 @@ def evaluate_folder(classifier, root: str | os.PathLike, threshold: float | None
                     progress: Progress | None = None, batch_size: int = 16) -> EvaluationReport:
     """Score every film below a labelled folder (see the module docstring for the layout).
     Raises PathRefused when `root` is not a folder or holds no film."""
-    items = scan_folder(root)
-    if not items:
-        raise PathRefused(f"{root}: no films found (expected one subfolder per class, e.g. covid/ and normal/)")
-    return evaluate_items(classifier, items, threshold, progress, batch_size)
+    return evaluate_items(classifier, scan_folder(root), threshold, progress, batch_size)
 
 
 def evaluate_zip(classifier, data: bytes, threshold: float | None = None, progress: Progress | None = None,
@@ -349,12 +349,11 @@ def _is_zip_name(name: str) -> bool:
     return name.lower().endswith(".zip")
 
 
-def evaluate_uploads(classifier, files: Iterable[tuple[str, bytes]], threshold: float | None = None,
-                     progress: Progress | None = None, batch_size: int = 16, label: str | None = None,
-                     **limits) -> EvaluationReport:
-    """Score uploaded films in memory; an upload named *.zip is checked and opened like evaluate_zip,
-    its members listed as `<zip name>/<member>` (a refused zip becomes one row with the reason).
-    See upload_items for labels."""
+def scan_uploads(files: Iterable[tuple[str, bytes]], label: str | None = None, **limits) -> list[LabelledItem]:
+    """Items for uploaded (name, bytes), all in memory: films as in upload_items; an upload named
+    *.zip is checked (safety.check_zip, `limits` passed on) and its films listed as
+    `<zip name>/<member>`, labelled by the zip's own folders; a refused zip becomes one item with
+    the reason. Raises FilmError when there is nothing to score."""
     files = list(files)
     items = upload_items([(n, d) for n, d in files if not _is_zip_name(n)], label)
     for name, data in filter(lambda f: _is_zip_name(f[0]), files):
@@ -367,4 +366,11 @@ def evaluate_uploads(classifier, files: Iterable[tuple[str, bytes]], threshold: 
                           max_entry_bytes=limits.get("max_entry_bytes", MAX_ENTRY_BYTES))
     if not items:
         raise FilmError("no films were uploaded")
-    return evaluate_items(classifier, items, threshold, progress, batch_size)
+    return items
+
+
+def evaluate_uploads(classifier, files: Iterable[tuple[str, bytes]], threshold: float | None = None,
+                     progress: Progress | None = None, batch_size: int = 16, label: str | None = None,
+                     **limits) -> EvaluationReport:
+    """Score uploaded films and zips in memory (see scan_uploads)."""
+    return evaluate_items(classifier, scan_uploads(files, label, **limits), threshold, progress, batch_size)

@@ -7,8 +7,8 @@ import zipfile
 import pytest
 
 from covidxr.evaluate import (LabelledItem, build_report, evaluate_folder, evaluate_uploads, evaluate_zip,
-                              iter_scores, scan_folder)
-from covidxr.films import read_film
+                              iter_scores, scan_folder, scan_uploads)
+from covidxr.films import FilmError, read_film
 from covidxr.safety import PathRefused, ZipRefused
 from tests.conftest import shared_data
 
@@ -180,6 +180,8 @@ def test_uploads_labels_and_a_refused_zip(classifier, labelled):
     assert "refused" in by["evil.zip"].error
     assert (r.n, r.n_unlabelled, r.n_errors) == (1, 1, 1)
     assert evaluate_uploads(classifier, files[1:2], label="Normal").rows[0].label == "normal"
+    with pytest.raises(FilmError, match="no films"):
+        scan_uploads([])
 
 
 def test_build_report_without_labelled_films_is_defined():
