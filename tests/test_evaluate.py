@@ -74,6 +74,14 @@ def test_scan_folder_labels_by_class_folder(labelled):
     assert all(i.source is None and i.error is None for i in items)
 
 
+def test_scan_folder_finds_extensionless_dicom_by_its_magic(tmp_path):
+    (tmp_path / "covid").mkdir()
+    (tmp_path / "covid" / "IM0001").write_bytes(bytes(128) + b"DICM" + bytes(16))
+    (tmp_path / "covid" / "README").write_text("not a film")
+    (tmp_path / "covid" / "scores.csv").write_text("a,b\n")
+    assert [i.path for i in scan_folder(tmp_path)] == [str(tmp_path / "covid" / "IM0001")]
+
+
 def test_every_file_gets_a_row_and_counts_add_up(report, labelled):
     assert len(report.rows) == 7
     (bad,) = report.failures
