@@ -9,7 +9,7 @@ import hashlib
 import io
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Hashable, Iterable, Sequence, TypeVar
 
 import numpy as np
@@ -246,3 +246,68 @@ def confusion_table(confusion: dict[str, int], positive: str = "covid") -> dict[
     pos, neg = class_title(positive), f"not {class_title(positive)}"
     return {f"predicted {pos}": {f"actual {pos}": confusion["tp"], f"actual {neg}": confusion["fp"]},
             f"predicted {neg}": {f"actual {pos}": confusion["fn"], f"actual {neg}": confusion["tn"]}}
+
+
+# ---------------------------------------------------------------- one user's last batch
+
+@dataclass
+class Batch:
+    """The last batch evaluation of one session: rows are appended as they stream in, so an
+    interrupted run keeps what was scored; the report is built once per row count and moved to
+    other thresholds without re-scoring (and without redoing the bootstrap)."""
+    title: str                      # what was evaluated, for the page
+    total: int                      # films found
+    threshold: float                # the threshold in use on the pages (the slider)
+    items: list | None = None       # evaluate.LabelledItem per row, to re-read a film for review; None if not kept
+    rows: list = field(default_factory=list)      # evaluate.Row, in item order
+    done: bool = False
+    seconds: float | None = None
+    _report: Any = field(default=None, repr=False)
+    _report_rows: int = field(default=-1, repr=False)
+
+    @property
+    def interrupted(self) -> bool:
+        return not self.done and len(self.rows) < self.total
+
+    def report(self):
+        """evaluate.EvaluationReport of the rows so far at `threshold`."""
+        from .evaluate import build_report
+
+        if self._report is None or self._report_rows != len(self.rows):
+            self._report, self._report_rows = build_report(list(self.rows), self.threshold), len(self.rows)
+        return self._report.at(self.threshold)
+
+    def scored(self) -> list[tuple[int, Any]]:
+        """(index, row) for the rows that have a probability (not the failures)."""
+        return [(i, r) for i, r in enumerate(self.rows) if r.probability is not None]
+
+
+def image_rows(rows: Iterable[Any], threshold: float) -> list[dict[str, Any]]:
+    """The per-image table: one dict per scored film, with its outcome at `threshold`."""
+    out = []
+    for r in rows:
+        if r.probability is None:
+            continue
+        o = outcome(r.positive, r.probability >= threshold)
+        out.append({"film": r.path, "label": r.label or "", "source": r.source or "",
+                    "probability": round(float(r.probability), 4),
+                    "prediction": "positive" if r.probability >= threshold else "negative",
+                    "outcome": OUTCOME_TITLES[o]})
+    return out
+
+
+def roc_points(roc: dict | None) -> list[dict[str, float]]:
+    """ROC points {fpr, tpr} from a report's "roc" dict, for a chart."""
+    if not roc:
+        return []
+    return [{"fpr": float(f), "tpr": float(t)} for f, t in zip(roc["fpr"], roc["tpr"])]
+
+
+def shrink(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Float film pixels reduced so that the longest side is at most `side` (a gallery thumbnail)."""
+    h, w = pixels.shape
+    scale = side / max(h, w)
+    if scale >= 1:
+        return pixels
+    im = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
+    return np.asarray(im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))

@@ -1,0 +1,140 @@
+"""Batch evaluation: a labelled server folder, uploads or a zip -> streamed scores -> metrics that a
+threshold slider moves without re-scoring, ROC, per-source table, per-image table, failures, downloads."""
+import json
+import time
+
+import altair as alt
+import streamlit as st
+
+import ui
+from covidxr.evaluate import iter_scores
+from covidxr.films import FilmError
+from covidxr.safety import PathRefused, ZipRefused
+from covidxr.session import (METRIC_TITLES, Batch, breakdown_rows, class_title, confusion_table, fmt_ci,
+                             fmt_num, image_rows, metric_rows, progress_text, roc_points)
+
+SOURCES = ["Upload films or a .zip", "A folder on the server", "The sample films"]
+
+clf = ui.classifier()
+card = clf.card
+st.title("Batch evaluation")
+st.caption("Films labelled by folder: one subfolder per class, `covid` positive, every other folder "
+           "negative (`<source>/<class>/` is recognised too). Scores stream in; the threshold slider "
+           "below recomputes every metric from the stored scores.")
+
+source = st.radio("Films to evaluate", SOURCES, horizontal=True, key="eval_source")
+collect = None  # () -> (title, items, keep_for_review), called when the run starts
+if source == SOURCES[0]:
+    uploads = st.file_uploader("Drop films, or a .zip of a labelled folder", type=[*ui.FILM_TYPES, "zip"],
+                               accept_multiple_files=True, key="eval_upload")
+    loose_label = st.selectbox("Label of the films dropped without a folder (zips keep their folders)",
+                               [None, *card.class_names], key="eval_label",
+                               format_func=lambda c: "no label (scored, not in the metrics)" if c is None
+                               else class_title(c))
+    if uploads:
+        collect = lambda: ui.upload_batch([(f.name, f.getvalue()) for f in uploads], loose_label)  # noqa: E731
+elif source == SOURCES[1]:
+    roots = ui.data_roots()
+    if not roots:
+        st.info("No server folders are enabled. The operator lists the folders this page may read in "
+                "the environment variable `COVIDXR_DATA_ROOTS` or as `data_roots` in `.streamlit/secrets.toml`.")
+    else:
+        st.caption("Allowed folders: " + ", ".join(f"`{r}`" for r in roots))
+        folder = st.text_input("Folder (absolute, or relative to an allowed folder)", key="eval_folder")
+        if folder.strip():
+            collect = lambda: ui.folder_batch(folder, roots)  # noqa: E731
+else:
+    st.caption(f"{len(ui.sample_films())} real films shipped with the app (`samples/`); they are in the "
+               "training data, so they show how the page works, not how well the model works.")
+    collect = lambda: ui.folder_batch(str(ui.SAMPLES), [ui.SAMPLES])  # noqa: E731
+
+if st.button("Run evaluation", type="primary", disabled=collect is None, key="eval_run"):
+    try:
+        title, items, keep = collect()
+    except (PathRefused, ZipRefused, FilmError) as e:
+        st.error(f"Nothing was evaluated: {e}", icon="🚫")
+        st.stop()
+    batch = Batch(title, len(items), card.threshold, items if keep else None)
+    st.session_state["batch"] = batch
+    st.session_state.pop("eval_threshold", None)
+    for stale in ("review_open", "thumbnails"):
+        st.session_state.pop(stale, None)
+    bar = st.progress(0.0, text=progress_text(0, len(items), 0.0))
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total if total else 1.0, text=progress_text(done, total, time.perf_counter() - t0))
+
+    for row in iter_scores(clf, items, batch_size=8, progress=progress):
+        batch.rows.append(row)  # kept even if the run is interrupted (a click elsewhere stops the script)
+    batch.done, batch.seconds = True, time.perf_counter() - t0
+    bar.empty()
+
+batch: Batch | None = st.session_state.get("batch")
+if batch is None or not batch.rows:
+    st.stop()
+
+# ---------------------------------------------------------------- results
+st.divider()
+st.subheader(f"Results · {batch.title}")
+if batch.interrupted:
+    st.warning(f"The evaluation was interrupted after {len(batch.rows)} of {batch.total} films; the results "
+               "below cover the films scored so far.", icon="⏸️")
+
+if "eval_threshold" not in st.session_state:
+    st.session_state["eval_threshold"] = batch.threshold
+left, right = st.columns([4, 1])
+batch.threshold = left.slider("Decision threshold (metrics recompute from the stored scores)", 0.0, 1.0,
+                              step=0.005, format="%.3f", key="eval_threshold")
+right.button("Model's threshold", key="eval_reset", help=f"{card.threshold:.3f}: {card.threshold_rule}",
+             on_click=lambda: st.session_state.update(eval_threshold=card.threshold))
+report = batch.report()
+d = report.as_dict()
+
+st.caption(f"{d['n']} labelled films scored · {report.n_unlabelled} without a label · {report.n_errors} failed"
+           + (f" · {batch.seconds:.1f} s" if batch.seconds else "")
+           + f" · threshold {batch.threshold:.3f}" + (" (the model's)" if batch.threshold == card.threshold else ""))
+cols = st.columns(4)
+for col, name in zip(cols, ("sensitivity", "specificity", "accuracy", "auc")):
+    col.metric(METRIC_TITLES[name], fmt_num(d.get(name)))
+    col.caption(f"95% CI {fmt_ci(d['ci'].get(name))}")
+
+left, right = st.columns(2)
+with left:
+    st.markdown("**Confusion matrix**")
+    st.dataframe(confusion_table(d["confusion"], card.positive_class))
+    st.markdown("**All metrics (95% CI: Wilson for proportions, bootstrap for AUC and ECE)**")
+    st.dataframe(metric_rows(d), hide_index=True)
+with right:
+    points = roc_points(d.get("roc"))
+    if points:
+        fpr, tpr = 1 - (d["specificity"] or 0.0), d["sensitivity"] or 0.0
+        curve = alt.Chart(alt.Data(values=points)).mark_line(interpolate="step-after").encode(
+            x=alt.X("fpr:Q", title="1 − specificity (false positive rate)", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("tpr:Q", title="sensitivity (true positive rate)", scale=alt.Scale(domain=[0, 1])))
+        chance = alt.Chart(alt.Data(values=[{"fpr": 0, "tpr": 0}, {"fpr": 1, "tpr": 1}])).mark_line(
+            strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
+        here = alt.Chart(alt.Data(values=[{"fpr": fpr, "tpr": tpr, "threshold": batch.threshold}])).mark_point(
+            size=140, filled=True, color="#d62728").encode(x="fpr:Q", y="tpr:Q", tooltip=["threshold:Q"])
+        st.markdown(f"**ROC curve** (AUC {fmt_num(d.get('auc'))}; red: the operating point)")
+        st.altair_chart(chance + curve + here, width="stretch")
+    else:
+        st.info("A ROC curve needs labelled films of both classes.")
+
+if d.get("per_source") and len(d["per_source"]) > 1:
+    st.markdown("**Per source**")
+    st.dataframe(breakdown_rows(d["per_source"]), hide_index=True)
+
+st.markdown("**Per image**")
+st.dataframe(image_rows(report.rows, batch.threshold), hide_index=True,
+             column_config={"probability": st.column_config.NumberColumn(format="%.3f")})
+if report.failures:
+    st.markdown(f"**Failed files ({len(report.failures)})**")
+    st.dataframe([{"film": r.path, "reason": r.error} for r in report.failures], hide_index=True)
+
+left, right = st.columns(2)
+left.download_button("Download per-image CSV", report.to_csv(), file_name="covidxr_evaluation.csv",
+                     mime="text/csv", key="eval_csv", on_click="ignore")
+right.download_button("Download full report (JSON)", json.dumps(d, indent=2), file_name="covidxr_evaluation.json",
+                      mime="application/json", key="eval_json", on_click="ignore")
+st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon="🔎")
