@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .films import FilmError, read_film
+from .films import Film, FilmError, read_film
 from .metrics import BinaryReport, OperatingPoint, binary_report
 from .safety import MAX_ENTRY_BYTES, PathRefused, ZipRefused, check_zip, link_escapes, read_entry
 
@@ -193,7 +193,7 @@ def scan_zip(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo], prefix: str 
 # scoring
 
 
-def _read(item: LabelledItem):
+def _read(item: LabelledItem) -> tuple[Film | None, str | None]:
     """(film, None) or (None, reason)."""
     if item.error is not None:
         return None, item.error
