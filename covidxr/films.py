@@ -458,7 +458,8 @@ def _display_levels(stored: np.ndarray, counts: np.ndarray | None, ds, facts: di
         return _apply_window(values, *window, str(ds.get("VOILUTFunction", "LINEAR")).upper())
     if ds.get("VOILUTSequence"):
         facts["display"] = "VOI LUT"
-        out = np.asarray(pixels.apply_voi(values, ds, index=0), dtype=np.float64)
+        lut_input = values.astype(np.int64) if np.array_equal(values, np.round(values)) else values
+        out = np.asarray(pixels.apply_voi(lut_input, ds, index=0), dtype=np.float64)
         top = 2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1
         if out.max() > top:  # descriptors that overstate or understate the LUT's bits are common
             top = 2 ** int(out.max()).bit_length() - 1
