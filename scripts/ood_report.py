@@ -1,0 +1,294 @@
+"""How well does the "is this a frontal chest radiograph?" check work?
+
+Runs the shipped model's OOD check (covidxr.ood) over inputs that are not frontal chest films,
+built here or found on disk (synthetic noise, gradients, checkerboards, rendered text, photos in
+colour and in gray from the installed packages' sample data, other grayscale images, non-chest
+DICOMs, chest films rotated or inverted), and over real frontal films. Prints, per kind, the share
+rejected and which reasons fired, the rejection rate on non-chest inputs (target >= 95%) and the
+false-alarm rate on real frontal films (target <= 2%).
+
+    python scripts/ood_report.py [--weights weights] [--real-list val.txt | --real 300] [--json out.json]
+
+Real films: the paths in --real-list (one manifest path per line, or a CSV with a `path` column:
+use held-out validation films), else a deterministic sample of --real films from MANIFEST.csv,
+which may overlap the model's training films and so flatters the false-alarm rate. When the
+weights' card has no OOD statistics yet, a detector is fitted here on other patients' films and
+calibrated on a third disjoint group, so that no film is judged by statistics it helped make.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from covidxr.classifier import DEFAULT_WEIGHTS, Classifier  # noqa: E402
+from covidxr.films import FilmError, read_film  # noqa: E402
+from covidxr.ood import OODDetector, OODResult, film_features  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+SEED = 20240101
+Item = tuple[str, bytes]  # (name, file bytes)
+
+
+def encode(a: np.ndarray | Image.Image, fmt: str = "PNG") -> bytes:
+    im = a if isinstance(a, Image.Image) else Image.fromarray(a)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def to8(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+    return (a * 255 + 0.5).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ non-chest inputs
+
+def noise() -> list[Item]:
+    rng = np.random.default_rng(SEED)
+    out = [(f"uniform-{i}.png", encode(rng.integers(0, 256, (480 + 40 * i, 512), dtype=np.uint8))) for i in range(3)]
+    for i, side in enumerate((4, 16, 64)):  # smooth "blobby" noise, closer to an anatomical texture
+        small = rng.normal(size=(side, side)).astype(np.float32)
+        out.append((f"smooth-{side}.png", encode(Image.fromarray(to8(small)).resize((512, 512), Image.BICUBIC))))
+    return out
+
+
+def gradients() -> list[Item]:
+    y, x = np.mgrid[0:480, 0:512] / np.array([479.0, 511.0])[:, None, None]
+    r = np.hypot(y - 0.5, x - 0.5)
+    fields = {"horizontal": x, "vertical": y, "diagonal": x + y, "radial": r, "radial-inverse": -r,
+              "vignette": np.cos(np.clip(r * 3.0, 0, np.pi / 2))}
+    return [(f"{k}.png", encode(to8(v))) for k, v in fields.items()]
+
+
+def checkerboards() -> list[Item]:
+    y, x = np.mgrid[0:512, 0:512]
+    return [(f"checker-{n}.png", encode(to8(((y // n + x // n) % 2).astype(float)))) for n in (4, 16, 32, 128)]
+
+
+def text_pages() -> list[Item]:
+    words = ("Chest radiograph report. Findings: no focal consolidation. Impression: normal study. "
+             "Patient positioned PA, adequate inspiration. Heart size within normal limits.").split()
+    out = []
+    for i, size in enumerate((14, 20, 28, 40)):
+        im = Image.new("L", (600, 500), 255 if i % 2 == 0 else 0)
+        draw, font = ImageDraw.Draw(im), ImageFont.load_default(size=size)
+        line, y = "", 10
+        for w in words * 4:
+            if draw.textlength(line + " " + w, font=font) > 580:
+                draw.text((10, y), line, fill=0 if i % 2 == 0 else 255, font=font)
+                line, y = w, y + size + 6
+            else:
+                line = (line + " " + w).strip()
+        out.append((f"text-{size}px.png", encode(im)))
+    return out
+
+
+def photo_files() -> list[Path]:
+    """Photographs shipped inside installed packages (scikit-learn, matplotlib)."""
+    import matplotlib
+    import sklearn.datasets
+
+    mpl = Path(matplotlib.get_data_path()) / "sample_data"
+    skl = Path(sklearn.datasets.__file__).parent / "images"
+    return [p for p in (skl / "china.jpg", skl / "flower.jpg", mpl / "grace_hopper.jpg",
+                        mpl / "Minduka_Present_Blue_Pack.png", mpl / "logo2.png") if p.exists()]
+
+
+def colour_photos() -> list[Item]:
+    return [(p.name, p.read_bytes()) for p in photo_files()]
+
+
+def gray_photos() -> list[Item]:
+    """The same photos in grayscale: no colour to give them away, only their content."""
+    return [(p.stem + "-gray.png", encode(ImageOps.grayscale(Image.open(p).convert("RGB")))) for p in photo_files()]
+
+
+def other_grayscale() -> list[Item]:
+    """A brain MR slice and two elevation maps from matplotlib's sample data."""
+    import matplotlib
+
+    mpl = Path(matplotlib.get_data_path()) / "sample_data"
+    out = []
+    mr = mpl / "s1045.ima.gz"
+    if mr.exists():
+        out.append(("brain-mr.png", encode(to8(np.frombuffer(gzip.open(mr).read(), ">u2").reshape(256, 256)))))
+    for name, key in (("jacksboro_fault_dem.npz", "elevation"), ("topobathy.npz", "topo")):
+        if (mpl / name).exists():
+            with np.load(mpl / name, allow_pickle=False) as z:
+                out.append((name.replace(".npz", ".png"), encode(to8(z[key]))))
+    return out
+
+
+def files_in(folder: Path) -> list[Item]:
+    return [(p.name, p.read_bytes()) for p in sorted(folder.glob("*.dcm"))]
+
+
+def transformed(paths: list[Path], how: Callable[[Image.Image], Image.Image], tag: str) -> list[Item]:
+    return [(f"{p.stem}-{tag}.png", encode(how(Image.open(p).convert("L")))) for p in paths]
+
+
+# ------------------------------------------------------------------ real films
+
+def manifest() -> list[dict]:
+    with open(DATA / "cxr" / "MANIFEST.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def patient_split(rows: list[dict], sizes: list[int]) -> list[list[dict]]:
+    """Deterministic samples of films, one per group, with no patient in two groups."""
+    rng = np.random.default_rng(SEED)
+    by_patient: dict[str, list[dict]] = {}
+    for r in rows:
+        by_patient.setdefault(r["patient_id"], []).append(r)
+    patients = sorted(by_patient)
+    rng.shuffle(patients)
+    groups: list[list[dict]] = [[] for _ in sizes]
+    g = 0
+    for pid in patients:
+        while g < len(sizes) and len(groups[g]) >= sizes[g]:
+            g += 1
+        if g == len(sizes):
+            break
+        groups[g].append(by_patient[pid][int(rng.integers(len(by_patient[pid])))])  # one film per patient
+    return groups
+
+
+def read_list(path: Path) -> list[str]:
+    text = path.read_text().splitlines()
+    if text and "path" in text[0].split(","):
+        return [r["path"] for r in csv.DictReader(text)]
+    return [t.strip() for t in text if t.strip()]
+
+
+def cxr_items(paths: Iterable[str]) -> list[Item]:
+    return [(p, (DATA / "cxr" / p).read_bytes()) for p in paths]
+
+
+# ------------------------------------------------------------------ running the check
+
+def check_all(clf: Classifier, det: OODDetector, items: list[Item], batch: int = 16) -> list[dict]:
+    rows, films, names = [], [], []
+    for name, data in items:
+        try:
+            films.append(read_film(data, name=name))
+            names.append(name)
+        except FilmError as e:  # the app refuses it before any score: a rejection too
+            rows.append({"name": name, "is_chest": False, "distance": None, "reasons": [f"unreadable: {e}"]})
+    for i in range(0, len(films), batch):
+        chunk = films[i:i + batch]
+        feats, fracs = film_features(clf, chunk)
+        for f, x, fr in zip(chunk, feats, fracs):
+            r: OODResult = det.check(x, float(fr), f)
+            rows.append({"name": f.name, "is_chest": r.is_chest, "distance": round(r.distance, 4),
+                         "lung_fraction": round(float(fr), 4), "reasons": r.reasons})
+    return rows
+
+
+def reason_kind(reason: str) -> str:
+    for key, kind in (("features", "features"), ("lungs", "lungs"), ("colour", "colour"),
+                      ("DICOM", "dicom tags"), ("unreadable", "unreadable")):
+        if key in reason:
+            return kind
+    return "other"
+
+
+def summarise(rows: list[dict]) -> dict:
+    rejected = [r for r in rows if not r["is_chest"]]
+    reasons = Counter(reason_kind(s) for r in rows for s in r["reasons"])
+    features_only = sum(any(reason_kind(s) == "features" for s in r["reasons"]) for r in rows)
+    return {"n": len(rows), "rejected": len(rejected), "rate": len(rejected) / max(len(rows), 1),
+            "by_features": features_only, "reasons": dict(reasons)}
+
+
+def fitted_detector(clf: Classifier, fit: list[dict], val: list[dict]) -> OODDetector:
+    print(f"card has no OOD statistics: fitting on {len(fit)} films, calibrating on {len(val)} "
+          f"(other patients)", file=sys.stderr)
+    f_fit, _ = film_features(clf, [read_film(b, name=n) for n, b in cxr_items(r["path"] for r in fit)])
+    f_val, _ = film_features(clf, [read_film(b, name=n) for n, b in cxr_items(r["path"] for r in val)])
+    return OODDetector.fit(f_fit).calibrate(f_val, 0.99)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--real", type=int, default=300, help="real films sampled from MANIFEST.csv")
+    ap.add_argument("--real-list", type=Path, help="held-out real films (manifest paths, or CSV with `path`)")
+    ap.add_argument("--transformed", type=int, default=20, help="chest films rotated / inverted, per kind")
+    ap.add_argument("--fit", type=int, default=600, help="films to fit on when the card has no OOD file")
+    ap.add_argument("--calibrate", type=int, default=300)
+    ap.add_argument("--json", type=Path, help="write the summary and every row here")
+    a = ap.parse_args(argv)
+
+    t0 = time.perf_counter()
+    clf = Classifier.from_dir(a.weights)
+    rows = manifest()
+    fit, val, real = patient_split(rows, [a.fit, a.calibrate, a.real])
+    det = clf.ood or fitted_detector(clf, fit, val)
+    real_paths = read_list(a.real_list) if a.real_list else [r["path"] for r in real]
+    chest_for_transforms = [DATA / "cxr" / p for p in real_paths[:a.transformed]]
+
+    kinds: dict[str, tuple[str, Callable[[], list[Item]]]] = {
+        "noise": ("non-chest", noise),
+        "gradient": ("non-chest", gradients),
+        "checkerboard": ("non-chest", checkerboards),
+        "text": ("non-chest", text_pages),
+        "colour photo": ("non-chest", colour_photos),
+        "gray photo": ("non-chest", gray_photos),
+        "other grayscale image": ("non-chest", other_grayscale),
+        "non-chest DICOM": ("non-chest", lambda: files_in(DATA / "dicom" / "other")),
+        "chest rotated 90": ("non-chest", lambda: transformed(chest_for_transforms, lambda im: im.rotate(90, expand=True), "rot90")),
+        "chest rotated 180": ("non-chest", lambda: transformed(chest_for_transforms, lambda im: im.rotate(180), "rot180")),
+        "chest inverted": ("non-chest", lambda: transformed(chest_for_transforms, ImageOps.invert, "inverted")),
+        "real frontal film": ("chest", lambda: cxr_items(real_paths)),
+        "chest DICOM (other hospitals)": ("chest", lambda: files_in(DATA / "dicom" / "cxr") + files_in(DATA / "dicom" / "cxr" / "derived")),
+    }
+    results: dict[str, dict] = {}
+    for kind, (group, make) in kinds.items():
+        checked = check_all(clf, det, make())
+        results[kind] = {"group": group, **summarise(checked), "rows": checked}
+
+    print(f"\nOOD check: threshold {det.threshold:.3f} on feature distance "
+          f"({'shipped' if clf.ood else 'fitted here'}); {time.perf_counter() - t0:.0f} s\n")
+    print(f"{'kind':32} {'group':10} {'n':>4} {'flagged':>8} {'rate':>6}  {'by features':>11}  reasons")
+    for kind, r in results.items():
+        print(f"{kind:32} {r['group']:10} {r['n']:4d} {r['rejected']:8d} {r['rate']:6.1%}  "
+              f"{r['by_features']:11d}  {r['reasons']}")
+    non = [r for r in results.values() if r["group"] == "non-chest"]
+    n_non, rej = sum(r["n"] for r in non), sum(r["rejected"] for r in non)
+    by_feat = sum(r["by_features"] for r in non)
+    real_r = results["real frontal film"]
+    summary = {
+        "non_chest_rejection_rate": rej / n_non, "non_chest_n": n_non,
+        "non_chest_rejected_by_features": by_feat / n_non,
+        "real_false_alarm_rate": real_r["rate"], "real_n": real_r["n"],
+        "real_source": str(a.real_list) if a.real_list else f"MANIFEST sample of {len(real_paths)} (may overlap training)",
+        "dicom_chest_false_alarm_rate": results["chest DICOM (other hospitals)"]["rate"],
+        "threshold": det.threshold, "detector": "shipped" if clf.ood else "fitted in this report",
+        "weights": str(a.weights),
+    }
+    print(f"\nnon-chest rejected: {rej}/{n_non} = {rej / n_non:.1%} (target >= 95%); "
+          f"by the feature distance alone {by_feat / n_non:.1%}")
+    print(f"real frontal films flagged: {real_r['rejected']}/{real_r['n']} = {real_r['rate']:.1%} "
+          f"(target <= 2%; {summary['real_source']})")
+    if a.json:
+        a.json.write_text(json.dumps({"summary": summary, "kinds": results}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
