@@ -1,0 +1,42 @@
+"""benchmarks/bench.py in its quick mode: it runs end to end on the shipped model and real films,
+and writes every figure the README's Performance section and ../shared/tools/check-contracts read."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from tests.conftest import REPO, shared_data
+
+from covidxr.classifier import DEFAULT_WEIGHTS
+
+KEYS = ("predict_ms", "predict_gradcam_ms", "throughput_fps", "baseline_predict_ms", "baseline_predict_gradcam_ms",
+        "baseline_throughput_fps", "cold_start_s", "peak_rss_mb", "weights_mb")
+
+
+def test_quick_benchmark_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--threads", "1", "--json", str(out),
+         "--weights", str(DEFAULT_WEIGHTS), "--data", str(shared_data())],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    for key in KEYS:
+        assert isinstance(report[key], (int, float)) and report[key] > 0, key
+    # the weights figure is the shipped files' size, not a constant
+    shipped = sum(p.stat().st_size for p in DEFAULT_WEIGHTS.iterdir() if p.is_file() and p.suffix != ".json")
+    assert abs(report["weights_mb"] - shipped / 1e6) < 1e-6
+    # FLOPs are counted, and ours include the lung segmenter's
+    assert report["gflop_per_film"] == pytest.approx(sum(v["gflop"] for v in report["forward"].values()))
+    assert set(report["forward"]) == {"lung segmenter", "classifier"}
+    assert report["settings"]["folder_films"] == 16 and report["settings"]["threads"] == 1
+    # every film that read_film accepts is timed for both models; the 2048 px PNG is the headline
+    assert report["predict_ms"] == report["films"]["png16"]["predict_ms"]
+    assert {"png16", "jpeg", "dicom"} <= set(report["films"])
+    # the Markdown table the README pastes
+    table = run.stdout
+    assert "| measure | covidxr | DenseNet-121 @224 | ratio | target | met |" in table
+    assert "2048 px 16-bit PNG, bytes to probability" in table
