@@ -146,3 +146,19 @@ def test_attention_falls_on_the_lungs(classifier):
     print(f"\nlung mass over {len(masked)} films: masked {np.nanmean(masked):.3f}, "
           f"unmasked {np.nanmean(raw):.3f}, uniform map {np.mean(uniform):.3f}")
     assert np.nanmean(masked) > 0.4
+
+
+def test_shared_network_is_never_hooked_nor_given_gradients(classifier, films, explained):
+    """Grad-CAM runs on private copies: the network that predict() uses stays untouched, and a
+    caller inside inference_mode or no_grad still gets the same map."""
+    import torch
+
+    with torch.inference_mode():
+        in_inference = explain(classifier, films[0]).heatmap
+    with torch.no_grad():
+        in_no_grad = explain(classifier, films[0]).heatmap
+    np.testing.assert_array_equal(in_inference, explained[0].heatmap)
+    np.testing.assert_array_equal(in_no_grad, explained[0].heatmap)
+    modules = list(classifier.net.modules())
+    assert not any(m._forward_hooks or m._backward_hooks for m in modules)
+    assert all(p.grad is None for p in classifier.net.parameters())
