@@ -8,10 +8,10 @@ Thread safety: a Streamlit server shares one Classifier between sessions. pytorc
 hooks on the target layer, and a hook on the shared network would also fire for every other
 thread's forward pass (predict() included) and mix their activations into this call's map. So each
 Grad-CAM runs on a private deep copy of the network, taken from a small per-classifier pool: a copy
-serves one call at a time, is made once (about 14 MB) and then reused, so the cost is paid only when
-more calls overlap than copies exist. The shared network is never hooked. In a copy only the CAM
-layer's weights require gradients, so the backward pass runs from the logits to that layer and no
-further.
+serves one call at a time, is made (about 14 MB, tens of ms) the first time that many calls overlap,
+and is reused after; beyond POOL_SIZE overlapping calls, the next waits for a free copy. The
+shared network is never hooked. In a copy only the CAM layer's weights require gradients, so the
+backward pass runs from the logits to that layer and no further.
 """
 from __future__ import annotations
 
@@ -130,11 +130,11 @@ def explain(classifier: Classifier, film: Film, masked: bool = True) -> Explanat
 
     The map is computed on the lung crop at the model's input size, resized into the crop's box on
     the film, zero outside the box, and (with `masked`, the default) multiplied by the soft lung
-    mask the model saw. The model's input is blank outside that mask, so attention drawn there is
-    not something the model read in the film: at the CAM layer's coarse grid (1/32 of the input)
-    and after bilinear upsampling, the map bleeds over the mask's edge, and a blank area can still
-    shift the logit through its contrast with the lung edge. Masking removes that bleed, and with it
-    any evidence of such edge effects; pass masked=False to see the raw map inside the box (the
+    mask the model saw. The model's input is blank outside that mask, so there is no film detail
+    there for it to have read. Attention drawn there is mostly an artefact: the CAM layer's grid is
+    1/32 of the input, and its bilinear upsampling bleeds over the mask's edge. It is not always
+    only that: the network can respond to the blank area's shape and its contrast with the lung
+    edge, and masking hides this too. Pass masked=False to see the raw map inside the box (the
     generalisation checks compare both). The result is scaled so that its maximum is 1; a map with
     no positive evidence stays all zero.
     """
