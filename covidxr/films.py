@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +82,7 @@ def read_film(source: bytes | str | Path, name: str | None = None) -> Film:
         data = bytes(source)
     if not data:
         raise FilmError("the file is empty (0 bytes)")
-    if len(data) > MAX_BYTES:
-        raise FilmError(f"the file is too large ({len(data) / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB)")
+    _check_bytes(len(data))
     if data[128:132] == b"DICM":
         film = _read_dicom(data)
     else:
@@ -108,12 +108,15 @@ def film_summary(film: Film) -> dict[str, str]:
 
 def _read_path(path: Path) -> bytes:
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise FilmError(f"the file is too large ({size / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB)")
+        _check_bytes(path.stat().st_size)
         return path.read_bytes()
     except OSError as e:
         raise FilmError(f"cannot read the file: {e.strerror or e}") from None
+
+
+def _check_bytes(size: int) -> None:
+    if size > MAX_BYTES:
+        raise FilmError(f"the file is too large ({size / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB)")
 
 
 def _check_size(width: int, height: int) -> None:
@@ -133,29 +136,22 @@ def _target(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _shrink(a: np.ndarray) -> np.ndarray:
-    """HxW or HxWxC numbers -> float32 with the longest side fitted into WORK_SIDE.
-
-    Integer box means first (exact sums, no full-size float copy), then one bilinear step for
-    the remainder. The box crops at most k-1 edge pixels, under one pixel of the result.
-    """
-    h, w = a.shape[:2]
-    tw, th = _target(w, h)
-    k = max(h, w) // WORK_SIDE
+def _fit(im: Image.Image) -> Image.Image:
+    """Longest side into WORK_SIDE: an integer box reduction in C (means, fast), then one
+    bilinear step for the remainder. Works on Pillow's L, La, RGB, RGBa, I and F images."""
+    target = _target(*im.size)
+    if im.size == target:
+        return im
+    k = max(im.size) // WORK_SIDE
     if k > 1:
-        h2, w2 = h // k * k, w // k * k
-        small_ints = a.dtype.kind in "ub" and a.dtype.itemsize <= 2 and k <= 256  # k*k*65535 fits 32 bits
-        acc_type = np.float32 if a.dtype.kind == "f" else np.uint32 if small_ints else np.int64
-        acc = np.zeros((h2 // k, w2 // k) + a.shape[2:], acc_type)
-        for i in range(k):
-            for j in range(k):
-                acc += a[i:h2:k, j:w2:k]
-        a = acc.astype(np.float32) / (k * k)
-    a = a.astype(np.float32, copy=False)
-    if a.shape[:2] == (th, tw):
-        return a
+        im = im.reduce(k)
+    return im if im.size == target else im.resize(target, Image.BILINEAR)
+
+
+def _fit_array(a: np.ndarray) -> np.ndarray:
+    """_fit for an HxW or HxWxC array of numbers -> float32 (per band, as Pillow F images)."""
     bands = [a] if a.ndim == 2 else [a[..., c] for c in range(a.shape[2])]
-    out = [np.asarray(Image.fromarray(np.ascontiguousarray(b), mode="F").resize((tw, th), Image.BILINEAR))
+    out = [np.asarray(_fit(Image.fromarray(np.ascontiguousarray(b, dtype=np.float32), mode="F")))
            for b in bands]
     return out[0] if a.ndim == 2 else np.stack(out, axis=-1)
 
@@ -259,18 +255,16 @@ def _decode_pillow(im: Image.Image, fmt: str) -> Film:
 
 def _shallow_pixels(im: Image.Image, facts: dict[str, str]) -> np.ndarray:
     """8-bit modes -> reduced HxW (gray) or HxWx3 (colour) float32 in [0, 1], alpha flattened on black."""
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
     elif im.mode == "1":
         im = im.convert("L")
-    elif im.mode not in ("L", "LA", "RGB", "RGBA", "PA"):
+    elif im.mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX...
-    if im.mode in ("LA", "PA", "RGBA"):
+    if im.mode in ("LA", "RGBA"):
         facts["alpha"] = "flattened on black"
         im = im.convert("La" if im.mode == "LA" else "RGBa")  # premultiplied = composited on black
-    target = _target(*im.size)
-    if im.size != target:
-        im = im.resize(target, Image.BILINEAR, reducing_gap=2.0)  # Pillow premultiplies alpha here
+    im = _fit(im)
     facts["bits"] = "8"
     a = np.asarray(im)
     a = a[..., 0] if im.mode == "La" else a[..., :3] if a.ndim == 3 else a
@@ -279,17 +273,13 @@ def _shallow_pixels(im: Image.Image, facts: dict[str, str]) -> np.ndarray:
 
 def _deep_pixels(im: Image.Image, facts: dict[str, str]) -> np.ndarray:
     """16/32-bit integer and float gray -> reduced HxW float32 in [0, 1] (see module notes)."""
-    a = np.asarray(im)
-    if a.dtype.kind == "f":
-        if not np.isfinite(a).all():
-            raise FilmError("the image holds invalid pixel values (NaN or infinity)")
-        small = _shrink(a)
+    small = np.asarray(_fit(im if im.mode in ("I", "F") else im.convert("I")), dtype=np.float32)
+    if im.mode == "F":  # NaN survives the reduction; _finish refuses it
         facts["bits"] = "32 (float)"
         if small.min() >= 0 and small.max() <= 1:
             return small
         return _stretch(small, *_percentile_window(small, None))
-    small = _shrink(a)
-    lo, hi = int(a.min()), int(a.max())
+    lo, hi = im.getextrema()
     if lo < 0 or hi > 65535:  # signed or wider than 16 bits: no natural range, window it
         facts["bits"] = "32"
         return _stretch(small, *_percentile_window(small, None))
@@ -363,16 +353,25 @@ def _ends_early(ds, size: int) -> bool:
 
 
 def _dicom_facts(ds, syntax) -> dict[str, str]:
-    facts = {key: _clean(ds.get(tag)) for key, tag in _DICOM_FACTS.items() if ds.get(tag) not in (None, "")}
+    facts = {key: _clean(_tag(ds, keyword)) for key, keyword in _DICOM_FACTS.items()}
     facts["transfer_syntax"] = syntax.name
-    if "SOPClassUID" in ds:
-        facts["sop_class"] = _clean(ds.SOPClassUID.name)
-    return facts
+    sop_class = _tag(ds, "SOPClassUID")
+    facts["sop_class"] = _clean(getattr(sop_class, "name", sop_class))
+    return {key: value for key, value in facts.items() if value}
+
+
+def _tag(ds, keyword: str):
+    """The first value of a header element, or None when absent or malformed (facts are optional)."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a malformed optional value must not make the film unreadable
+        return None
+    return value[0] if isinstance(value, (MutableSequence, tuple)) and len(value) else value
 
 
 def _clean(value) -> str:
     """A header value as short printable text (values can hold anything; the app prints these)."""
-    text = str(value[0] if isinstance(value, (list, tuple)) else value)
+    text = "" if value is None else str(value)
     return "".join(c for c in text if c.isprintable()).strip()[:64]
 
 
@@ -416,18 +415,16 @@ def _decode_dicom(ds) -> Film:
         raw = pixels.pixel_array(ds, index=0)
     except Exception as e:  # noqa: BLE001 - every plugin has its own error types
         raise FilmError(f"the DICOM pixel data could not be decoded ({syntax.name}: {_reason(e)})") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if raw.ndim == 3 and photometric == "PALETTE COLOR":
-        raw = raw[..., :3]
+    photometric = str(_tag(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
     if raw.ndim == 2 and photometric == "PALETTE COLOR":
         raw = pixels.apply_color_lut(raw, ds)
-    if raw.ndim == 3:  # RGB (pydicom has already turned YBR into RGB)
-        scale = float(raw.max()) if raw.max() > 255 else 255.0
-        return _finish(_gray(_shrink(raw) / scale, facts), cols, rows, "DICOM", facts)
+    if raw.ndim == 3:  # RGB (pydicom has already turned YBR into RGB), or the palette's colours
+        top = np.iinfo(raw.dtype).max if raw.dtype.kind in "iu" else 1.0
+        return _finish(_gray(_fit_array(raw) / float(top), facts), cols, rows, "DICOM", facts)
     pixels_full = _dicom_display(raw, ds, facts)
     if photometric == "MONOCHROME1":  # bright = air: invert so that 0 = dark as in MONOCHROME2
         pixels_full = 1.0 - pixels_full
-    return _finish(_gray(_shrink(pixels_full), facts), cols, rows, "DICOM", facts)
+    return _finish(_gray(_fit_array(pixels_full), facts), cols, rows, "DICOM", facts)
 
 
 def _dicom_display(raw: np.ndarray, ds, facts: dict[str, str]) -> np.ndarray:
@@ -436,11 +433,9 @@ def _dicom_display(raw: np.ndarray, ds, facts: dict[str, str]) -> np.ndarray:
     The transform depends on the stored value only, so it is computed once per distinct level
     (a lookup table over min..max) and applied by indexing: fast, and exact.
     """
-    if raw.dtype.kind == "f":
-        return _display_levels(raw.astype(np.float64), None, ds, facts).astype(np.float32)
     lo, hi = int(raw.min()), int(raw.max())
-    if hi - lo > 2**20:  # 32-bit data: too many levels for a table
-        return _display_levels(raw.astype(np.int64), None, ds, facts).astype(np.float32)
+    if raw.dtype.kind not in "iu" or hi - lo > 2**20:  # too many levels for a table: map every pixel
+        return _display_levels(raw, None, ds, facts).astype(np.float32)
     index = raw.astype(np.intp) - lo if lo else raw.astype(np.intp, copy=False)
     counts = np.bincount(index.ravel(), minlength=hi - lo + 1)
     levels = np.arange(lo, hi + 1, dtype=np.int64)
@@ -455,7 +450,7 @@ def _display_levels(stored: np.ndarray, counts: np.ndarray | None, ds, facts: di
     window = _window(ds)
     if window is not None:
         facts["display"] = f"VOI window {window[0]:g}/{window[1]:g}"
-        return _apply_window(values, *window, str(ds.get("VOILUTFunction", "LINEAR")).upper())
+        return _apply_window(values, *window, str(_tag(ds, "VOILUTFunction") or "LINEAR").upper())
     if ds.get("VOILUTSequence"):
         facts["display"] = "VOI LUT"
         lut_input = values.astype(np.int64) if np.array_equal(values, np.round(values)) else values
@@ -470,13 +465,9 @@ def _display_levels(stored: np.ndarray, counts: np.ndarray | None, ds, facts: di
 
 def _window(ds) -> tuple[float, float] | None:
     """The first VOI window (centre, width), when the file has a usable one."""
-    centre, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if centre is None or width is None:
-        return None
     try:
-        c = float(centre[0] if hasattr(centre, "__len__") and not isinstance(centre, str) else centre)
-        w = float(width[0] if hasattr(width, "__len__") and not isinstance(width, str) else width)
-    except (TypeError, ValueError, IndexError):
+        c, w = float(_tag(ds, "WindowCenter")), float(_tag(ds, "WindowWidth"))
+    except (TypeError, ValueError):  # absent (None) or not a number
         return None
     return (c, w) if w > 1 and math.isfinite(c) and math.isfinite(w) else None
 

@@ -392,3 +392,15 @@ def test_shared_jpegs_read_at_their_manifest_size(row):
     film = read_film(shared_data("cxr", row["path"]))
     assert film.format == "JPEG" and (film.width, film.height) == (int(row["width"]), int(row["height"]))
     assert film.facts["colour"] == "no" and film.pixels.std() > 0.05
+
+
+def test_concurrent_reads_equal_single_reads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [encode(Image.fromarray(ramp16(shape=(1500, 1200))), "PNG"), encode(film_array(), "JPEG"),
+               (DICOM_DIR / "cxr/nema-wg04_RG1_J2KI.dcm").read_bytes(), dicom_bytes(ramp16(), BitsStored=12, HighBit=11)]
+    single = [read_film(s).pixels for s in sources]
+    with ThreadPoolExecutor(8) as pool:
+        films_read = list(pool.map(read_film, sources * 4))
+    for i, film in enumerate(films_read):
+        np.testing.assert_array_equal(film.pixels, single[i % len(sources)])
