@@ -111,7 +111,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     card = main(Path(args.data), Path(args.out), Path(args.lungs) if args.lungs else None, Path(args.work),
                 tuple(args.stages.split(",")), threads=args.threads or 2)
-    print(f"wrote {Path(args.out) / 'model_card.json'}: threshold {card.threshold:.3f}, temperature {card.temperature:.2f}")
+    if card is None:
+        print("stages done; the final stage has not run yet, so no model card was written", file=sys.stderr)
+    else:
+        print(f"wrote {Path(args.out) / 'model_card.json'}: threshold {card.threshold:.3f}, temperature {card.temperature:.2f}")
     return EXIT_OK
 
 
