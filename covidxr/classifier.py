@@ -1,7 +1,7 @@
 """The public inference surface: `Classifier.from_dir("weights").predict(films)`.
 
 One Classifier is safe to share between threads (a Streamlit server's sessions): predict() only
-reads the networks, and Grad-CAM hooks live on a per-call copy (see explain.py).
+reads the networks, and Grad-CAM hooks live on pooled private copies of the network (see explain.py).
 """
 from __future__ import annotations
 

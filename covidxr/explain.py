@@ -33,7 +33,7 @@ from torch import nn
 from .classifier import Classifier, Prediction
 from .films import Film
 from .model import CovidNet
-from .preprocess import resize
+from .preprocess import box_slices, resize
 
 POOL_SIZE = 4  # private network copies per classifier; more overlapping calls wait for a free one
 
@@ -105,15 +105,6 @@ def _pool(classifier: Classifier) -> _CamPool:
         if pool is None or pool.net is not classifier.net:
             pool = _pools[classifier] = _CamPool(classifier.net, POOL_SIZE)
         return pool
-
-
-def box_slices(box: tuple[float, float, float, float], shape: tuple[int, int]) -> tuple[slice, slice]:
-    """Rows and columns of `shape` covered by a (top, bottom, left, right) fraction box, rounded
-    the way preprocess.prepare() crops, so that the map lands on the pixels the crop came from."""
-    t, b, l, r = box
-    h, w = shape
-    return (slice(int(t * h), max(int(t * h) + 1, int(round(b * h)))),
-            slice(int(l * w), max(int(l * w) + 1, int(round(r * w)))))
 
 
 def place(crop_map: np.ndarray, box: tuple[float, float, float, float], shape: tuple[int, int]) -> np.ndarray:

@@ -59,6 +59,16 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return t[0, 0].numpy()
 
 
+def box_slices(box: tuple[float, float, float, float], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of an array of `shape` covered by a (top, bottom, left, right) fraction box.
+
+    One definition for cropping the film, cropping its lung map and pasting a heatmap back."""
+    t, b, l, r = box
+    h, w = shape
+    return (slice(int(t * h), max(int(t * h) + 1, int(round(b * h)))),
+            slice(int(l * w), max(int(l * w) + 1, int(round(r * w)))))
+
+
 @dataclass
 class Prepared:
     """What the classifier saw, and where it came from in the film."""
@@ -75,19 +85,14 @@ def prepare(pixels: np.ndarray, lung_prob: np.ndarray, size: int, margin: float,
     lung = lung_prob > 0.5
     frac = float(lung.mean())
     box = lung_box(lung_prob, margin)
-    h, w = pixels.shape
     if box is None:  # no lungs found: whole film, nothing blanked; the OOD check reports it
         box, frac = (0.0, 1.0, 0.0, 1.0), 0.0
-    t, b, l, r = box
-    crop = pixels[int(t * h): max(int(t * h) + 1, int(round(b * h))), int(l * w): max(int(l * w) + 1, int(round(r * w)))]
-    crop = resize(crop, size, size)
+    crop = resize(pixels[box_slices(box, pixels.shape)], size, size)
     if frac == 0.0:
         mask = np.ones((size, size), np.float32)
     else:
-        mh, mw = lung_prob.shape
-        m = lung_prob[int(t * mh): max(int(t * mh) + 1, int(round(b * mh))),
-                      int(l * mw): max(int(l * mw) + 1, int(round(r * mw)))]
-        mask = dilate(resize(m.astype(np.float32), size, size), int(round(dilation * size)))
+        m = lung_prob[box_slices(box, lung_prob.shape)].astype(np.float32)
+        mask = dilate(resize(m, size, size), int(round(dilation * size)))
     image = equalize(crop, mask)
     if blank:
         image = image * mask
