@@ -16,7 +16,9 @@ Decisions, each a line here so that they can be found:
   frontal film. (A phone JPEG's MPO preview frames are not an animation: its first image is read.)
 - DICOM: modality LUT, then the first VOI window (or the VOI LUT), else a 0.5-99.5 percentile
   window; MONOCHROME1 inverted. Only an allow-list of non-identifying tags reaches Film.facts.
-- Size limits are checked on the header, before any pixel is decoded.
+- Size limits are checked on the header, before any pixel is decoded. (Pillow's own bomb check
+  refuses over 179 megapixels at open, with the same message; between 89 and 179 it only warns,
+  and MAX_PIXELS refuses.)
 """
 from __future__ import annotations
 
@@ -208,9 +210,11 @@ def _open_pillow(data: bytes) -> Image.Image | None:
         raise FilmError(_BOMB) from None
     except Image.UnidentifiedImageError:
         return None
-    except Exception as e:  # noqa: BLE001 - a decoder choking on a header is a damaged file
-        raise FilmError(f"the {_image_signature(data) or 'image'} file is truncated or corrupt "
-                        f"({_reason(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a decoder choking on a header is a damaged file...
+        fmt = _image_signature(data)
+        if fmt is None:  # ...or no image at all, claimed by a lax check (text starting "BM")
+            return None
+        raise FilmError(f"the {fmt} file is truncated or corrupt ({_reason(e)})") from None
 
 
 def _read_pillow(data: bytes) -> Film | None:
@@ -505,8 +509,9 @@ def _not_an_image(data: bytes) -> Film:
 
 
 def _image_signature(data: bytes) -> str | None:
-    """The image format the first bytes claim, if any."""
-    return next((fmt for signature, fmt in _IMAGE_SIGNATURES if data.startswith(signature)), None)
+    """The image format the first bytes claim, if any ("BM" counts only with BMP's zero reserved bytes)."""
+    fmt = next((fmt for signature, fmt in _IMAGE_SIGNATURES if data.startswith(signature)), None)
+    return None if fmt == "BMP" and data[6:10] != bytes(4) else fmt
 
 
 def _as_text(head: bytes) -> str | None:

@@ -136,6 +136,7 @@ def bad_inputs() -> tuple[BadInput, ...]:
         ("jpeg-header-only", jpeg[:100], "film.jpg", "JPEG file is truncated"),
         ("bmp-truncated", bmp[:len(bmp) // 2], "film.bmp", "BMP file is truncated"),
         ("text-renamed-png", b"Patient film attached.\nPlease review.\n" * 20, "film.png", "text, not an image"),
+        ("text-starting-like-bmp", b"BMI 24.3, chest clear.\n" * 10, "film.bmp", "text, not an image"),
         ("html-renamed-jpg", b"<!DOCTYPE html><html><body><img src='film.png'></body></html>", "film.jpg",
          "HTML page"),
         ("svg-drawing", b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>', "film.svg",
