@@ -1,0 +1,290 @@
+"""Every page of the app, run in-process by Streamlit's AppTest with the shipped model and real films.
+
+Streamlit 1.67's AppTest supports `st.file_uploader` (`at.file_uploader[0].set_value(...)`), so the
+uploads here go through the same widget a clinician uses. The model is loaded once per process
+(`st.cache_resource`), as on the server.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pydicom
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import REPO, shared_data
+from covidxr.card import ModelCard
+from covidxr.classifier import DEFAULT_WEIGHTS, Classifier
+
+APP = str(REPO / "app.py")
+SAMPLES = REPO / "samples"
+COVID_SAMPLE = SAMPLES / "covid" / "006f3a8a.jpg"
+NORMAL_SAMPLE = SAMPLES / "normal" / "00001300_000.jpg"
+DICOM_FILM = shared_data("dicom", "cxr", "siim-acr_CR_PA_jpeg-baseline.dcm")
+NOT_CHEST_DICOM = shared_data("dicom", "other", "pydicom_MR_small.dcm")
+TIMEOUT = 300  # the first run imports torch and loads the model on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """The shipped model (or $COVIDXR_TEST_WEIGHTS, like conftest's `classifier`), handed to the app."""
+    directory = Path(os.environ.get("COVIDXR_TEST_WEIGHTS") or DEFAULT_WEIGHTS)
+    if not (directory / "model_card.json").exists():
+        pytest.skip(f"no model in {directory} yet (set COVIDXR_TEST_WEIGHTS to a weights folder)")
+    return directory
+
+
+@pytest.fixture
+def card(weights) -> ModelCard:
+    return ModelCard.load(weights)
+
+
+@pytest.fixture
+def app(weights, monkeypatch) -> AppTest:
+    monkeypatch.setenv("COVIDXR_WEIGHTS", str(weights))
+    monkeypatch.setenv("COVIDXR_THREADS", "1")
+    monkeypatch.delenv("COVIDXR_DATA_ROOTS", raising=False)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def texts(at: AppTest) -> list[str]:
+    """Every text the page shows (alerts, markdown, captions, headings)."""
+    out = []
+    for kind in ("success", "error", "warning", "info", "markdown", "caption", "title", "header", "subheader"):
+        out += [str(e.value) for e in getattr(at, kind)]
+    return out
+
+
+def verdicts(at: AppTest) -> list[str]:
+    return [e.value for e in [*at.success, *at.error] if "COVID-19 pattern" in e.value]
+
+
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Wrap owner.name so that each call is recorded."""
+    calls: list = []
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+def film_upload(path: Path, mime: str = "image/jpeg") -> tuple[str, bytes, str]:
+    return path.name, path.read_bytes(), mime
+
+
+def samples_zip(extra: dict[str, bytes] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted(SAMPLES.glob("*/*.jpg")):
+            z.write(p, f"films/{p.parent.name}/{p.name}")
+        for name, data in (extra or {}).items():
+            z.writestr(f"films/{name}", data)
+    return buf.getvalue()
+
+
+def run_evaluation(at: AppTest, source: str = "The sample films") -> AppTest:
+    at.switch_page("pages/evaluate.py").run()
+    at.radio(key="eval_source").set_value(source).run()
+    at.button(key="eval_run").click().run()
+    assert not at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+# ---------------------------------------------------------------- navigation and disclaimer
+
+def test_app_opens_on_screen_page_with_disclaimer(app):
+    assert app.title[0].value.startswith("Screen a chest X-ray")
+    assert any("not a diagnosis" in w.value for w in app.sidebar.warning)
+    assert app.file_uploader[0].accept_multiple_files
+    assert {"png", "jpg", "jpeg", "dcm", "dicom"} <= {t.lstrip(".") for t in app.file_uploader[0].allowed_type}
+
+
+@pytest.mark.parametrize("page, title", [("pages/evaluate.py", "Batch evaluation"),
+                                         ("pages/review.py", "Heatmap review"),
+                                         ("pages/model_card.py", "Model card"),
+                                         ("pages/screen.py", "Screen a chest X-ray")])
+def test_page_switching(app, page, title):
+    app.switch_page(page).run()
+    assert not app.exception
+    assert app.title[0].value.startswith(title)
+    assert any("not a diagnosis" in w.value for w in app.sidebar.warning)
+
+
+# ---------------------------------------------------------------- screen a film
+
+def test_sample_film_gives_decision_probabilities_and_heatmap(app, card):
+    app.selectbox(key="screen_sample").set_value(COVID_SAMPLE).run()
+    assert not app.exception
+    [sentence] = verdicts(app)
+    assert f"threshold {card.threshold:.2f}" in sentence
+    assert sentence.startswith(("Positive for COVID-19 pattern (p ", "No COVID-19 pattern detected (p "))
+    probabilities = app.dataframe[0].value
+    assert len(probabilities) == len(card.class_names)
+    assert probabilities["probability"].sum() == pytest.approx(1.0, abs=0.01)
+    captions = [c for img in app.image for c in img.captions]
+    assert "Film" in captions and any(c.startswith("Grad-CAM") for c in captions)
+    assert [d.label for d in app.get("download_button")] == ["Download overlay (PNG)"]
+
+
+def test_upload_films_including_dicom_never_shows_patient_identity(app):
+    ds = pydicom.dcmread(DICOM_FILM, stop_before_pixels=True)
+    identity = [str(v) for v in (ds.get("PatientName"), ds.get("PatientID")) if v]
+    app.file_uploader[0].set_value([film_upload(NORMAL_SAMPLE), film_upload(DICOM_FILM, "application/dicom")]).run()
+    assert not app.exception
+    assert len(verdicts(app)) == 2
+    shown = " ".join(texts(app))
+    assert "modality: CR" in shown                    # the study facts that help
+    assert identity and not any(i in shown for i in identity)
+
+
+def test_opacity_slider_redraws_without_recomputing_gradcam(app, monkeypatch):
+    import ui
+
+    calls = count_calls(monkeypatch, ui, "explain")
+    app.file_uploader[0].set_value(film_upload(COVID_SAMPLE)).run()
+    overlay_before = app.image[1].value
+    app.slider[0].set_value(0.95).run()
+    assert not app.exception
+    assert len(calls) == 1                             # Grad-CAM ran once, for the upload
+    assert app.image[1].value != overlay_before        # and the overlay was redrawn at the new opacity
+    app.slider[0].set_value(0.0).run()
+    assert len(calls) == 1
+
+
+def test_bad_file_gets_a_message_and_the_app_keeps_working(app):
+    app.file_uploader[0].set_value([("notes.png", b"this is text, not a film", "image/png"),
+                                    ("empty.dcm", b"", "application/dicom"),
+                                    film_upload(NORMAL_SAMPLE)]).run()
+    assert not app.exception
+    errors = [e.value for e in app.error if "could not be read" in e.value]
+    assert len(errors) == 2 and errors[0].startswith("notes.png") and errors[1].startswith("empty.dcm")
+    assert len(verdicts(app)) == 1                     # the good film is still scored
+
+
+def test_not_a_chest_radiograph_is_flagged_and_its_score_withheld(app, card):
+    assert card.ood, "the shipped model card names no out-of-distribution check"
+    app.file_uploader[0].set_value(film_upload(NOT_CHEST_DICOM, "application/dicom")).run()
+    assert not app.exception
+    assert any("not look like a frontal chest radiograph" in w.value for w in app.warning)
+    assert verdicts(app) == []                          # no decision shown as if it were valid
+    assert not any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)
+
+
+# ---------------------------------------------------------------- batch evaluation
+
+def test_evaluation_metrics_and_threshold_slider_without_rescoring(app, monkeypatch):
+    calls = count_calls(monkeypatch, Classifier, "predict")
+    run_evaluation(app)
+    scored = len(calls)
+    assert scored >= 1
+    assert {m.label for m in app.metric} == {"Sensitivity", "Specificity", "Accuracy", "AUC"}
+    assert sum("95% CI" in c.value for c in app.caption) == 4
+    table = app.dataframe[-1].value
+    assert len(table) == 6 and set(table["outcome"]) <= {"true positive", "false positive",
+                                                         "true negative", "false negative"}
+    app.slider(key="eval_threshold").set_value(0.0).run()
+    assert (metric(app, "Sensitivity"), metric(app, "Specificity")) == ("1.000", "0.000")
+    app.slider(key="eval_threshold").set_value(1.0).run()
+    assert metric(app, "Specificity") == "1.000"
+    assert len(calls) == scored                         # the slider never re-scored a film
+    assert {d.label for d in app.get("download_button")} == {"Download per-image CSV", "Download full report (JSON)"}
+
+
+def test_zip_upload_lists_failed_files_and_scores_the_rest(app):
+    app.switch_page("pages/evaluate.py").run()
+    app.file_uploader(key="eval_upload").set_value([
+        ("films.zip", samples_zip({"normal/broken.jpg": b"\xff\xd8\xff\xe0 truncated"}), "application/zip"),
+        ("evil.zip", b"PK\x03\x04 not really a zip", "application/zip")]).run()
+    app.button(key="eval_run").click().run()
+    assert not app.exception
+    per_image, failed = app.dataframe[-2].value, app.dataframe[-1].value
+    assert len(per_image) == 6
+    assert list(failed["film"]) == ["films.zip/films/normal/broken.jpg", "evil.zip"]
+    assert failed["reason"].str.len().min() > 0
+    assert "refused" in failed["reason"].iloc[1]
+
+
+def test_server_folder_only_inside_allowed_roots(app, monkeypatch):
+    app.switch_page("pages/evaluate.py").run()
+    app.radio(key="eval_source").set_value("A folder on the server").run()
+    assert any("No server folders are enabled" in i.value for i in app.info)
+    monkeypatch.setenv("COVIDXR_DATA_ROOTS", str(SAMPLES))
+    app.run()
+    for refused in ("/etc", "../tests", "covid/../../tests"):
+        app.text_input(key="eval_folder").set_value(refused).run()
+        app.button(key="eval_run").click().run()
+        assert not app.exception
+        assert any(e.value.startswith("Nothing was evaluated") for e in app.error), refused
+    app.text_input(key="eval_folder").set_value(".").run()
+    app.button(key="eval_run").click().run()
+    assert len(app.dataframe[-1].value) == 6
+
+
+def test_interrupted_evaluation_keeps_the_rows_scored(app, weights):
+    from covidxr.evaluate import iter_scores, scan_folder
+    from covidxr.session import Batch
+
+    clf = Classifier.from_dir(weights, threads=1)
+    items = scan_folder(SAMPLES)
+    batch = Batch("samples", len(items), clf.threshold, items)
+    for row in iter_scores(clf, items[:3]):
+        batch.rows.append(row)
+    app.session_state["batch"] = batch
+    app.switch_page("pages/evaluate.py").run()
+    assert not app.exception
+    assert any("interrupted after 3 of 6 films" in w.value for w in app.warning)
+    assert len(app.dataframe[-1].value) == 3
+
+
+# ---------------------------------------------------------------- heatmap review
+
+def test_review_shows_errors_first_and_opens_a_film_with_its_overlay(app, monkeypatch):
+    import ui
+
+    run_evaluation(app)
+    app.slider(key="eval_threshold").set_value(0.5).run()
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    tiles = [m.value.split("**")[1] for m in app.markdown if m.value.startswith("**")]
+    assert len(tiles) == 6
+    rank = {"FN": 0, "FP": 1, "TP": 2, "TN": 3}
+    assert [rank[t] for t in tiles] == sorted(rank[t] for t in tiles)
+    calls = count_calls(monkeypatch, ui, "explain")
+    assert not any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)  # nothing computed yet
+    app.button(key=next(b.key for b in app.button if b.key.startswith("review_open_"))).click().run()
+    assert not app.exception
+    assert len(calls) == 1 and any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)
+    app.multiselect(key="review_outcomes").set_value(["TN"]).run()
+    assert {m.value.split("**")[1] for m in app.markdown if m.value.startswith("**")} <= {"TN"}
+
+
+def test_review_without_a_batch_points_to_evaluation(app):
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    assert any("No batch yet" in i.value for i in app.info)
+
+
+# ---------------------------------------------------------------- model card
+
+def test_model_card_page_renders_the_card(app, card):
+    app.switch_page("pages/model_card.py").run()
+    assert not app.exception
+    shown = " ".join(texts(app))
+    assert card.name in shown and f"{card.threshold:.3f}" in shown and card.threshold_rule in shown
+    assert "not a diagnosis" in card.intended_use.lower() and card.intended_use in shown
+    assert {"Architecture", "Decision threshold", "Training data and sources", "Performance",
+            "Known limits"} <= {h.value for h in app.header}
