@@ -6,7 +6,7 @@
 """
 from .card import CardError, ModelCard
 from .classifier import Classifier, Prediction, set_threads
-from .films import Film, FilmError, read_film
+from .films import Film, FilmError, film_summary, read_film
 
-__all__ = ["CardError", "Classifier", "Film", "FilmError", "ModelCard", "Prediction", "read_film", "set_threads"]
+__all__ = ["CardError", "Classifier", "Film", "FilmError", "ModelCard", "Prediction", "film_summary", "read_film", "set_threads"]
 __version__ = "1.0.0"
