@@ -3,15 +3,17 @@ import streamlit as st
 
 from ui import DISCLAIMER
 
-st.set_page_config(page_title="covidxr · chest X-ray COVID-19 screening", page_icon="🫁", layout="wide")
+st.set_page_config(page_title="covidxr · chest X-ray COVID-19 screening", page_icon=":material/radiology:",
+                   layout="wide")
 
 # Every url_path differs from its file's name on purpose: when a page's hash equals that of a file in
 # pages/, Streamlit 1.67's AppTest runs the file alone, skipping this script (and the disclaimer).
 page = st.navigation([
-    st.Page("pages/screen.py", title="Screen a film", icon="🩻", default=True, url_path="screen-a-film"),
-    st.Page("pages/evaluate.py", title="Batch evaluation", icon="📊", url_path="batch-evaluation"),
-    st.Page("pages/review.py", title="Heatmap review", icon="🔎", url_path="heatmap-review"),
-    st.Page("pages/model_card.py", title="Model card", icon="📄", url_path="model-card"),
+    st.Page("pages/screen.py", title="Screen a film", icon=":material/radiology:", default=True,
+            url_path="screen-a-film"),
+    st.Page("pages/evaluate.py", title="Batch evaluation", icon=":material/analytics:", url_path="batch-evaluation"),
+    st.Page("pages/review.py", title="Heatmap review", icon=":material/image_search:", url_path="heatmap-review"),
+    st.Page("pages/model_card.py", title="Model card", icon=":material/description:", url_path="model-card"),
 ])
-st.sidebar.warning(DISCLAIMER, icon="⚕️")
+st.sidebar.warning(DISCLAIMER, icon=":material/medical_information:")
 page.run()

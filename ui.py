@@ -23,8 +23,8 @@ from covidxr.evaluate import LabelledItem, scan_folder, scan_zip, upload_items
 from covidxr.explain import Explanation, explain, overlay
 from covidxr.films import Film, FilmError, film_summary, read_film
 from covidxr.safety import PathRefused, ZipRefused, allowed_roots, check_zip, resolve_inside
-from covidxr.session import (LRU, shrink, class_rows, file_key, not_chest_notice, overlay_name, png_bytes, to_uint8,
-                             verdict)
+from covidxr.session import (LRU, class_rows, class_title, file_key, not_chest_notice, overlay_name, png_bytes,
+                             shrink, to_uint8, verdict)
 
 ROOT = Path(__file__).resolve().parent
 SAMPLES = ROOT / "samples"
@@ -135,8 +135,6 @@ def sample_films() -> list[Path]:
 
 
 def sample_title(path: Path) -> str:
-    from covidxr.session import class_title
-
     return f"{class_title(path.parent.name)} · {path.name}"
 
 
@@ -176,7 +174,8 @@ def upload_batch(files: list[tuple[str, bytes]], label: str | None) -> tuple[str
     if not items:
         raise FilmError("no films were uploaded")
     size = sum(len(d) for _, d in files)
-    return f"{len(files)} uploaded file{'s' * (len(files) != 1)}", items, size <= KEEP_UPLOAD_BYTES
+    title = ", ".join(n for n, _ in files) if len(files) <= 3 else f"{len(files)} uploaded files"
+    return title, items, size <= KEEP_UPLOAD_BYTES
 
 
 # ---------------------------------------------------------------- one result, shown the same way everywhere
@@ -198,19 +197,19 @@ def show_result(key: str, film: Film, threshold: float | None = None) -> Explana
     positive = pred.probability >= t
     sentence = verdict(pred.probability, positive, t, c.positive_class)
     if notice:
-        st.warning(notice, icon="⚠️")
+        st.warning(notice, icon=":material/warning:")
         st.image(to_uint8(film.pixels), caption="Film", output_format="JPEG")
         with st.expander("Show the score anyway (not valid for this image)"):
             st.write(f"{sentence} — **not valid: not a frontal chest radiograph**")
         show_facts(film)
         return ex
-    (st.error if positive else st.success)(sentence, icon="🔴" if positive else "🟢")
+    (st.error if positive else st.success)(sentence, icon=":material/error:" if positive else ":material/check_circle:")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, DEFAULT_OPACITY, 0.05, key=f"opacity_{key}",
                       help="Changes only the drawing; the heatmap is not recomputed.")
     blended = overlay(film.pixels, ex.heatmap, alpha)
     left, right = st.columns(2)
     left.image(to_uint8(film.pixels), caption="Film", width="stretch", output_format="JPEG", alt="Film")
-    right.image(blended, caption=f"Grad-CAM for {c.positive_class.upper()} (where the model looked)",
+    right.image(blended, caption=f"Grad-CAM for {class_title(c.positive_class)} (where the model looked)",
                 width="stretch", output_format="JPEG", alt="Grad-CAM overlay")
     cols = st.columns([2, 1])
     with cols[0]:

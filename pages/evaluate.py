@@ -52,7 +52,7 @@ if st.button("Run evaluation", type="primary", disabled=collect is None, key="ev
     try:
         title, items, keep = collect()
     except (PathRefused, ZipRefused, FilmError) as e:
-        st.error(f"Nothing was evaluated: {e}", icon="🚫")
+        st.error(f"Nothing was evaluated: {e}", icon=":material/block:")
         st.stop()
     batch = Batch(title, len(items), card.threshold, items if keep else None)
     st.session_state["batch"] = batch
@@ -79,7 +79,7 @@ st.divider()
 st.subheader(f"Results · {batch.title}")
 if batch.interrupted:
     st.warning(f"The evaluation was interrupted after {len(batch.rows)} of {batch.total} films; the results "
-               "below cover the films scored so far.", icon="⏸️")
+               "below cover the films scored so far.", icon=":material/pause_circle:")
 
 if "eval_threshold" not in st.session_state:
     st.session_state["eval_threshold"] = batch.threshold
@@ -109,9 +109,10 @@ with right:
     points = roc_points(d.get("roc"))
     if points:
         fpr, tpr = 1 - (d["specificity"] or 0.0), d["sensitivity"] or 0.0
-        curve = alt.Chart(alt.Data(values=points)).mark_line(interpolate="step-after").encode(
+        curve = alt.Chart(alt.Data(values=[{**p, "i": i} for i, p in enumerate(points)])).mark_line().encode(
             x=alt.X("fpr:Q", title="1 − specificity (false positive rate)", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("tpr:Q", title="sensitivity (true positive rate)", scale=alt.Scale(domain=[0, 1])))
+            y=alt.Y("tpr:Q", title="sensitivity (true positive rate)", scale=alt.Scale(domain=[0, 1])),
+            order="i:Q")  # the points' own order: ties in fpr keep their rising tpr
         chance = alt.Chart(alt.Data(values=[{"fpr": 0, "tpr": 0}, {"fpr": 1, "tpr": 1}])).mark_line(
             strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
         here = alt.Chart(alt.Data(values=[{"fpr": fpr, "tpr": tpr, "threshold": batch.threshold}])).mark_point(
@@ -137,4 +138,4 @@ left.download_button("Download per-image CSV", report.to_csv(), file_name="covid
                      mime="text/csv", key="eval_csv", on_click="ignore")
 right.download_button("Download full report (JSON)", json.dumps(d, indent=2), file_name="covidxr_evaluation.json",
                       mime="application/json", key="eval_json", on_click="ignore")
-st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon="🔎")
+st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon=":material/image_search:")

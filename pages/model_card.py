@@ -43,7 +43,7 @@ def show(obj: Any, depth: int = 0) -> None:
 
 
 st.title(f"Model card · {card.name}")
-st.warning(card.intended_use, icon="⚕️")
+st.warning(card.intended_use, icon=":material/medical_information:")
 
 st.header("Architecture")
 st.dataframe([

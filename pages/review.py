@@ -3,7 +3,7 @@ opens large with its overlay (Grad-CAM computed on open, then cached for the ses
 import streamlit as st
 
 import ui
-from covidxr.session import OUTCOME_TITLES, OUTCOMES, Batch, fmt_p, review_items
+from covidxr.session import OUTCOME_TITLES, OUTCOMES, Batch, fmt_p, outcome, review_items
 
 PER_PAGE = 12
 COLUMNS = 4
@@ -12,7 +12,7 @@ st.title("Heatmap review")
 batch: Batch | None = st.session_state.get("batch")
 if batch is None or not batch.scored():
     st.info("No batch yet: run one on the Batch evaluation page, then review its heatmaps here.")
-    st.page_link("pages/evaluate.py", label="Go to Batch evaluation", icon="📊")
+    st.page_link("pages/evaluate.py", label="Go to Batch evaluation", icon=":material/analytics:")
     st.stop()
 
 ui.classifier()
@@ -33,14 +33,15 @@ if opened is not None and opened < len(batch.rows):
     row = batch.rows[opened]
     with st.container(border=True):
         st.subheader(row.path)
-        st.caption(f"label: {row.label or 'none'}" + (f" · source: {row.source}" if row.source else ""))
+        verdict = OUTCOME_TITLES[outcome(row.positive, row.probability >= batch.threshold)]
+        st.caption(f"{verdict} · label: {row.label or 'none'}" + (f" · source: {row.source}" if row.source else ""))
         if batch.items is None:
             st.info("The films of this upload were not kept (too large to hold in memory); evaluate a server "
                     "folder to review its heatmaps.")
         else:
             loaded = ui.load_item(batch.items[opened])
             if loaded.film is None:
-                st.error(f"{row.path} could not be read again: {loaded.error}", icon="🚫")
+                st.error(f"{row.path} could not be read again: {loaded.error}", icon=":material/block:")
             else:
                 ui.show_result(loaded.key, loaded.film, threshold=batch.threshold)
         st.button("Close", key="review_close", on_click=lambda: st.session_state.pop("review_open", None))

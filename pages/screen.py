@@ -32,6 +32,6 @@ for name, data in inputs:
     with st.container(border=True):
         st.subheader(name)
         if loaded.film is None:
-            st.error(f"{name} could not be read: {loaded.error}", icon="🚫")
+            st.error(f"{name} could not be read: {loaded.error}", icon=":material/block:")
             continue
         ui.show_result(loaded.key, loaded.film)

@@ -1,0 +1,171 @@
+"""End to end in a real browser: `streamlit run app.py`, driven through Debian's Chromium by Playwright.
+
+Drops a real film on the uploader and waits for the probability and the heatmap (printing the time
+from drop to result), runs a small batch on the evaluation page, opens a film on the review page,
+and saves a screenshot of each page to docs/screenshots/ (the README shows them).
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from covidxr.classifier import DEFAULT_WEIGHTS
+from tests.conftest import REPO
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-gpu", "--disable-quic", "--no-first-run"]
+SHOTS = REPO / "docs" / "screenshots"
+SAMPLES = REPO / "samples"
+START_TIMEOUT_S = 180
+RESULT_TIMEOUT_MS = 120_000
+VIEWPORT = {"width": 1440, "height": 1400}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"streamlit not healthy after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app as a clinician gets it, on a free loopback port; stopped by its process group."""
+    weights = Path(os.environ.get("COVIDXR_TEST_WEIGHTS") or DEFAULT_WEIGHTS)
+    if not (weights / "model_card.json").exists():
+        pytest.skip(f"no model in {weights} yet (set COVIDXR_TEST_WEIGHTS to a weights folder)")
+    port = free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    env = {**os.environ, "COVIDXR_WEIGHTS": str(weights), "COVIDXR_THREADS": os.environ.get("COVIDXR_THREADS", "1")}
+    env.pop("COVIDXR_DATA_ROOTS", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh --browser does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport=VIEWPORT)
+        pg = context.new_page()
+        pg.set_default_timeout(RESULT_TIMEOUT_MS)
+        yield pg
+        context.close()
+        browser.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(500)  # let images and charts finish painting
+    page.screenshot(path=str(SHOTS / name))
+
+
+def wait_for_overlays(page: Page, n: int) -> None:
+    """Until n Grad-CAM overlays are shown and decoded by the browser."""
+    page.wait_for_function(
+        """n => { const imgs = [...document.querySelectorAll('img[alt="Grad-CAM overlay"]')];
+                  return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=n, timeout=RESULT_TIMEOUT_MS)
+
+
+def nav(page: Page, title: str) -> None:
+    """Use the sidebar, as a clinician does: a reload would start a new session and lose the batch."""
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+
+
+def samples_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted(SAMPLES.glob("*/*.jpg")):
+            z.write(p, f"samples/{p.parent.name}/{p.name}")
+    return buf.getvalue()
+
+
+def test_clinician_flow_in_chromium(page: Page, server: str, capsys):
+    page.goto(server)
+    uploader = page.locator('[data-testid="stFileUploader"] input[type=file]').first
+    uploader.wait_for(state="attached")   # the screen page loads the model before it shows the uploader
+    expect(page.get_by_text("not a diagnosis").first).to_be_visible()
+
+    timings = []
+    for n, film in enumerate([SAMPLES / "covid" / "0578e08b.jpg", SAMPLES / "normal" / "00001362_004.jpg"], 1):
+        t0 = time.perf_counter()
+        uploader.set_input_files(str(film))
+        expect(page.get_by_text(re.compile(r"(Positive for|No) COVID-19 pattern.*p [=<>]")).nth(n - 1)).to_be_visible()
+        wait_for_overlays(page, n)
+        timings.append(time.perf_counter() - t0)
+    with capsys.disabled():
+        print(f"\n[browser] drop to probability + heatmap: first film {timings[0]:.2f} s, "
+              f"second film {timings[1]:.2f} s (target 2 s on the 2-core machine)")
+    expect(page.get_by_text("Download overlay (PNG)").first).to_be_visible()
+    page.get_by_test_id("stMain").evaluate("el => el.scrollTo(0, 0)")
+    shot(page, "screen.png")
+
+    nav(page, "Batch evaluation")
+    zip_input = page.locator('[data-testid="stFileUploader"] input[type=file]').first
+    zip_input.wait_for(state="attached")
+    zip_input.set_input_files(files=[{"name": "samples.zip", "mimeType": "application/zip", "buffer": samples_zip()}])
+    expect(page.get_by_text("samples.zip")).to_be_visible()
+    run = page.get_by_role("button", name="Run evaluation")
+    expect(run).to_be_enabled()
+    run.click()
+    expect(page.get_by_test_id("stMetric").filter(has_text="Sensitivity")).to_be_visible()
+    expect(page.get_by_text("6 labelled films scored", exact=False)).to_be_visible()
+    expect(page.locator('[data-testid="stVegaLiteChart"], [data-testid="stArrowVegaLiteChart"]').first).to_be_visible()
+    shot(page, "evaluate.png")
+
+    nav(page, "Heatmap review")
+    expect(page.get_by_role("button", name="Open").first).to_be_visible()
+    page.get_by_role("button", name="Open").first.click()
+    wait_for_overlays(page, 1)
+    shot(page, "review.png")
+
+    nav(page, "Model card")
+    expect(page.get_by_role("heading", name="Architecture")).to_be_visible()
+    expect(page.get_by_role("heading", name="Known limits")).to_be_visible()
+    shot(page, "model_card.png")
