@@ -9,17 +9,16 @@ import sys
 import pytest
 from tests.conftest import REPO, shared_data
 
-from covidxr.classifier import DEFAULT_WEIGHTS
-
 KEYS = ("predict_ms", "predict_gradcam_ms", "throughput_fps", "baseline_predict_ms", "baseline_predict_gradcam_ms",
         "baseline_throughput_fps", "cold_start_s", "peak_rss_mb", "weights_mb")
 
 
-def test_quick_benchmark_writes_every_figure(tmp_path):
+def test_quick_benchmark_writes_every_figure(classifier, tmp_path):
+    weights = classifier.directory  # the shipped model, or $COVIDXR_TEST_WEIGHTS (conftest)
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--threads", "1", "--json", str(out),
-         "--weights", str(DEFAULT_WEIGHTS), "--data", str(shared_data())],
+         "--weights", str(weights), "--data", str(shared_data())],
         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -27,7 +26,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     for key in KEYS:
         assert isinstance(report[key], (int, float)) and report[key] > 0, key
     # the weights figure is the shipped files' size, not a constant
-    shipped = sum(p.stat().st_size for p in DEFAULT_WEIGHTS.iterdir() if p.is_file() and p.suffix != ".json")
+    shipped = sum(p.stat().st_size for p in weights.iterdir() if p.is_file() and p.suffix != ".json")
     assert abs(report["weights_mb"] - shipped / 1e6) < 1e-6
     # FLOPs are counted, and ours include the lung segmenter's
     assert report["gflop_per_film"] == pytest.approx(sum(v["gflop"] for v in report["forward"].values()))
