@@ -41,7 +41,11 @@ T = TypeVar("T")
 
 @st.cache_resource(show_spinner="Loading the model…")
 def _load_classifier(directory: str) -> Classifier:
-    return Classifier.from_dir(directory)
+    clf = Classifier.from_dir(directory)
+    samples = sample_films()
+    if samples:  # warm up (first-call allocations, the Grad-CAM network copy) before a clinician waits on it
+        explain(clf, read_film(samples[0]))
+    return clf
 
 
 def classifier() -> Classifier:
@@ -217,6 +221,6 @@ def show_result(key: str, film: Film, threshold: float | None = None) -> Explana
                      column_config={"probability": st.column_config.ProgressColumn(
                          "probability", min_value=0.0, max_value=1.0, format="%.2f")})
         show_facts(film)
-    cols[1].download_button("Download overlay (PNG)", png_bytes(blended), file_name=overlay_name(film.name),
-                            mime="image/png", key=f"download_{key}", on_click="ignore")
+    cols[1].download_button("Download overlay (PNG)", lambda: png_bytes(blended), file_name=overlay_name(film.name),
+                            mime="image/png", key=f"download_{key}", on_click="ignore")  # PNG built on click only
     return ex

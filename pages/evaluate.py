@@ -134,8 +134,9 @@ if report.failures:
     st.dataframe([{"film": r.path, "reason": r.error} for r in report.failures], hide_index=True)
 
 left, right = st.columns(2)
-left.download_button("Download per-image CSV", report.to_csv(), file_name="covidxr_evaluation.csv",
-                     mime="text/csv", key="eval_csv", on_click="ignore")
-right.download_button("Download full report (JSON)", json.dumps(d, indent=2), file_name="covidxr_evaluation.json",
-                      mime="application/json", key="eval_json", on_click="ignore")
+left.download_button("Download per-image CSV", report.to_csv, file_name="covidxr_evaluation.csv",
+                     mime="text/csv", key="eval_csv", on_click="ignore")  # built on click only
+right.download_button("Download full report (JSON)", lambda: json.dumps(d, indent=2),
+                      file_name="covidxr_evaluation.json", mime="application/json", key="eval_json",
+                      on_click="ignore")
 st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon=":material/image_search:")

@@ -109,3 +109,72 @@ def test_lru_evicts_least_recently_used():
     assert c.get("a") == 1          # a is now the most recent
     c.put("c", 3)
     assert "b" not in c and c.get("a") == 1 and c.get("c") == 3 and len(c) == 2
+
+
+REPORT = {"sensitivity": 0.9, "specificity": None, "auc": 0.95, "n": 10,
+          "ci": {"sensitivity": [0.6, 0.98], "specificity": None, "auc": [0.9, 0.99]}}
+
+
+def test_metric_rows_and_estimates_show_ci_or_dash():
+    rows = s.metric_rows(REPORT)
+    assert rows == [{"metric": "Sensitivity", "value": "0.900", "95% CI": "0.600–0.980"},
+                    {"metric": "Specificity", "value": "—", "95% CI": "—"},
+                    {"metric": "AUC", "value": "0.950", "95% CI": "0.900–0.990"}]
+    assert s.fmt_estimate(REPORT, "auc") == "0.950 (0.900–0.990)"
+    assert s.fmt_estimate(REPORT, "specificity") == "—"
+    assert s.is_estimates(REPORT) and not s.is_estimates({"n": 3}) and not s.is_estimates([1])
+
+
+def test_breakdown_rows_one_row_per_group():
+    rows = s.breakdown_rows({"hannover": {**REPORT, "n_pos": 10, "n_neg": 0}, "nih": {"n": 4, "auc": None, "ci": {}}})
+    assert rows[0] == {"source": "hannover", "films": 10, "COVID-19": 10, "other": 0,
+                       "Sensitivity": "0.900 (0.600–0.980)", "Specificity": "—", "AUC": "0.950 (0.900–0.990)"}
+    assert rows[1] == {"source": "nih", "films": 4, "AUC": "—"}
+
+
+def test_confusion_table_places_counts():
+    t = s.confusion_table({"tp": 1, "fp": 2, "tn": 3, "fn": 4})
+    assert t["predicted COVID-19"] == {"actual COVID-19": 1, "actual not COVID-19": 2}
+    assert t["predicted not COVID-19"] == {"actual COVID-19": 4, "actual not COVID-19": 3}
+
+
+def row(path, label, p, error=None):
+    from covidxr.evaluate import Row
+    return Row(path, label, None, p, None, error)
+
+
+def test_image_rows_skip_failures_and_follow_threshold():
+    rows = [row("a", "covid", 0.7), row("b", "normal", 0.6), row("c", "normal", None, "broken")]
+    assert [(r["film"], r["outcome"]) for r in s.image_rows(rows, 0.5)] == [("a", "true positive"),
+                                                                            ("b", "false positive")]
+    assert [r["outcome"] for r in s.image_rows(rows, 0.8)] == ["false negative", "true negative"]
+
+
+def test_batch_report_moves_threshold_without_rebuilding_and_knows_interruption(monkeypatch):
+    from covidxr import evaluate
+
+    rows = [row("a", "covid", 0.9), row("b", "covid", 0.4), row("c", "normal", 0.3), row("d", "normal", 0.1)]
+    b = s.Batch("t", total=5, threshold=0.5)
+    b.rows.extend(rows)
+    assert b.interrupted                                # 4 of 5 scored, not done
+    built = []
+    real = evaluate.build_report
+    monkeypatch.setattr(evaluate, "build_report", lambda *a, **k: built.append(1) or real(*a, **k))
+    assert b.report().metrics.sensitivity.value == 0.5
+    b.threshold = 0.35
+    assert b.report().metrics.sensitivity.value == 1.0 and b.report().metrics.specificity.value == 1.0
+    assert len(built) == 1                              # one bootstrap, then only the threshold moved
+    b.rows.append(row("e", "normal", 0.2))
+    b.report()
+    assert len(built) == 2                              # new rows: a new report
+    b.done = True
+    assert not b.interrupted and [i for i, _ in b.scored()] == [0, 1, 2, 3, 4]
+
+
+def test_roc_points_and_shrink():
+    assert s.roc_points(None) == []
+    assert s.roc_points({"fpr": [0, 1], "tpr": [0, 1], "thresholds": [None, 0.1]}) == [
+        {"fpr": 0.0, "tpr": 0.0}, {"fpr": 1.0, "tpr": 1.0}]
+    small = s.shrink(np.ones((400, 200), np.float32), 100)
+    assert small.shape == (100, 50)
+    assert s.shrink(np.ones((40, 20), np.float32), 100).shape == (40, 20)
