@@ -1,0 +1,356 @@
+"""Load test: concurrent clinicians on the running app, each dropping a real film and waiting for the result.
+
+Drives the app in Debian's Chromium through Playwright, one browser context per session (its own
+Streamlit session), all at once. Each session uploads its own real film R times, each time in a
+fresh page (a new Streamlit session, so nothing comes from that session's caches), and waits for the
+probability sentence and the decoded Grad-CAM overlay. It reports latency percentiles from drop to
+result, throughput, errors by kind, and whether every session saw only its own film with the
+probability that `python -m covidxr predict --json` gives for that film (distinct films per session,
+chosen so that their displayed probabilities differ where the pool allows).
+
+    python scripts/load_test.py [--sessions 4] [--rounds 3] [--timeout 300] [--json out.json]
+                                [--url http://127.0.0.1:8501] [--weights weights] [--films F ...]
+
+Without --url it starts `streamlit run app.py` on a free loopback port with --weights and stops it by
+its process group at the end; with --url the app must already run on this machine (loopback only)
+with the same weights. Bounded: at most 16 sessions and 20 rounds, and the whole run (server start
+included) stops by itself after --timeout seconds. Exit status 0 when every round gave the right
+result, 1 otherwise, 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.browser_util import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, UPLOADER, VERDICT_PATTERN,  # noqa: E402
+                                AppStartError, require_chromium, running_app)
+
+MAX_SESSIONS, MAX_ROUNDS = 16, 20
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SHARED_CXR = REPO.parent / "shared" / "data" / "cxr"
+FILM_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"}
+MIME = {".png": "image/png", ".dcm": "application/dicom", ".dicom": "application/dicom", ".bmp": "image/bmp",
+        ".tif": "image/tiff", ".tiff": "image/tiff"}
+# What the screen page shows instead of a result; each is an error kind of its own.
+PROBLEMS = {"could not be read": "film unreadable", "does not look like a frontal chest": "flagged not a chest film",
+            "The model could not be loaded": "model not loaded"}
+UPLOAD_NAME = re.compile(r"load-s(\d+)-r\d+-")
+
+
+# ---------------------------------------------------------------- arguments and films
+
+def loopback_url(url: str) -> str:
+    """The URL without a trailing slash if it points at this machine's loopback, else ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or (parts.hostname or "").lower() not in LOOPBACK:
+        raise ValueError(f"{url}: only http(s) on 127.0.0.1, localhost or [::1] is allowed")
+    if parts.path.strip("/"):
+        raise ValueError(f"{url}: give the app's root URL, without a path")
+    return url.rstrip("/")
+
+
+def film_pool(given: list[str], need: int) -> list[Path]:
+    """Candidate films: those given, else samples/ and then the shared data, spread over sources and
+    classes (round robin) so that the sessions get different films."""
+    if given:
+        return [Path(f) for f in given]
+    groups = [sorted(p for p in d.iterdir() if p.suffix.lower() in FILM_SUFFIXES)
+              for d in sorted((REPO / "samples").glob("*/")) + sorted(SHARED_CXR.glob("*/*/")) if d.is_dir()]
+    pool, i = [], 0
+    while len(pool) < need and any(i < len(g) for g in groups):
+        pool += [g[i] for g in groups if i < len(g)]
+        i += 1
+    return pool[:need]
+
+
+@dataclass
+class Expected:
+    film: str
+    probability: float
+    label: str
+    threshold: float
+    sentence: str   # the screen page's sentence for this film (covidxr.session.verdict)
+
+
+def cli_predictions(films: list[Path], weights: Path) -> dict[Path, dict]:
+    """`python -m covidxr predict --json` on the films: {film: its JSON row}."""
+    run = subprocess.run([sys.executable, "-m", "covidxr", "predict", "--json", "--weights", str(weights),
+                          *map(str, films)], cwd=REPO, capture_output=True, text=True)
+    if run.returncode not in (0, 2):
+        raise RuntimeError(f"covidxr predict failed ({run.returncode}): {run.stderr.strip()[-2000:]}")
+    return {Path(r["path"]): r for r in json.loads(run.stdout)}
+
+
+def choose_films(rows: dict[Path, dict], n: int) -> list[Expected]:
+    """n films the CLI scored as chest films, those whose page sentences differ first (then the rest)."""
+    from covidxr.session import verdict  # the page's own wording
+
+    usable = [Expected(str(f), r["probability"], r["label"], r["threshold"],
+                       verdict(r["probability"], r["label"] == "covid", r["threshold"]))
+              for f, r in rows.items() if "error" not in r and r.get("chest_xray", True)]
+    seen: set[str] = set()
+    distinct = [e for e in usable if not (e.sentence in seen or seen.add(e.sentence))]
+    chosen = (distinct + [e for e in usable if e not in distinct])[:n]
+    if len(chosen) < n:
+        raise RuntimeError(f"only {len(chosen)} usable films for {n} sessions: give more with --films")
+    return chosen
+
+
+# ---------------------------------------------------------------- one session in the browser
+
+@dataclass
+class Round:
+    session: int
+    round: int
+    film: str
+    upload_name: str
+    open_s: float | None = None      # page load until the uploader is there
+    result_s: float | None = None    # drop until the probability and the decoded heatmap are shown
+    shown: str | None = None         # the sentence the page showed
+    error: str | None = None         # kind, None when right
+    detail: str | None = None
+
+
+class Deadline:
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left_ms(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the run's --timeout was reached")
+        return left * 1000
+
+
+async def one_round(context, url: str, r: Round, expected: Expected, deadline: Deadline) -> None:
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    page = await context.new_page()
+    try:
+        t0 = time.perf_counter()
+        await page.goto(url, timeout=deadline.left_ms())
+        uploader = page.locator(UPLOADER).first
+        await uploader.wait_for(state="attached", timeout=deadline.left_ms())  # after the model is loaded
+        r.open_s = time.perf_counter() - t0
+        film = Path(expected.film)
+        t0 = time.perf_counter()
+        await uploader.set_input_files({"name": r.upload_name, "mimeType": MIME.get(film.suffix.lower(), "image/jpeg"),
+                                        "buffer": film.read_bytes()})
+        result = page.get_by_text(re.compile(VERDICT_PATTERN))
+        problem = page.get_by_test_id("stException").or_(page.get_by_text(re.compile("|".join(PROBLEMS))))
+        await result.or_(problem).first.wait_for(state="visible", timeout=deadline.left_ms())
+        if await problem.count():
+            text = await problem.first.inner_text()
+            r.error = next((kind for k, kind in PROBLEMS.items() if k in text), "app exception")
+            r.detail = text[:300]
+            return
+        await page.wait_for_function(OVERLAYS_READY_JS, arg=1, timeout=deadline.left_ms())
+        r.result_s = time.perf_counter() - t0
+        r.shown = (await result.first.inner_text()).strip()
+        main = await page.get_by_test_id("stMain").inner_text()
+        others = {int(s) for s in UPLOAD_NAME.findall(main)} - {r.session}
+        if r.upload_name not in main or others:
+            r.error, r.detail = "foreign film shown", f"own film shown: {r.upload_name in main}; other sessions: {sorted(others)}"
+        elif r.shown != expected.sentence:
+            r.error, r.detail = "wrong result", f"page: {r.shown!r}; CLI: {expected.sentence!r}"
+    except (PlaywrightTimeout, TimeoutError) as e:
+        r.error, r.detail = "timeout", str(e).splitlines()[0][:300]
+    except Exception as e:  # noqa: BLE001 - any other browser failure is counted and reported, not fatal
+        r.error, r.detail = f"browser: {type(e).__name__}", str(e).splitlines()[0][:300] if str(e) else ""
+    finally:
+        await page.close()
+
+
+async def session(browser, url: str, index: int, expected: Expected, rounds: int, deadline: Deadline,
+                  out: list[Round]) -> None:
+    context = await browser.new_context(viewport={"width": 1280, "height": 1200})
+    try:
+        for k in range(1, rounds + 1):
+            r = Round(index, k, expected.film, f"load-s{index:02d}-r{k}-{Path(expected.film).name}")
+            out.append(r)
+            try:
+                deadline.left_ms()
+            except TimeoutError:
+                r.error, r.detail = "deadline", "not started: the run's --timeout was reached"
+                continue
+            await one_round(context, url, r, expected, deadline)
+    finally:
+        await context.close()
+
+
+async def drive(url: str, films: list[Expected], rounds: int, deadline: Deadline) -> tuple[list[Round], float, float]:
+    """All sessions at once after one warm-up page (which loads the model if the server has not).
+    Returns the rounds, the warm-up seconds and the seconds the concurrent phase took."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            t0 = time.perf_counter()
+            warm = await browser.new_page()
+            await warm.goto(url, timeout=deadline.left_ms())
+            await warm.locator(UPLOADER).first.wait_for(state="attached", timeout=deadline.left_ms())
+            await warm.close()
+            warmup = time.perf_counter() - t0
+            out: list[Round] = []
+            t0 = time.perf_counter()
+            await asyncio.gather(*(session(browser, url, i, e, rounds, deadline, out)
+                                   for i, e in enumerate(films, 1)))
+            return sorted(out, key=lambda r: (r.session, r.round)), warmup, time.perf_counter() - t0
+        finally:
+            await browser.close()
+
+
+# ---------------------------------------------------------------- report
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def stats(values: list[float]) -> dict[str, float | int | None]:
+    return {"n": len(values), "p50": percentile(values, 0.5), "p90": percentile(values, 0.9),
+            "p95": percentile(values, 0.95), "max": max(values) if values else None,
+            "mean": sum(values) / len(values) if values else None}
+
+
+@dataclass
+class Report:
+    url: str
+    started_server: bool
+    weights: str
+    sessions: int
+    rounds: int
+    warmup_s: float
+    wall_s: float
+    films: list[Expected]
+    results: list[Round]
+    result_latency_s: dict = field(default_factory=dict)
+    open_latency_s: dict = field(default_factory=dict)
+    throughput_per_s: float = 0.0
+    errors: dict = field(default_factory=dict)
+    isolation_ok: bool = False
+    distinct_sentences: int = 0
+
+    @classmethod
+    def build(cls, url, started, weights, films, rounds, warmup, wall, results) -> "Report":
+        ok = [r for r in results if r.error is None]
+        return cls(url, started, str(weights), len(films), rounds, warmup, wall, films, results,
+                   stats([r.result_s for r in ok]), stats([r.open_s for r in results if r.open_s is not None]),
+                   len(ok) / wall if wall > 0 else 0.0, dict(Counter(r.error for r in results if r.error)),
+                   not any(r.error in ("foreign film shown", "wrong result") for r in results),
+                   len({e.sentence for e in films}))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        def row(name: str, s: dict) -> str:
+            cells = [f"{s[k]:7.2f}" if s[k] is not None else "      -" for k in ("p50", "p90", "p95", "max", "mean")]
+            return f"{name:<30}{s['n']:>4} " + " ".join(cells)
+
+        ok = len([r for r in self.results if r.error is None])
+        lines = [f"covidxr load test: {self.sessions} sessions x {self.rounds} rounds on {self.url}"
+                 f" ({'started here' if self.started_server else 'already running'}), weights {self.weights}",
+                 f"warm-up (first page, model load if not loaded): {self.warmup_s:.1f} s",
+                 f"{'seconds':<30}{'n':>4} {'p50':>7} {'p90':>7} {'p95':>7} {'max':>7} {'mean':>7}",
+                 row("drop -> probability + heatmap", self.result_latency_s),
+                 row("page open -> uploader ready", self.open_latency_s),
+                 f"throughput: {ok} results in {self.wall_s:.1f} s = {self.throughput_per_s:.2f} results/s",
+                 "errors: " + (", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())) if self.errors else "0"),
+                 f"isolation: {'every session saw only its own film and the CLI result' if self.isolation_ok else 'FAILED'}"
+                 f" ({self.sessions} films, {self.distinct_sentences} distinct result sentences)"]
+        for i, e in enumerate(self.films, 1):
+            mine = [r for r in self.results if r.session == i]
+            good = sum(r.error is None for r in mine)
+            lines.append(f"  s{i:02d} {Path(e.film).name:<28} {good}/{len(mine)} right  expected: {e.sentence}")
+        for r in self.results:
+            if r.error:
+                lines.append(f"  ! s{r.session:02d} round {r.round}: {r.error}: {r.detail}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", help="the running app on loopback, e.g. http://127.0.0.1:8501 (default: start one)")
+    p.add_argument("--sessions", type=int, default=4, help=f"concurrent browser sessions (1-{MAX_SESSIONS})")
+    p.add_argument("--rounds", type=int, default=3, help=f"uploads per session (1-{MAX_ROUNDS})")
+    p.add_argument("--timeout", type=float, default=300, help="seconds for the whole run, server start included")
+    p.add_argument("--weights", help="model folder, for the CLI's expected results and the server started here "
+                                      "(default: $COVIDXR_WEIGHTS, else the shipped weights/)")
+    p.add_argument("--films", nargs="+", default=[], help="films to choose from (default: samples/ and ../shared)")
+    p.add_argument("--json", metavar="OUT", help="write the report here")
+    args = p.parse_args(argv)
+    if not 1 <= args.sessions <= MAX_SESSIONS:
+        p.error(f"--sessions must be 1-{MAX_SESSIONS}")
+    if not 1 <= args.rounds <= MAX_ROUNDS:
+        p.error(f"--rounds must be 1-{MAX_ROUNDS}")
+    if not 10 <= args.timeout <= 3600:
+        p.error("--timeout must be 10-3600 seconds")
+    if args.url:
+        try:
+            args.url = loopback_url(args.url)
+        except ValueError as e:
+            p.error(str(e))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    deadline = Deadline(args.timeout)
+    require_chromium()
+    from covidxr.classifier import DEFAULT_WEIGHTS
+
+    weights = Path(args.weights or os.environ.get("COVIDXR_WEIGHTS") or DEFAULT_WEIGHTS)
+    pool = film_pool(args.films, max(2 * args.sessions + 4, args.sessions))
+    films = choose_films(cli_predictions(pool, weights), args.sessions)
+    print(f"{len(films)} films, expected results from `python -m covidxr predict --weights {weights}`", file=sys.stderr)
+    with ExitStack() as stack:
+        url = args.url
+        if url is None:
+            log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidxr-load-"))) / "server.log"
+            env = {**os.environ, "COVIDXR_WEIGHTS": str(weights), "COVIDXR_THREADS": os.environ.get("COVIDXR_THREADS", "1")}
+            try:
+                url = stack.enter_context(running_app(log, env=env, start_timeout_s=deadline.left_ms() / 1000)).url
+            except AppStartError as e:
+                print(f"load_test: the app did not start: {e}", file=sys.stderr)
+                return 1
+            print(f"started the app on {url}", file=sys.stderr)
+        from playwright.async_api import Error as PlaywrightError
+
+        try:
+            results, warmup, wall = asyncio.run(drive(url, films, args.rounds, deadline))
+        except (TimeoutError, PlaywrightError) as e:
+            print(f"load_test: warm-up did not finish: {e}", file=sys.stderr)
+            return 1
+    report = Report.build(url, args.url is None, weights, films, args.rounds, warmup, wall, results)
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=1) + "\n")
+    return 0 if not report.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
