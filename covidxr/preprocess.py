@@ -80,8 +80,11 @@ class Prepared:
 
 
 def prepare(pixels: np.ndarray, lung_prob: np.ndarray, size: int, margin: float, dilation: float,
-            blank: bool = True) -> Prepared:
-    """Crop the film to the lungs found in `lung_prob` (any resolution) and build the model's input."""
+            blank: bool = True, equalize_over: str = "lungs") -> Prepared:
+    """Crop the film to the lungs found in `lung_prob` (any resolution) and build the model's input.
+
+    `equalize_over`: "lungs" takes the histogram inside the lung mask, "box" over the whole crop (so that
+    the lungs keep their brightness relative to bone and mediastinum)."""
     lung = lung_prob > 0.5
     frac = float(lung.mean())
     box = lung_box(lung_prob, margin)
@@ -93,7 +96,7 @@ def prepare(pixels: np.ndarray, lung_prob: np.ndarray, size: int, margin: float,
     else:
         m = lung_prob[box_slices(box, lung_prob.shape)].astype(np.float32)
         mask = dilate(resize(m, size, size), int(round(dilation * size)))
-    image = equalize(crop, mask)
+    image = equalize(crop, mask if equalize_over == "lungs" else None)
     if blank:
         image = image * mask
     return Prepared(image=image, mask=mask, box=box, lung_fraction=frac)

@@ -173,6 +173,7 @@ class Cache:
 
 VARIANTS = {
     "lungs": dict(crop=True, blank=True),      # the shipped pipeline
+    "lungs_boxeq": dict(crop=True, blank=True, equalize_over="box"),
     "crop": dict(crop=True, blank=False),      # lung box only, surroundings kept inside the box
     "film": dict(crop=False, blank=False),     # whole film, equalised: what public models did
 }
@@ -197,7 +198,8 @@ def build_cache(records: list[Record], data: Path, lungs: LungNet, work: Path, v
         for j, (f, p) in enumerate(zip(films, probs)):
             if not opts["crop"]:
                 p = np.zeros_like(p)  # no lungs -> whole film, nothing blanked
-            prep = prepare(f.pixels, p, INPUT_SIZE, CROP_MARGIN, MASK_DILATION, blank=opts["blank"])
+            prep = prepare(f.pixels, p, INPUT_SIZE, CROP_MARGIN, MASK_DILATION, blank=opts["blank"],
+                           equalize_over=opts.get("equalize_over", "lungs"))
             images[i + j] = np.round(prep.image * 255).astype(np.uint8)
             masks[i + j] = np.round(prep.mask * 255).astype(np.uint8)
             frac[i + j] = prep.lung_fraction
@@ -219,6 +221,7 @@ class RunConfig:
     label_smoothing: float = 0.05
     seed: int = SEED
     checkpoint_every: int = 50
+    init_from: str | None = None   # start from the weights of an earlier run (a second, lower-LR phase)
 
 
 def sample_weights(cache: Cache, idx: np.ndarray) -> torch.Tensor:
@@ -276,6 +279,8 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path) -> Covi
     ckpt = work / f"run_{cfg.name}.pt"
     seed_everything(cfg.seed)
     net = CovidNet(len(CLASSES), imagenet=cfg.imagenet).to(memory_format=torch.channels_last)
+    if cfg.init_from and not ckpt.exists():
+        net.load_state_dict(torch.load(work / f"run_{cfg.init_from}.pt", weights_only=False)["net"])
     if cfg.imagenet:
         freeze_early(net)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -346,13 +351,18 @@ def fit_temperature(logits: np.ndarray, cls: np.ndarray) -> float:
 # ---------------------------------------------------------------- experiments
 
 MIN_SENSITIVITY = 0.97
-FINAL_STEPS = 700
+FINAL_PHASES = (  # one-cycle at 1e-3, then a second one-cycle at 3e-4 from its weights
+    RunConfig("final", 700, lr=1e-3),
+    RunConfig("final2", 700, lr=3e-4, init_from="final"),
+)
+FINAL_STEPS = sum(p.steps for p in FINAL_PHASES)
 FOLD_STEPS = 120
 ABLATIONS = {  # name -> (variant, imagenet); all on the "train on Kaggle only, test on every other source" fold
     "lungs": ("lungs", True),
     "film": ("film", True),
     "lungs_scratch": ("lungs", False),
     "crop": ("crop", True),
+    "lungs_boxeq": ("lungs_boxeq", True),
 }
 
 
@@ -397,7 +407,8 @@ def run_fold(cache: Cache, name: str, train_mask: np.ndarray, test_mask: np.ndar
 def train_final(cache: Cache, val: np.ndarray, work: Path) -> tuple[CovidNet, dict, np.ndarray]:
     from .metrics import choose_threshold
 
-    net = fit(cache, np.flatnonzero(~val), RunConfig("final", FINAL_STEPS), work)
+    for phase in FINAL_PHASES:
+        net = fit(cache, np.flatnonzero(~val), phase, work)
     val_idx = np.flatnonzero(val)
     logits, feats = infer(net, cache, val_idx)
     temperature = fit_temperature(logits, cache.cls[val_idx])
@@ -517,7 +528,8 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
                   "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
                   "date": time.strftime("%Y-%m-%d"), "seed": SEED, "steps": FINAL_STEPS, "batch": 32,
-                  "optimizer": "AdamW lr 1e-3 one-cycle, weight decay 1e-4, label smoothing 0.05",
+                  "optimizer": "AdamW, weight decay 1e-4, label smoothing 0.05; "
+                               + " then ".join(f"{p.steps} steps one-cycle to lr {p.lr:g}" for p in FINAL_PHASES),
                   "sampling": "balanced over (source, label) with square-root damping, equal weight per decision class",
                   "augmentation": "rotation +-8 deg, scale 0.9-1.12, shift 6%, resolution 35-95% (p 0.6), gamma "
                                   "0.7-1.4, Gaussian noise; no flips (anatomy is not symmetric)",
