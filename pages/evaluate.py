@@ -127,8 +127,10 @@ if d.get("per_source") and len(d["per_source"]) > 1:
     st.dataframe(breakdown_rows(d["per_source"]), hide_index=True)
 
 st.markdown("**Per image**")
-st.dataframe(image_rows(report.rows, batch.threshold), hide_index=True,
-             column_config={"probability": st.column_config.NumberColumn(format="%.3f")})
+per_image = image_rows(report.rows, batch.threshold)
+st.dataframe(per_image, hide_index=True, column_config={"probability": st.column_config.NumberColumn(format="%.3f")},
+             column_order=[c for c in (per_image[0] if per_image else {}) if c != "source"
+                           or any(r["source"] for r in per_image)])
 if report.failures:
     st.markdown(f"**Failed files ({len(report.failures)})**")
     st.dataframe([{"film": r.path, "reason": r.error} for r in report.failures], hide_index=True)
