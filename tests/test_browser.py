@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from covidxr.classifier import DEFAULT_WEIGHTS
 from tests.conftest import REPO
 
 CHROMIUM = "/usr/bin/chromium"
@@ -56,11 +55,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The app as a clinician gets it, on a free loopback port; stopped by its process group."""
-    weights = Path(os.environ.get("COVIDXR_TEST_WEIGHTS") or DEFAULT_WEIGHTS)
-    if not (weights / "model_card.json").exists():
-        pytest.skip(f"no model in {weights} yet (set COVIDXR_TEST_WEIGHTS to a weights folder)")
+def server(tmp_path_factory, classifier):
+    """The app as a clinician gets it, with the model conftest's `classifier` loaded (the shipped one,
+    or $COVIDXR_TEST_WEIGHTS), on a free loopback port; stopped by its process group."""
+    weights = classifier.directory
     port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = {**os.environ, "COVIDXR_WEIGHTS": str(weights), "COVIDXR_THREADS": os.environ.get("COVIDXR_THREADS", "1")}

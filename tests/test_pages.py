@@ -7,7 +7,6 @@ uploads here go through the same widget a clinician uses. The model is loaded on
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO, shared_data
 from covidxr.card import ModelCard
-from covidxr.classifier import DEFAULT_WEIGHTS, Classifier
+from covidxr.classifier import Classifier
 
 APP = str(REPO / "app.py")
 SAMPLES = REPO / "samples"
@@ -29,12 +28,9 @@ TIMEOUT = 300  # the first run imports torch and loads the model on a busy 2-cor
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """The shipped model (or $COVIDXR_TEST_WEIGHTS, like conftest's `classifier`), handed to the app."""
-    directory = Path(os.environ.get("COVIDXR_TEST_WEIGHTS") or DEFAULT_WEIGHTS)
-    if not (directory / "model_card.json").exists():
-        pytest.skip(f"no model in {directory} yet (set COVIDXR_TEST_WEIGHTS to a weights folder)")
-    return directory
+def weights(classifier) -> Path:
+    """The model folder conftest's `classifier` loaded (the shipped one, or $COVIDXR_TEST_WEIGHTS), for the app."""
+    return classifier.directory
 
 
 @pytest.fixture
@@ -234,14 +230,13 @@ def test_server_folder_only_inside_allowed_roots(app, monkeypatch):
     assert len(app.dataframe[-1].value) == 6
 
 
-def test_interrupted_evaluation_keeps_the_rows_scored(app, weights):
+def test_interrupted_evaluation_keeps_the_rows_scored(app, classifier):
     from covidxr.evaluate import iter_scores, scan_folder
     from covidxr.session import Batch
 
-    clf = Classifier.from_dir(weights, threads=1)
     items = scan_folder(SAMPLES)
-    batch = Batch("samples", len(items), clf.threshold, items)
-    for row in iter_scores(clf, items[:3]):
+    batch = Batch("samples", len(items), classifier.threshold, items)
+    for row in iter_scores(classifier, items[:3]):
         batch.rows.append(row)
     app.session_state["batch"] = batch
     app.switch_page("pages/evaluate.py").run()
