@@ -73,8 +73,8 @@ def user_state(name: str, factory: Callable[[], T]) -> T:
 
 
 def explanations() -> LRU[str, Explanation]:
-    """Heatmaps already computed in this session, keyed by film content or server path: moving the
-    opacity slider or reopening a film never recomputes Grad-CAM."""
+    """Heatmaps already computed in this session, keyed by the film's content hash: moving the opacity
+    slider, or opening the same film again (on any page), never recomputes Grad-CAM."""
     return user_state("explanations", lambda: LRU(48))
 
 
