@@ -6,9 +6,7 @@ per browser session: two clinicians never see each other's films. Nothing here w
 """
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -19,10 +17,10 @@ from streamlit.errors import StreamlitSecretNotFoundError
 
 from covidxr.card import CardError, ModelCard
 from covidxr.classifier import DEFAULT_WEIGHTS, Classifier
-from covidxr.evaluate import LabelledItem, scan_folder, scan_zip, upload_items
+from covidxr.evaluate import LabelledItem, scan_folder, scan_uploads
 from covidxr.explain import Explanation, explain, overlay
 from covidxr.films import Film, FilmError, film_summary, read_film
-from covidxr.safety import PathRefused, ZipRefused, allowed_roots, check_zip, resolve_inside
+from covidxr.safety import PathRefused, ZipRefused, allowed_roots, resolve_inside
 from covidxr.session import (LRU, class_rows, class_title, file_key, not_chest_notice, overlay_name, png_bytes,
                              shrink, to_uint8, verdict)
 
@@ -166,17 +164,7 @@ def folder_batch(folder: str, roots: list[Path]) -> tuple[str, list[LabelledItem
 def upload_batch(files: list[tuple[str, bytes]], label: str | None) -> tuple[str, list[LabelledItem], bool]:
     """(title, items, keep) for uploaded films and zips, read in memory; a refused zip becomes one
     failed item with its reason. The bytes are kept for review only when the upload is small."""
-    items = upload_items([(n, d) for n, d in files if not n.lower().endswith(".zip")], label)
-    for name, data in files:
-        if name.lower().endswith(".zip"):
-            try:
-                infos = check_zip(data)
-            except ZipRefused as e:
-                items.append(LabelledItem(name, None, error=f"refused: {e}"))
-                continue
-            items += scan_zip(zipfile.ZipFile(io.BytesIO(data)), infos, prefix=name + "/")
-    if not items:
-        raise FilmError("no films were uploaded")
+    items = scan_uploads(files, label)
     size = sum(len(d) for _, d in files)
     title = ", ".join(n for n, _ in files) if len(files) <= 3 else f"{len(files)} uploaded files"
     return title, items, size <= KEEP_UPLOAD_BYTES
