@@ -127,14 +127,31 @@ class Round:
 
 
 class Deadline:
-    def __init__(self, seconds: float):
-        self.end = time.monotonic() + seconds
+    """The run's end (--timeout) and the longest one browser wait may take (--request-timeout)."""
 
-    def left_ms(self) -> float:
+    def __init__(self, seconds: float, step_s: float = float("inf")):
+        self.end = time.monotonic() + seconds
+        self.step_s = step_s
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end - 0.5
+
+    def left_ms(self, step: bool = True) -> float:
+        """Milliseconds the next wait may take (`step`: at most one request's); TimeoutError once the
+        run's time is up."""
         left = self.end - time.monotonic()
         if left <= 0:
             raise TimeoutError("the run's --timeout was reached")
-        return left * 1000
+        return (min(left, self.step_s) if step else left) * 1000
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process (all its threads) so far, from /proc; None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
 
 
 async def one_round(context, url: str, r: Round, expected: Expected, deadline: Deadline) -> None:
@@ -168,8 +185,8 @@ async def one_round(context, url: str, r: Round, expected: Expected, deadline: D
             r.error, r.detail = "foreign film shown", f"own film shown: {r.upload_name in main}; other sessions: {sorted(others)}"
         elif r.shown != expected.sentence:
             r.error, r.detail = "wrong result", f"page: {r.shown!r}; CLI: {expected.sentence!r}"
-    except (PlaywrightTimeout, TimeoutError) as e:
-        r.error, r.detail = "timeout", str(e).splitlines()[0][:300]
+    except (PlaywrightTimeout, TimeoutError) as e:  # "deadline": cut by the run's --timeout, not the app's fault alone
+        r.error, r.detail = "deadline" if deadline.expired() else "timeout", str(e).splitlines()[0][:300]
     except Exception as e:  # noqa: BLE001 - any other browser failure is counted and reported, not fatal
         r.error, r.detail = f"browser: {type(e).__name__}", str(e).splitlines()[0][:300] if str(e) else ""
     finally:
@@ -193,9 +210,19 @@ async def session(browser, url: str, index: int, expected: Expected, rounds: int
         await context.close()
 
 
-async def drive(url: str, films: list[Expected], rounds: int, deadline: Deadline) -> tuple[list[Round], float, float]:
-    """All sessions at once after one warm-up page (which loads the model if the server has not).
-    Returns the rounds, the warm-up seconds and the seconds the concurrent phase took."""
+@dataclass
+class Phase:
+    """What the concurrent phase cost: wall seconds, the server's CPU seconds (when started here) and
+    the machine's 1-minute load average before and after (other work on the machine shows there)."""
+    warmup_s: float = 0.0
+    wall_s: float = 0.0
+    server_cpu_s: float | None = None
+    loadavg: tuple[float, float] = (0.0, 0.0)
+
+
+async def drive(url: str, films: list[Expected], rounds: int, deadline: Deadline,
+                server_pid: int | None) -> tuple[list[Round], Phase]:
+    """All sessions at once after one warm-up page (which loads the model if the server has not)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -203,15 +230,18 @@ async def drive(url: str, films: list[Expected], rounds: int, deadline: Deadline
         try:
             t0 = time.perf_counter()
             warm = await browser.new_page()
-            await warm.goto(url, timeout=deadline.left_ms())
-            await warm.locator(UPLOADER).first.wait_for(state="attached", timeout=deadline.left_ms())
+            await warm.goto(url, timeout=deadline.left_ms(step=False))
+            await warm.locator(UPLOADER).first.wait_for(state="attached", timeout=deadline.left_ms(step=False))
             await warm.close()
-            warmup = time.perf_counter() - t0
+            phase = Phase(warmup_s=time.perf_counter() - t0)
             out: list[Round] = []
-            t0 = time.perf_counter()
+            cpu0, load0, t0 = cpu_seconds(server_pid), os.getloadavg()[0], time.perf_counter()
             await asyncio.gather(*(session(browser, url, i, e, rounds, deadline, out)
                                    for i, e in enumerate(films, 1)))
-            return sorted(out, key=lambda r: (r.session, r.round)), warmup, time.perf_counter() - t0
+            phase.wall_s, cpu1 = time.perf_counter() - t0, cpu_seconds(server_pid)
+            phase.server_cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+            phase.loadavg = (load0, os.getloadavg()[0])
+            return sorted(out, key=lambda r: (r.session, r.round)), phase
         finally:
             await browser.close()
 
@@ -241,23 +271,26 @@ class Report:
     weights: str
     sessions: int
     rounds: int
-    warmup_s: float
-    wall_s: float
+    phase: Phase
     films: list[Expected]
     results: list[Round]
     result_latency_s: dict = field(default_factory=dict)
     open_latency_s: dict = field(default_factory=dict)
     throughput_per_s: float = 0.0
+    server_cpu_s_per_result: float | None = None
     errors: dict = field(default_factory=dict)
     isolation_ok: bool = False
     distinct_sentences: int = 0
 
     @classmethod
-    def build(cls, url, started, weights, films, rounds, warmup, wall, results) -> "Report":
+    def build(cls, url: str, started: bool, weights: Path, films: list[Expected], rounds: int, phase: Phase,
+              results: list[Round]) -> "Report":
         ok = [r for r in results if r.error is None]
-        return cls(url, started, str(weights), len(films), rounds, warmup, wall, films, results,
+        return cls(url, started, str(weights), len(films), rounds, phase, films, results,
                    stats([r.result_s for r in ok]), stats([r.open_s for r in results if r.open_s is not None]),
-                   len(ok) / wall if wall > 0 else 0.0, dict(Counter(r.error for r in results if r.error)),
+                   len(ok) / phase.wall_s if phase.wall_s > 0 else 0.0,
+                   phase.server_cpu_s / len(ok) if ok and phase.server_cpu_s is not None else None,
+                   dict(Counter(r.error for r in results if r.error)),
                    not any(r.error in ("foreign film shown", "wrong result") for r in results),
                    len({e.sentence for e in films}))
 
@@ -272,11 +305,14 @@ class Report:
         ok = len([r for r in self.results if r.error is None])
         lines = [f"covidxr load test: {self.sessions} sessions x {self.rounds} rounds on {self.url}"
                  f" ({'started here' if self.started_server else 'already running'}), weights {self.weights}",
-                 f"warm-up (first page, model load if not loaded): {self.warmup_s:.1f} s",
+                 f"warm-up (first page, model load if not loaded): {self.phase.warmup_s:.1f} s; "
+                 f"load average {self.phase.loadavg[0]:.1f} -> {self.phase.loadavg[1]:.1f} on {os.cpu_count()} CPUs",
                  f"{'seconds':<30}{'n':>4} {'p50':>7} {'p90':>7} {'p95':>7} {'max':>7} {'mean':>7}",
                  row("drop -> probability + heatmap", self.result_latency_s),
                  row("page open -> uploader ready", self.open_latency_s),
-                 f"throughput: {ok} results in {self.wall_s:.1f} s = {self.throughput_per_s:.2f} results/s",
+                 f"throughput: {ok} results in {self.phase.wall_s:.1f} s = {self.throughput_per_s:.2f} results/s"
+                 + (f"; server CPU {self.phase.server_cpu_s:.1f} s = {self.server_cpu_s_per_result:.2f} s per result"
+                    if self.server_cpu_s_per_result is not None else ""),
                  "errors: " + (", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())) if self.errors else "0"),
                  f"isolation: {'every session saw only its own film and the CLI result' if self.isolation_ok else 'FAILED'}"
                  f" ({self.sessions} films, {self.distinct_sentences} distinct result sentences)"]
@@ -298,6 +334,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=4, help=f"concurrent browser sessions (1-{MAX_SESSIONS})")
     p.add_argument("--rounds", type=int, default=3, help=f"uploads per session (1-{MAX_ROUNDS})")
     p.add_argument("--timeout", type=float, default=300, help="seconds for the whole run, server start included")
+    p.add_argument("--request-timeout", type=float, default=240,
+                   help="seconds one page open or one result may take before it counts as a timeout")
     p.add_argument("--weights", help="model folder, for the CLI's expected results and the server started here "
                                       "(default: $COVIDXR_WEIGHTS, else the shipped weights/)")
     p.add_argument("--films", nargs="+", default=[], help="films to choose from (default: samples/ and ../shared)")
@@ -319,7 +357,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    deadline = Deadline(args.timeout)
+    deadline = Deadline(args.timeout, args.request_timeout)
     require_chromium()
     from covidxr.classifier import DEFAULT_WEIGHTS
 
@@ -328,12 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     films = choose_films(cli_predictions(pool, weights), args.sessions)
     print(f"{len(films)} films, expected results from `python -m covidxr predict --weights {weights}`", file=sys.stderr)
     with ExitStack() as stack:
-        url = args.url
+        url, server_pid = args.url, None
         if url is None:
             log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidxr-load-"))) / "server.log"
             env = {**os.environ, "COVIDXR_WEIGHTS": str(weights), "COVIDXR_THREADS": os.environ.get("COVIDXR_THREADS", "1")}
             try:
-                url = stack.enter_context(running_app(log, env=env, start_timeout_s=deadline.left_ms() / 1000)).url
+                app = stack.enter_context(running_app(log, env=env, start_timeout_s=deadline.left_ms(step=False) / 1000))
+                url, server_pid = app.url, app.proc.pid
             except AppStartError as e:
                 print(f"load_test: the app did not start: {e}", file=sys.stderr)
                 return 1
@@ -341,11 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         from playwright.async_api import Error as PlaywrightError
 
         try:
-            results, warmup, wall = asyncio.run(drive(url, films, args.rounds, deadline))
+            results, phase = asyncio.run(drive(url, films, args.rounds, deadline, server_pid))
         except (TimeoutError, PlaywrightError) as e:
             print(f"load_test: warm-up did not finish: {e}", file=sys.stderr)
             return 1
-    report = Report.build(url, args.url is None, weights, films, args.rounds, warmup, wall, results)
+    report = Report.build(url, args.url is None, weights, films, args.rounds, phase, results)
     print(report.table())
     if args.json:
         Path(args.json).write_text(json.dumps(report.as_dict(), indent=1) + "\n")
