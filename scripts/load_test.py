@@ -363,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = Path(args.weights or os.environ.get("COVIDXR_WEIGHTS") or DEFAULT_WEIGHTS)
     pool = film_pool(args.films, max(2 * args.sessions + 4, args.sessions))
-    films = choose_films(cli_predictions(pool, weights), args.sessions)
+    try:
+        films = choose_films(cli_predictions(pool, weights), args.sessions)
+    except RuntimeError as e:
+        print(f"load_test: {e}", file=sys.stderr)
+        return 1
     print(f"{len(films)} films, expected results from `python -m covidxr predict --weights {weights}`", file=sys.stderr)
     with ExitStack() as stack:
         url, server_pid = args.url, None
