@@ -30,6 +30,15 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
+def split_state(state: dict[str, torch.Tensor], n_classes: int) -> tuple[CovidNet, LungNet]:
+    """model.pt holds both networks: `cls.*` the classifier, `lung.*` the lung segmenter."""
+    net = CovidNet(n_classes)
+    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("cls.")})
+    lungs = LungNet()
+    lungs.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("lung.")})
+    return net.to(memory_format=torch.channels_last).eval(), lungs.eval()
+
+
 @dataclass
 class Prediction:
     name: str
@@ -64,11 +73,7 @@ class Classifier:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise CardError(f"weights {path} could not be loaded safely: {e}") from None
-        net = CovidNet(len(card.class_names))
-        net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("cls.")})
-        lungs = LungNet()
-        lungs.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("lung.")})
-        net = net.to(memory_format=torch.channels_last)
+        net, lungs = split_state(state, len(card.class_names))
         return cls(card, net, lungs, directory)
 
     @property

@@ -68,6 +68,8 @@ class OODDetector:
     quantile: float = float("nan")
     n_calibration: int = 0
     extra: dict = field(default_factory=dict)
+    orient_w: np.ndarray | None = None  # (d,) logistic weights: > 0 means rotated or inverted
+    orient_b: float = 0.0
 
     @classmethod
     def fit(cls, features: np.ndarray, components: int = 256) -> "OODDetector":
@@ -108,15 +110,18 @@ class OODDetector:
                 f"{self.n_fit} training films); threshold = {self.quantile:.1%} quantile on "
                 f"{self.n_calibration} held-out real films; lung share outside "
                 f"{LUNG_FRACTION_RANGE}, colour, or DICOM tags of another modality, body part or a "
-                f"lateral view also mark a film as not a frontal chest radiograph")
+                f"lateral view also mark a film as not a frontal chest radiograph"
+                + ("; a logistic check on the same features flags films rotated by 90/180/270 degrees "
+                   "or inverted (fit on training films only)" if self.orient_w is not None else ""))
 
     def save(self, directory: str | Path, name: str = OOD_FILE) -> tuple[str, str]:
         """Write the statistics as .npz; returns (file name, sha256) for the model card."""
         path = Path(directory) / name
+        orient = {} if self.orient_w is None else {"orient_w": self.orient_w, "orient_b": np.float64(self.orient_b)}
         np.savez(path, mean=self.mean, basis=self.basis, variances=self.variances,
                  residual=np.float64(self.residual), shrinkage=np.float64(self.shrinkage),
                  n_fit=np.int64(self.n_fit), quantile=np.float64(self.quantile),
-                 n_calibration=np.int64(self.n_calibration))
+                 n_calibration=np.int64(self.n_calibration), **orient)
         return name, sha256_file(path)
 
     def card_entry(self, name: str, sha256: str) -> dict:
@@ -142,6 +147,8 @@ class OODDetector:
                           residual=float(z["residual"]), shrinkage=float(z["shrinkage"]),
                           n_fit=int(z["n_fit"]), quantile=float(z["quantile"]),
                           n_calibration=int(z["n_calibration"]))
+                if "orient_w" in z.files:
+                    det.orient_w, det.orient_b = z["orient_w"], float(z["orient_b"])
         except (ValueError, KeyError, OSError) as e:
             raise CardError(f"OOD statistics {path} could not be read: {e}") from None
         det.threshold = float(entry["threshold"])
@@ -154,8 +161,38 @@ class OODDetector:
         if not dist <= self.threshold:
             reasons.append(f"its image features are unlike the chest radiographs the model was "
                            f"trained on (distance {dist:.2f}, limit {self.threshold:.2f})")
+        if self.orient_w is not None and float(np.ravel(features_1d) @ self.orient_w) + self.orient_b > 0:
+            reasons.append("it looks rotated or inverted (a frontal chest film is read upright, "
+                           "not turned or in negative)")
         reasons += lung_reasons(lung_fraction) + fact_reasons(film.facts)
         return OODResult(is_chest=not reasons, distance=dist, reasons=reasons)
+
+
+ORIENTATIONS = {  # what a film looks like when it was scanned or exported the wrong way round
+    "rotated 90": lambda a: np.rot90(a, 1),
+    "rotated 180": lambda a: np.rot90(a, 2),
+    "rotated 270": lambda a: np.rot90(a, 3),
+    "inverted": lambda a: 1.0 - a,
+}
+
+
+def fit_orientation(upright: np.ndarray, turned: np.ndarray, l2: float = 1e-3, iters: int = 500
+                    ) -> tuple[np.ndarray, float]:
+    """Logistic regression (balanced classes, L2, gradient descent on standardised features) that
+    tells turned or inverted films from upright ones; returns (w, b) in raw feature space."""
+    x = np.concatenate([upright, turned]).astype(np.float64)
+    y = np.concatenate([np.zeros(len(upright)), np.ones(len(turned))])
+    weight = np.where(y == 1, 0.5 / len(turned), 0.5 / len(upright))
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z = (x - mu) / sd
+    w, b = np.zeros(z.shape[1]), 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
+        g = weight * (p - y)
+        w -= 1.0 * (z.T @ g + l2 * w)
+        b -= 1.0 * g.sum()
+    w_raw = w / sd
+    return w_raw.astype(np.float32), float(b - mu @ w_raw)
 
 
 def lung_reasons(lung_fraction: float) -> list[str]:

@@ -11,7 +11,7 @@ import math
 import platform
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -434,6 +434,8 @@ def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path
     src = cache.sources
     if "final" in stages:
         _final_stage(cache, val, lungnet, lung_report, data, out, work, started)
+    elif "ood" in stages:  # refit the out-of-distribution statistics of the model already in `out`
+        _ood_stage(cache, val, data, out, work)
     if "loso" in stages:
         for s in sorted(set(src)):
             run_fold(cache, f"loso_{s}", src != s, src == s, val, RunConfig(f"loso_{s}", FOLD_STEPS), work)
@@ -448,26 +450,58 @@ def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path
 
 def _final_stage(cache: Cache, val: np.ndarray, lungnet: LungNet, lung_report: dict, data: Path, out: Path,
                  work: Path, started: float) -> None:
-    from .ood import OODDetector
-
     res_path = work / "results" / "final.json"
     if res_path.exists() and (out / "model.pt").exists():
         return
     t0 = time.time()
-    net, res, val_feats = train_final(cache, val, work)
-    train_idx = np.flatnonzero(~val)
-    _, train_feats = infer(net, cache, train_idx)
-    det = OODDetector.fit(train_feats).calibrate(val_feats, 0.99)
-    ood_file, ood_sha = det.save(out)
+    net, res, _ = train_final(cache, val, work)
     state = {**{f"cls.{k}": v for k, v in net.state_dict().items()},
              **{f"lung.{k}": v for k, v in lungnet.state_dict().items()}}
     torch.save(state, out / "model.pt")
-    res.update(ood=det.card_entry(ood_file, ood_sha),
-               lungs=lung_report, seconds=round(time.time() - t0), total_seconds=round(time.time() - started),
-               n_train=int(len(train_idx)), n_val=int(val.sum()),
+    res.update(lungs=lung_report, seconds=round(time.time() - t0), total_seconds=round(time.time() - started),
+               n_train=int((~val).sum()), n_val=int(val.sum()),
                val_names=[cache.records[i].path for i in np.flatnonzero(val)])
     res_path.parent.mkdir(exist_ok=True)
     res_path.write_text(json.dumps(res))
+    _ood_stage(cache, val, data, out, work)
+
+
+def _ood_stage(cache: Cache, val: np.ndarray, data: Path, out: Path, work: Path, n_orient: int = 400) -> None:
+    """Out-of-distribution statistics for the model in `out`: feature distance (fit on training films,
+    threshold on validation films) and an orientation check (training films turned and inverted)."""
+    from .classifier import Classifier
+    from .ood import ORIENTATIONS, OODDetector, film_features, fit_orientation
+
+    res_path = work / "results" / "final.json"
+    res = json.loads(res_path.read_text())
+    clf = Classifier(provisional_card(out), *_load_nets(out), out)
+    train_idx = np.flatnonzero(~val)
+    _, train_feats = infer(clf.net, cache, train_idx)
+    _, val_feats = infer(clf.net, cache, np.flatnonzero(val))
+    det = OODDetector.fit(train_feats).calibrate(val_feats, 0.99)
+    pick = np.random.default_rng(SEED).choice(train_idx, n_orient, replace=False)
+    films = [read_film(data / cache.records[i].path) for i in tqdm(pick, desc="orientation films")]
+    upright = film_features(clf, films)[0]
+    turned = np.concatenate([film_features(clf, [replace(f, pixels=np.ascontiguousarray(turn(f.pixels)))
+                                                 for f in films])[0] for turn in ORIENTATIONS.values()])
+    det.orient_w, det.orient_b = fit_orientation(upright, turned)
+    ood_file, ood_sha = det.save(out)
+    res["ood"] = det.card_entry(ood_file, ood_sha)
+    res_path.write_text(json.dumps(res))
+
+
+def provisional_card(out: Path) -> ModelCard:
+    """The preprocessing half of the card, before threshold and calibration exist."""
+    return ModelCard(name="provisional", architecture="", input_size=INPUT_SIZE, lung_input_size=LUNG_SIZE,
+                     mean=MEAN, std=STD, class_names=CLASSES, positive_class=POSITIVE, threshold=0.5,
+                     threshold_rule="", temperature=1.0, weights_file="model.pt", weights_sha256="",
+                     crop_margin=CROP_MARGIN, mask_dilation=MASK_DILATION)
+
+
+def _load_nets(out: Path) -> tuple[CovidNet, LungNet]:
+    from .classifier import split_state
+
+    return split_state(torch.load(out / "model.pt", map_location="cpu", weights_only=True), len(CLASSES))
 
 
 ABLATION_NOTES = [

@@ -200,7 +200,7 @@ def check_all(clf: Classifier, det: OODDetector, items: list[Item], batch: int =
 
 
 def reason_kind(reason: str) -> str:
-    for key, kind in (("features", "features"), ("lungs", "lungs"), ("colour", "colour"),
+    for key, kind in (("rotated or inverted", "orientation"), ("features", "features"), ("lungs", "lungs"), ("colour", "colour"),
                       ("DICOM", "dicom tags"), ("unreadable", "unreadable")):
         if key in reason:
             return kind

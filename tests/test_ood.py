@@ -13,7 +13,7 @@ from PIL import Image
 from tests.conftest import REPO, shared_data
 from covidxr.card import CardError, ModelCard
 from covidxr.films import read_film
-from covidxr.ood import OODDetector, fact_reasons, film_features, ledoit_wolf, lung_reasons
+from covidxr.ood import ORIENTATIONS, OODDetector, fact_reasons, film_features, fit_orientation, ledoit_wolf, lung_reasons
 
 
 def synthetic(n: int, d: int = 48, seed: int = 0) -> np.ndarray:
@@ -159,3 +159,24 @@ def test_real_chest_films_pass(classifier, detector):
     for name, r in results.items():
         print(f"\n{name}: distance {r.distance:.2f} {r.reasons}", end="")
     assert all(r.is_chest for r in results.values())
+
+
+def test_orientation_check_fits_separable_features_and_survives_save_load(tmp_path: Path):
+    upright, turned = synthetic(200, seed=11), synthetic(200, seed=12) + 1.5
+    w, b = fit_orientation(upright, turned)
+    assert np.mean(upright @ w + b < 0) > 0.95 and np.mean(turned @ w + b > 0) > 0.95
+    det = OODDetector.fit(upright, components=8).calibrate(synthetic(50, seed=13))
+    det.orient_w, det.orient_b = w, b
+    name, sha = det.save(tmp_path)
+    back = OODDetector.load(tmp_path, card_with(det.card_entry(name, sha)))
+    np.testing.assert_allclose(back.orient_w, w)
+    assert back.orient_b == pytest.approx(b) and "rotated" in back.rule
+
+
+@pytest.mark.parametrize("how", ["rotated 180", "inverted"])
+def test_a_turned_or_inverted_real_film_is_flagged(classifier, detector, how):
+    path = sorted((REPO / "samples").glob("*/*.jpg"))[0]
+    pixels = np.asarray(Image.open(path).convert("L"))
+    turned = (ORIENTATIONS[how](pixels.astype(np.float64) / 255.0) * 255).round().astype(np.uint8)
+    r = checked(classifier, detector, png(np.ascontiguousarray(turned)), f"{how}.png")
+    assert not r.is_chest, r
