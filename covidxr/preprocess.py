@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -50,13 +51,18 @@ def lung_box(mask: np.ndarray, margin: float) -> tuple[float, float, float, floa
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation then a soft edge, so that the lung borders and costophrenic angles stay in view."""
-    t = torch.from_numpy((mask > 0.5).astype(np.float32))[None, None]
+    """Binary dilation then a soft edge, so that the lung borders and costophrenic angles stay in view.
+
+    A square max filter, then a box mean that ignores the zero padding: the same numbers as torch's
+    max_pool2d + avg_pool2d(count_include_pad=False), by OpenCV's separable filters, because torch's
+    stride-1 pooling took 15-25 ms of a 30 ms preparation here and this takes 0.3 ms."""
+    a = (mask > 0.5).astype(np.float32)
     if radius > 0:
-        t = torch.nn.functional.max_pool2d(t, 2 * radius + 1, stride=1, padding=radius)
-        t = torch.nn.functional.avg_pool2d(t, 2 * (radius // 2) + 1, stride=1, padding=radius // 2,
-                                           count_include_pad=False)
-    return t[0, 0].numpy()
+        a = cv2.dilate(a, np.ones((2 * radius + 1,) * 2, np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        k = (2 * (radius // 2) + 1,) * 2
+        sums = [cv2.boxFilter(x, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT) for x in (a, np.ones_like(a))]
+        a = sums[0] / sums[1]
+    return a
 
 
 def box_slices(box: tuple[float, float, float, float], shape: tuple[int, int]) -> tuple[slice, slice]:
