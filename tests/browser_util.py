@@ -27,6 +27,8 @@ START_TIMEOUT_S = 180
 UPLOADER = '[data-testid="stFileUploader"] input[type=file]'
 # The screen page's decision sentence (covidxr.session.verdict), e.g. "No COVID-19 pattern detected (p = 0.12, ...".
 VERDICT_PATTERN = r"(Positive for|No) COVID-19 pattern.*p [=<>]"
+# The app root while no script run is going on; clicks that land mid-run can be dropped with the old element.
+SCRIPT_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 # True once n Grad-CAM overlays are in the page and decoded by the browser.
 OVERLAYS_READY_JS = """n => { const imgs = [...document.querySelectorAll('img[alt="Grad-CAM overlay"]')];
                              return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }"""

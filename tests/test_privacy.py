@@ -2,7 +2,7 @@
 
 The real server (`streamlit run app.py`, own port, fresh empty HOME and TMPDIR, cwd = the repo, output to
 a log) is driven in Debian's Chromium: a real film with a canary name and unique bytes plus a real DICOM
-on the screen page, a zip of films on the evaluation page, the review page. Every file (path, size,
+(2.7 MB) on the screen page, a zip of films and a DICOM on the evaluation page, the review page. Every file (path, size,
 mtime) under the watched trees is snapshotted before and after (server stopped). Chromium's profile,
 HOME and TMPDIR, Playwright's temp dir and the server log lie in a folder outside them.
 
@@ -19,6 +19,7 @@ audit hook that records every open-for-writing, mkdir, rename and temp file made
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
@@ -37,17 +38,19 @@ from typing import Iterable
 import pytest
 
 from covidxr.classifier import DEFAULT_WEIGHTS
-from tests.browser_util import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, UPLOADER, VERDICT_PATTERN,
-                                require_chromium, running_app)
+from tests.browser_util import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER,
+                                VERDICT_PATTERN, require_chromium, running_app)
 from tests.conftest import shared_data
 
 CANARY = f"privacy-canary-{uuid.uuid4().hex}"
 FILM_SOURCE = shared_data("cxr", "hannover-mhh", "covid", "00d96e05.jpg")  # a real film, not one of samples/
-DICOM_FILE = "cxr/siim-acr_CR_PA_jpeg-baseline.dcm"                         # as named in the DICOM MANIFEST
+# As named in the DICOM MANIFEST. The screen page gets a DICOM over 1 MiB: Starlette, under Streamlit's
+# upload route, spools a multipart part larger than that to a temporary file unless told otherwise.
+DICOM_FILE = "cxr/nema-wg04_RG1_JLSN.dcm"                                   # 2.7 MB, JPEG-LS
+ZIP_DICOM_FILE = "cxr/siim-acr_CR_PA_jpeg-baseline.dcm"                     # 127 kB, in the batch zip
 ZIP_NORMAL = REPO / "samples" / "normal" / "00001300_000.jpg"
 SLICE = 64
 RESULT_TIMEOUT_MS = 300_000  # first prediction loads the model; strace and a busy 2-core box slow it
-STRACE = shutil.which("strace")
 TRACED_CALLS = ("open,openat,openat2,creat,rename,renameat,renameat2,link,linkat,symlink,symlinkat,"
                 "mkdir,mkdirat,mknod,mknodat,truncate,bind")
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE")
@@ -105,17 +108,24 @@ class Uploads:
     film: bytes
     dicom_name: str
     dicom: bytes
+    zip_dicom: bytes
     zip_name: str
     zip: bytes
     identity: list[str]
 
     @property
+    def unique_needles(self) -> dict[str, bytes]:
+        """Bytes that exist only because of this run: the film's head with its canary comment, and the
+        canary (in every upload's name and in the zip's entry names). Searched in every changed file."""
+        return {"film head (canary comment)": self.film[:SLICE], "canary": CANARY.encode()}
+
+    @property
     def needles(self) -> dict[str, bytes]:
-        """What no new file may contain: slices of every upload (the first one spans the film's canary
-        comment, so it is unique to this run), the canary and the DICOM's patient name and id."""
-        found = {"film head (canary comment)": self.film[:SLICE], **slices(self.film, "film"),
-                 **slices(self.dicom, "DICOM"), **slices(self.zip, "zip", at=(0.9,)),
-                 "canary": CANARY.encode()}
+        """Also slices of the film's and the DICOM's bytes and the patient's name and id, which other
+        files on a shared machine may hold too (another test's copy of the DICOM): searched in the files
+        the server wrote."""
+        found = {**self.unique_needles, **slices(self.film, "film"), **slices(self.dicom, "DICOM"),
+                 **slices(self.zip_dicom, "zipped DICOM")}
         found.update({f"patient identity {i!r}": i.encode() for i in self.identity})
         return found
 
@@ -123,13 +133,14 @@ class Uploads:
 def make_uploads() -> Uploads:
     film = with_comment(FILM_SOURCE.read_bytes(), CANARY)
     dicom = shared_data("dicom", DICOM_FILE).read_bytes()
+    zip_dicom = shared_data("dicom", ZIP_DICOM_FILE).read_bytes()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # stored: the films' own bytes are in the zip
         z.writestr(f"{CANARY}-batch/covid/{CANARY}.jpg", film)
         z.writestr(f"{CANARY}-batch/normal/{ZIP_NORMAL.name}", ZIP_NORMAL.read_bytes())
-        z.writestr(f"{CANARY}-batch/normal/{CANARY}.dcm", dicom)
-    return Uploads(f"{CANARY}.jpg", film, f"{CANARY}-study.dcm", dicom, f"{CANARY}-batch.zip", buf.getvalue(),
-                   dicom_identity(DICOM_FILE))
+        z.writestr(f"{CANARY}-batch/normal/{CANARY}.dcm", zip_dicom)
+    return Uploads(f"{CANARY}.jpg", film, f"{CANARY}-study.dcm", dicom, zip_dicom, f"{CANARY}-batch.zip",
+                   buf.getvalue(), dicom_identity(DICOM_FILE) + dicom_identity(ZIP_DICOM_FILE))
 
 
 def leaks(paths: Iterable[str], needles: dict[str, bytes]) -> dict[str, list[str]]:
@@ -194,10 +205,21 @@ class Write:
     line: str
 
 
+@functools.cache
+def strace() -> str | None:
+    """strace's path if it is installed and may trace here (ptrace can be forbidden in containers)."""
+    found = shutil.which("strace")
+    if found is None:
+        return None
+    probe = subprocess.run([found, "-f", "-qq", "-o", os.devnull, "true"], capture_output=True, timeout=60)
+    return found if probe.returncode == 0 else None
+
+
+
 def strace_prefix(out: Path) -> list[str]:
     """strace -f on the server's whole process tree, successful path-creating/-writing calls only,
     file descriptors decoded to paths (-y), each with its time (-ttt)."""
-    return [STRACE, "-f", "-qq", "-y", "-ttt", "--seccomp-bpf", "-e", f"trace={TRACED_CALLS}", "-e", "status=successful",
+    return [strace(), "-f", "-qq", "-y", "-ttt", "--seccomp-bpf", "-e", f"trace={TRACED_CALLS}", "-e", "status=successful",
             "-s", "4096", "-o", str(out)]
 
 
@@ -280,32 +302,52 @@ def drive(page, url: str, uploads: Uploads) -> tuple[list[str], float]:
     from playwright.sync_api import expect
 
     texts = []
+    main = page.get_by_test_id("stMain")
     page.goto(url)
     uploader = page.locator(UPLOADER).first
     uploader.wait_for(state="attached")  # the page has loaded the model
+    page.wait_for_selector(SCRIPT_IDLE)
     first_upload = time.time()
     uploader.set_input_files([{"name": uploads.film_name, "mimeType": "image/jpeg", "buffer": uploads.film},
                               {"name": uploads.dicom_name, "mimeType": "application/dicom", "buffer": uploads.dicom}])
     expect(page.get_by_text(re.compile(VERDICT_PATTERN)).nth(1)).to_be_visible(timeout=RESULT_TIMEOUT_MS)
     page.wait_for_function(OVERLAYS_READY_JS, arg=2, timeout=RESULT_TIMEOUT_MS)
     expect(page.get_by_text(uploads.film_name).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
-    texts.append(page.get_by_test_id("stMain").inner_text())
+    page.wait_for_selector(SCRIPT_IDLE)
+    texts.append(main.inner_text())
 
     page.get_by_test_id("stSidebarNav").get_by_text("Batch evaluation", exact=True).click()
-    zip_input = page.locator(UPLOADER).first
-    zip_input.wait_for(state="attached")
-    zip_input.set_input_files([{"name": uploads.zip_name, "mimeType": "application/zip", "buffer": uploads.zip}])
-    # the uploader shortens long names; its remove button carries the whole name
-    expect(page.get_by_role("button", name=f"Remove {uploads.zip_name}")).to_be_attached(timeout=RESULT_TIMEOUT_MS)
-    page.get_by_role("button", name="Run evaluation").click()
+    expect(page.get_by_role("heading", name="Batch evaluation")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_selector(SCRIPT_IDLE)
+    page.locator(UPLOADER).first.set_input_files(
+        [{"name": uploads.zip_name, "mimeType": "application/zip", "buffer": uploads.zip}])
+    run = page.get_by_role("button", name="Run evaluation")
+    expect(run).to_be_enabled(timeout=RESULT_TIMEOUT_MS)  # the page has re-run with the zip
+    run.click()
     expect(page.get_by_text("3 labelled films scored", exact=False)).to_be_visible(timeout=RESULT_TIMEOUT_MS)
-    texts.append(page.get_by_test_id("stMain").inner_text())
+    page.wait_for_selector(SCRIPT_IDLE)
+    texts.append(main.inner_text())
 
     page.get_by_test_id("stSidebarNav").get_by_text("Heatmap review", exact=True).click()
-    page.get_by_role("button", name="Open").first.click()
+    expect(page.get_by_role("heading", name="Heatmap review")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_selector(SCRIPT_IDLE)
+    # st.button's own "Open" (the outcome filter's dropdown toggle is a button named "Open" too)
+    page.get_by_test_id("stButton").get_by_role("button", name="Open").first.click()
+    expect(page.get_by_role("button", name="Close")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
     page.wait_for_function(OVERLAYS_READY_JS, arg=1, timeout=RESULT_TIMEOUT_MS)
-    texts.append(page.get_by_test_id("stMain").inner_text())
+    texts.append(main.inner_text())
     return texts, first_upload
+
+
+def keep_failure(page, outside: Path) -> None:
+    """A screenshot and the server log, kept in /var/tmp when the browser part fails."""
+    keep = Path(tempfile.mkdtemp(prefix="covidxr-privacy-failure-", dir="/var/tmp"))
+    try:
+        page.screenshot(path=str(keep / "page.png"), full_page=True)
+    except Exception:  # noqa: BLE001 - best effort; the original error is what matters
+        pass
+    shutil.copy(outside / "server.log", keep / "server.log")
+    print(f"\n[privacy] browser run failed: screenshot and server log in {keep}")
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +368,7 @@ def browser_run() -> PrivacyRun:
     try:
         before = snapshot(roots, exclude)
         with running_app(outside / "server.log", env=server_env(home, tmp, weights),
-                         wrapper=strace_prefix(trace) if STRACE else ()) as app, \
+                         wrapper=strace_prefix(trace) if strace() else ()) as app, \
                 pytest.MonkeyPatch.context() as mp:
             mp.setenv("TMPDIR", str(browser_tmp))  # Playwright's driver (node) keeps its temp files there
             with sync_playwright() as p:
@@ -335,16 +377,19 @@ def browser_run() -> PrivacyRun:
                     args=[*CHROMIUM_ARGS, "--disable-dev-shm-usage"],  # shared memory in its TMPDIR, not /dev/shm
                     env={**os.environ, "HOME": str(browser_home), "TMPDIR": str(browser_tmp)},
                     viewport={"width": 1440, "height": 1400})
+                page = context.new_page()
+                page.set_default_timeout(RESULT_TIMEOUT_MS)
                 try:
-                    page = context.new_page()
-                    page.set_default_timeout(RESULT_TIMEOUT_MS)
                     texts, first_upload = drive(page, app.url, uploads)
+                except Exception:
+                    keep_failure(page, outside)
+                    raise
                 finally:
                     context.close()
         # the server is stopped: whatever it wrote at shutdown is on disk now
         after = snapshot(roots, exclude)
         yield PrivacyRun(uploads, str(home), str(tmp), changed(before, after),
-                         traced_writes(trace, REPO) if STRACE else None, first_upload,
+                         traced_writes(trace, REPO) if strace() else None, first_upload,
                          (outside / "server.log").read_text(errors="replace"), texts)
     finally:
         for d in (outside, home, tmp):
@@ -371,8 +416,8 @@ def test_server_process_tree_writes_nothing_once_films_arrive(browser_run: Priva
     """Anywhere on the filesystem, not only in the watched trees: after the first drop, only /dev/null
     and bytecode; before it (start-up, model load), only the start-up list."""
     if browser_run.writes is None:
-        pytest.fail("strace is not installed: the per-process check cannot run (apt-get install strace); "
-                    "the snapshot test above ran in strict mode")
+        pytest.fail("strace is not installed or may not trace here: the per-process check cannot run "
+                    "(apt-get install strace); the snapshot test above ran in strict mode")
     assert browser_run.writes, "the trace recorded nothing: is strace tracing the server at all?"
     bad = [w for w in browser_run.writes
            if not browser_run.allowed(w.path, at_start=w.time < browser_run.first_upload)]
@@ -380,10 +425,13 @@ def test_server_process_tree_writes_nothing_once_films_arrive(browser_run: Priva
 
 
 def test_no_new_file_holds_an_upload_or_the_patient_identity(browser_run: PrivacyRun):
-    found = leaks(browser_run.changes, browser_run.uploads.needles)
-    assert not found, f"uploaded data found on disk: {found}"
-    if browser_run.writes is not None:  # and anywhere else the server wrote
-        found = leaks({w.path for w in browser_run.writes}, browser_run.uploads.needles)
+    uploads = browser_run.uploads
+    found = leaks(browser_run.changes, uploads.unique_needles)
+    assert not found, f"this run's upload found on disk: {found}"
+    found = leaks(browser_run.counted(), uploads.needles)
+    assert not found, f"uploaded data found in files the server wrote: {found}"
+    if browser_run.writes is not None:  # anywhere else on the filesystem
+        found = leaks({w.path for w in browser_run.writes}, uploads.needles)
         assert not found, f"uploaded data found in files the server wrote: {found}"
 
 
@@ -491,8 +539,8 @@ def test_apptest_uploads_write_nothing_in_process(monkeypatch):
     changes = changed(before, after)
     own = [p for p in changes if p.startswith((f"{home}/", f"{tmp}/"))]
     assert not own, f"new files in the fresh HOME/TMPDIR: {own}"
-    found = leaks(changes, uploads.needles)
-    assert not found, f"uploaded data found on disk: {found}"
+    found = leaks(changes, uploads.unique_needles)
+    assert not found, f"this run's upload found on disk: {found}"
 
 
 # ---------------------------------------------------------------- the checks themselves
@@ -508,12 +556,12 @@ def test_the_checks_catch_an_upload_written_to_a_temp_file(tmp_path):
     start = time.time()
     spill = "import sys, tempfile; f = tempfile.NamedTemporaryFile(delete=False); f.write(sys.stdin.buffer.read())"
     trace = tmp_path / "spill.strace"
-    subprocess.run([*(strace_prefix(trace) if STRACE else []), sys.executable, "-c", spill], input=uploads.film,
+    subprocess.run([*(strace_prefix(trace) if strace() else []), sys.executable, "-c", spill], input=uploads.film,
                    env={**os.environ, "HOME": str(home), "TMPDIR": str(tmp)}, check=True, timeout=120)
     changes = changed(before, snapshot([home, tmp], []))
     [spilled] = [p for p in changes if not allowed(p, str(home), str(tmp), at_start=False)]
-    assert leaks(changes, uploads.needles)[spilled][:2] == ["film head (canary comment)", "film bytes at 33%"]
-    if STRACE:
+    assert {"film head (canary comment)", "canary", "film bytes at 50%"} <= set(leaks(changes, uploads.needles)[spilled])
+    if strace():
         assert spilled in {w.path for w in traced_writes(trace, tmp_path) if w.time >= start}
 
     writes = record_writes()
