@@ -421,7 +421,9 @@ def test_server_process_tree_writes_nothing_once_films_arrive(browser_run: Priva
     assert browser_run.writes, "the trace recorded nothing: is strace tracing the server at all?"
     bad = [w for w in browser_run.writes
            if not browser_run.allowed(w.path, at_start=w.time < browser_run.first_upload)]
-    assert not bad, "the server wrote:\n" + describe(f"{w.path}   [{w.line}]" for w in bad)
+    assert not bad, "the server wrote:\n" + describe(
+        f"{w.path}{' (an unnamed temporary file: on disk while open)' if 'O_TMPFILE' in w.line else ''}   [{w.line}]"
+        for w in bad)
 
 
 def test_no_new_file_holds_an_upload_or_the_patient_identity(browser_run: PrivacyRun):
