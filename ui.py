@@ -35,6 +35,19 @@ KEEP_UPLOAD_BYTES = 128 << 20  # a batch's uploads are kept for the review page 
 T = TypeVar("T")
 
 
+def keep_uploads_in_memory() -> None:
+    """Streamlit's upload route parses each upload with Starlette, which spools any part over 1 MiB
+    (most DICOMs, most zips) to a temporary file on disk; raise that threshold to the upload limit so
+    that uploads stay in memory, as promised (tests/test_privacy.py catches the spool under strace)."""
+    from starlette.formparsers import MultiPartParser
+
+    limit = (int(st.get_option("server.maxUploadSize")) + 1) << 20  # MB, plus the multipart framing
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limit)
+
+
+keep_uploads_in_memory()
+
+
 # ---------------------------------------------------------------- the model, once per server
 
 @st.cache_resource(show_spinner="Loading the model…")

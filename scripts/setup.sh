@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-if [[ "${1:-}" == "--browser" && ! -x /usr/bin/chromium ]]; then
-    echo "setup: installing Debian's chromium" >&2
+# strace lets the privacy test see every write the server makes, anywhere on disk.
+if [[ "${1:-}" == "--browser" ]] && { [[ ! -x /usr/bin/chromium ]] || ! command -v strace >/dev/null; }; then
+    echo "setup: installing Debian's chromium and strace" >&2
     SUDO=""
     [[ $(id -u) -ne 0 ]] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium strace
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

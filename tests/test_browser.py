@@ -9,84 +9,37 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, require_chromium, running_app
 from tests.conftest import REPO
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-gpu", "--disable-quic", "--no-first-run"]
 SHOTS = REPO / "docs" / "screenshots"
 SAMPLES = REPO / "samples"
-START_TIMEOUT_S = 180
 RESULT_TIMEOUT_MS = 300_000  # generous: on a loaded 2-core box torch alone can take a minute to import
 VIEWPORT = {"width": 1440, "height": 1400}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"streamlit not healthy after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, classifier):
     """The app as a clinician gets it, with the model conftest's `classifier` loaded (the shipped one,
     or $COVIDXR_TEST_WEIGHTS), on a free loopback port; stopped by its process group."""
-    weights = classifier.directory
-    port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {**os.environ, "COVIDXR_WEIGHTS": str(weights), "COVIDXR_THREADS": os.environ.get("COVIDXR_THREADS", "1")}
+    env = {**os.environ, "COVIDXR_WEIGHTS": str(classifier.directory),
+           "COVIDXR_THREADS": os.environ.get("COVIDXR_THREADS", "1")}
     env.pop("COVIDXR_DATA_ROOTS", None)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, log)
-        yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+    with running_app(log, env=env) as app:
+        yield app.url
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh --browser does)")
+    require_chromium()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport=VIEWPORT)
@@ -117,20 +70,11 @@ def wait_for_overlays(page: Page, n: int) -> None:
         arg=n, timeout=RESULT_TIMEOUT_MS)
 
 
-def open_first_film(page: Page, tries: int = 3) -> None:
-    """Click the gallery's first Open until the film's panel (its Close button) shows. A click that
-    lands while Streamlit is still re-running the page just after navigation is dropped by the
-    browser with the old element, so it is repeated, a bounded number of times."""
-    for attempt in range(tries):
-        button = page.get_by_role("button", name="Open").first
-        expect(button).to_be_visible()
-        button.click()
-        try:
-            expect(page.get_by_role("button", name="Close")).to_be_visible(timeout=30_000)
-            return
-        except AssertionError:
-            if attempt == tries - 1:
-                raise
+def open_first_film(page: Page) -> None:
+    """The gallery's first Open button (an st.button; the Outcomes filter's dropdown arrow is also a
+    button named "Open", so the locator goes through the stButton container)."""
+    page.get_by_test_id("stButton").get_by_role("button", name="Open").first.click()
+    expect(page.get_by_role("button", name="Close")).to_be_visible()
 
 
 def nav(page: Page, link: str, title: str) -> None:
