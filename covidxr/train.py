@@ -109,7 +109,6 @@ def dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def train_lungs(lungs: Path, data: Path, work: Path, epochs: int = 14, batch: int = 16) -> tuple[LungNet, dict]:
     out = work / "lungnet.pt"
     x, y, names = load_lung_set(lungs, data, LUNG_SIZE)
-    patients = sorted({n.split("/")[-1] for n in names})
     rng = random.Random(SEED)
     val = np.array([rng.random() < 0.12 for _ in names])
     net = LungNet()
@@ -404,20 +403,20 @@ def run_fold(cache: Cache, name: str, train_mask: np.ndarray, test_mask: np.ndar
     return res
 
 
-def train_final(cache: Cache, val: np.ndarray, work: Path) -> tuple[CovidNet, dict, np.ndarray]:
+def train_final(cache: Cache, val: np.ndarray, work: Path) -> tuple[CovidNet, dict]:
     from .metrics import choose_threshold
 
     for phase in FINAL_PHASES:
         net = fit(cache, np.flatnonzero(~val), phase, work)
     val_idx = np.flatnonzero(val)
-    logits, feats = infer(net, cache, val_idx)
+    logits, _ = infer(net, cache, val_idx)
     temperature = fit_temperature(logits, cache.cls[val_idx])
     pv = positive_probability(logits, temperature)
     thr = choose_threshold(cache.y[val_idx], pv, MIN_SENSITIVITY)
     res = {"temperature": temperature, "threshold": thr,
            "validation": _report(cache.y[val_idx], pv, thr, cache.sources[val_idx]),
            "val_logits": logits.tolist()}
-    return net, res, feats
+    return net, res
 
 
 def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path(".cache/train"),
@@ -454,7 +453,7 @@ def _final_stage(cache: Cache, val: np.ndarray, lungnet: LungNet, lung_report: d
     if res_path.exists() and (out / "model.pt").exists():
         return
     t0 = time.time()
-    net, res, _ = train_final(cache, val, work)
+    net, res = train_final(cache, val, work)
     state = {**{f"cls.{k}": v for k, v in net.state_dict().items()},
              **{f"lung.{k}": v for k, v in lungnet.state_dict().items()}}
     torch.save(state, out / "model.pt")
