@@ -22,20 +22,13 @@ def _classifier(args: argparse.Namespace):
 
 
 def _read(path: str):
+    """(film, None) or (None, reason): read_film turns every file-system failure into a FilmError too."""
     from .films import FilmError, read_film
 
     try:
         return read_film(path), None
     except FilmError as e:
         return None, str(e)
-    except IsADirectoryError:
-        return None, "is a directory, not a film"
-    except FileNotFoundError:
-        return None, "no such file"
-    except PermissionError:
-        return None, "permission denied"
-    except OSError as e:
-        return None, f"cannot be read: {e.strerror or e}"
 
 
 def prediction_row(path: str, pred) -> dict:
