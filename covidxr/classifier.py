@@ -39,6 +39,13 @@ def split_state(state: dict[str, torch.Tensor], n_classes: int) -> tuple[CovidNe
     return net.to(memory_format=torch.channels_last).eval(), lungs.eval()
 
 
+def lung_probability(lungs: LungNet, films: Sequence[Film], size: int) -> list[np.ndarray]:
+    """Per film, the segmenter's lung probability at size x size (training's cache uses it too)."""
+    x = torch.from_numpy(np.stack([lung_input(f.pixels, size) for f in films]))[:, None]
+    with torch.inference_mode():
+        return list(torch.sigmoid(lungs(x))[:, 0].numpy())
+
+
 @dataclass
 class Prediction:
     name: str
@@ -82,10 +89,7 @@ class Classifier:
         return self.card.threshold
 
     def lung_probability(self, films: Sequence[Film]) -> list[np.ndarray]:
-        s = self.card.lung_input_size
-        x = torch.from_numpy(np.stack([lung_input(f.pixels, s) for f in films]))[:, None]
-        with torch.inference_mode():
-            return list(torch.sigmoid(self.lungs(x))[:, 0].numpy())
+        return lung_probability(self.lungs, films, self.card.lung_input_size)
 
     def prepare(self, films: Sequence[Film]) -> list[Prepared]:
         c = self.card

@@ -179,6 +179,8 @@ VARIANTS = {
 
 
 def build_cache(records: list[Record], data: Path, lungs: LungNet, work: Path, variant: str) -> Cache:
+    from .classifier import lung_probability
+
     path = work / f"cache_{variant}_{INPUT_SIZE}.npz"
     if path.exists():
         z = np.load(path)
@@ -191,10 +193,7 @@ def build_cache(records: list[Record], data: Path, lungs: LungNet, work: Path, v
     batch = 32
     for i in tqdm(range(0, n, batch), desc=f"cache {variant}", unit="batch"):
         films = [read_film(data / r.path) for r in records[i:i + batch]]
-        x = torch.from_numpy(np.stack([lung_input(f.pixels, LUNG_SIZE) for f in films]))[:, None]
-        with torch.inference_mode():
-            probs = torch.sigmoid(lungs(x))[:, 0].numpy()
-        for j, (f, p) in enumerate(zip(films, probs)):
+        for j, (f, p) in enumerate(zip(films, lung_probability(lungs, films, LUNG_SIZE))):
             if not opts["crop"]:
                 p = np.zeros_like(p)  # no lungs -> whole film, nothing blanked
             prep = prepare(f.pixels, p, INPUT_SIZE, CROP_MARGIN, MASK_DILATION, blank=opts["blank"],
