@@ -15,7 +15,7 @@ import torch
 
 from .card import CardError, ModelCard
 from .films import Film
-from .model import CovidNet, LungNet
+from .model import CovidNet, LungNet, fold_batchnorm
 from .preprocess import Prepared, lung_input, prepare, to_tensor
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -81,7 +81,10 @@ class Classifier:
         except Exception as e:  # noqa: BLE001
             raise CardError(f"weights {path} could not be loaded safely: {e}") from None
         net, lungs = split_state(state, len(card.class_names))
-        lungs = lungs.to(memory_format=torch.channels_last)  # 25-30% faster on CPU (oneDNN), same numbers
+        # Inference-only speed-ups, same outputs to float rounding: BatchNorm folded into the convolutions
+        # (the CAM layer's kept, see fold_batchnorm) and channels-last memory (oneDNN, 25-30% faster here).
+        net = fold_batchnorm(net, keep=(net.cam_layer,)).to(memory_format=torch.channels_last)
+        lungs = fold_batchnorm(lungs).to(memory_format=torch.channels_last)
         return cls(card, net, lungs, directory)
 
     @property

@@ -38,6 +38,33 @@ def _load_by_position(net: nn.Module, source: dict[str, torch.Tensor]) -> None:
     net.load_state_dict(new, strict=False)
 
 
+def fold_batchnorm(net: nn.Module, keep: tuple[nn.Module, ...] = ()) -> nn.Module:
+    """Fold every eval-mode BatchNorm into the convolution registered just before it, in place.
+
+    Inference only (10-20% faster on CPU, same outputs to float rounding). Convolutions in `keep` are left
+    as they are: Grad-CAM reads the CAM layer's own activations, which folding would rescale and shift."""
+    from timm.layers import BatchNormAct2d
+
+    net.eval()
+    prev = None
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d):
+                prev = child
+            elif isinstance(child, nn.BatchNorm2d) and prev is not None and prev.out_channels == child.num_features:
+                if not any(prev is k for k in keep):
+                    scale = child.weight / torch.sqrt(child.running_var + child.eps)
+                    shift = child.bias - child.running_mean * scale
+                    with torch.no_grad():
+                        prev.weight.mul_(scale.view(-1, 1, 1, 1))
+                        bias = shift if prev.bias is None else shift + prev.bias * scale
+                    prev.bias = nn.Parameter(bias.detach(), requires_grad=False)
+                    rest = [child.drop, child.act] if isinstance(child, BatchNormAct2d) else []
+                    setattr(parent, name, nn.Sequential(*rest) if rest else nn.Identity())
+                prev = None
+    return net
+
+
 class CovidNet(nn.Module):
     """EfficientNet-Lite0 features -> global pool -> dropout -> linear head (one logit per class)."""
 

@@ -54,3 +54,25 @@ def test_fit_checkpoints_and_resumes(tmp_path):
     again = T.fit(cache, np.arange(12), cfg, tmp_path)  # finished run: loads, does not train again
     for a, b in zip(net.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_early_stopping_stops_and_returns_the_best_weights(tmp_path):
+    recs = records(24)
+    rng = np.random.default_rng(1)
+    cache = T.Cache(rng.integers(0, 255, (24, T.INPUT_SIZE, T.INPUT_SIZE), dtype=np.uint8),
+                    np.full((24, T.INPUT_SIZE, T.INPUT_SIZE), 255, np.uint8), np.ones(24), recs)
+    val_idx = np.arange(12, 24)
+    assert 0 < cache.y[val_idx].sum() < len(val_idx)
+    cfg = T.RunConfig("es", steps=40, batch=2, checkpoint_every=100, eval_every=1, patience=2, min_delta=0.5)
+    torch.set_num_threads(1)
+    net = T.fit(cache, np.arange(12), cfg, tmp_path, val_idx)
+    rec = T.stopping_record(tmp_path, "es")
+    # no measurement can beat the first by 0.5 AUC, so it stops after `patience` more and keeps the first
+    assert rec["stopped_early"] and rec["steps_run"] == 3 and rec["best_step"] == 1
+    assert [h["step"] for h in rec["history"]] == [1, 2, 3]
+    best = torch.load(tmp_path / "run_es.pt", weights_only=False)["best"]["net"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, best[k])
+    again = T.fit(cache, np.arange(12), cfg, tmp_path, val_idx)  # a stopped run resumes as stopped
+    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
