@@ -137,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default="weights", help="where to write model.pt and model_card.json")
     st.add_argument("--lungs", default=None, help="lung masks (default: <data>/../lungs)")
     st.add_argument("--work", default=".cache/train", help="cache and checkpoints; rerun to resume")
-    st.add_argument("--stages", default="final,loso,ablations")
+    st.add_argument("--stages", default="final,loso,adversary,ablations")
     st.add_argument("--threads", type=int, default=None)
     st.set_defaults(run=cmd_train)
     return p

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from .card import ModelCard, sha256_file
 from .films import read_film
-from .model import CovidNet, LungNet
+from .model import FEATURES, CovidNet, LungNet
 from .preprocess import lung_input, prepare, resize
 
 SEED = 20261127
@@ -106,11 +107,16 @@ def dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2 * inter + 1) / (pred.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
 
 
+def lung_val_split(n: int) -> np.ndarray:
+    """True for the lung-mask films (in the order of lungs/MANIFEST.csv) held out from segmenter training."""
+    rng = random.Random(SEED)
+    return np.array([rng.random() < 0.12 for _ in range(n)])
+
+
 def train_lungs(lungs: Path, data: Path, work: Path, epochs: int = 14, batch: int = 16) -> tuple[LungNet, dict]:
     out = work / f"lungnet_{LUNG_SIZE}.pt"
     x, y, names = load_lung_set(lungs, data, LUNG_SIZE)
-    rng = random.Random(SEED)
-    val = np.array([rng.random() < 0.12 for _ in names])
+    val = lung_val_split(len(names))
     net = LungNet()
     if out.exists():
         net.load_state_dict(torch.load(out, weights_only=True))
@@ -223,6 +229,7 @@ class RunConfig:
     eval_every: int = 0            # early stopping: score the validation films every this many steps...
     patience: int = 0              # ...stop after this many scorings without a better AUC, keep the best
     min_delta: float = 0.001
+    adversary: float = 0.0         # weight of a source classifier trained through gradient reversal (0 = none)
 
 
 def sample_weights(cache: Cache, idx: np.ndarray) -> torch.Tensor:
@@ -275,6 +282,34 @@ def freeze_early(net: CovidNet) -> None:
             p.requires_grad = False
 
 
+class _Reverse(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by -weight (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.weight * grad, None
+
+
+class SourceAdversary(nn.Module):
+    """Predicts a film's source from the pooled features; through _Reverse, the backbone is pushed to
+    make that impossible. The weight ramps up as in DANN (2 / (1 + exp(-10 p)) - 1, p = share of steps)."""
+
+    def __init__(self, sources: list[str], weight: float):
+        super().__init__()
+        self.sources, self.weight = sorted(set(sources)), weight
+        self.head = nn.Sequential(nn.Linear(FEATURES, 256), nn.ReLU(), nn.Linear(256, len(self.sources)))
+
+    def loss(self, features: torch.Tensor, sources: list[str], progress: float) -> torch.Tensor:
+        w = self.weight * (2 / (1 + math.exp(-10 * progress)) - 1)
+        target = torch.tensor([self.sources.index(s) for s in sources])
+        return F.cross_entropy(self.head(_Reverse.apply(features, w)), target)
+
+
 def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
         val_idx: np.ndarray | None = None) -> CovidNet:
     """Fine-tuning with a checkpoint every `checkpoint_every` steps; resumes from it.
@@ -289,7 +324,8 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
         net.load_state_dict(torch.load(work / f"run_{cfg.init_from}.pt", weights_only=False)["net"])
     if cfg.imagenet:
         freeze_early(net)
-    params = [p for p in net.parameters() if p.requires_grad]
+    adversary = SourceAdversary(list(cache.sources[train_idx]), cfg.adversary) if cfg.adversary else None
+    params = [p for p in net.parameters() if p.requires_grad] + (list(adversary.parameters()) if adversary else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -298,6 +334,8 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
     if ckpt.exists():
         st = torch.load(ckpt, weights_only=False)  # our own checkpoint (optimiser state), never a shipped file
         net.load_state_dict(st["net"])
+        if adversary:
+            adversary.load_state_dict(st["adversary"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         gen.set_state(st["gen"])
@@ -317,7 +355,12 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
     while not done:
         pick = train_idx[torch.multinomial(weights, cfg.batch, replacement=True, generator=gen).numpy()]
         x = normalise(augment(to_batch(cache, pick), gen))
-        loss = F.cross_entropy(net(x), labels[pick], label_smoothing=cfg.label_smoothing)
+        if adversary:
+            f = net.features(x)
+            loss = (F.cross_entropy(net.head(net.dropout(f)), labels[pick], label_smoothing=cfg.label_smoothing)
+                    + adversary.loss(f, [cache.records[i].source for i in pick], step / cfg.steps))
+        else:
+            loss = F.cross_entropy(net(x), labels[pick], label_smoothing=cfg.label_smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -343,7 +386,7 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
         if done or step % cfg.checkpoint_every == 0:
             torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "gen": gen.get_state(), "step": step, "total": cfg.steps, "history": history,
-                        "best": best, "stopped": done}, ckpt)
+                        "best": best, "stopped": done, "adversary": adversary.state_dict() if adversary else None}, ckpt)
     bar.close()
     if early and best is not None:
         net.load_state_dict(best["net"])
@@ -386,6 +429,8 @@ def fit_temperature(logits: np.ndarray, cls: np.ndarray) -> float:
 MIN_SENSITIVITY = 0.97
 FINAL = RunConfig("final", 1400, lr=1e-3, eval_every=100, patience=4)  # one-cycle, early stopping on val AUC
 FOLD_STEPS = 120
+ADVERSARY_FOLDS = ("ieee8023-jul2020", "kaggle-radiography-db-224px")
+ADVERSARY_WEIGHT = 0.3
 ABLATIONS = {  # name -> (variant, imagenet); all on the "train on Kaggle only, test on every other source" fold
     "lungs": ("lungs", True),
     "film": ("film", True),
@@ -420,7 +465,7 @@ def run_fold(cache: Cache, name: str, train_mask: np.ndarray, test_mask: np.ndar
     thr = choose_threshold(cache.y[val_idx], pv, MIN_SENSITIVITY)
     test_idx = np.flatnonzero(test_mask)
     pt = positive_probability(infer(net, cache, test_idx)[0])
-    res = {"name": name, "variant": cfg.variant, "imagenet": cfg.imagenet, "steps": cfg.steps,
+    res = {"name": name, "variant": cfg.variant, "imagenet": cfg.imagenet, "adversary": cfg.adversary, "steps": cfg.steps,
            "n_train": int(len(train_idx)), "val_auc": auc(cache.y[val_idx], pv), "threshold": thr,
            "held_out_sources": sorted(set(cache.sources[test_idx])),
            "test": _report(cache.y[test_idx], pt, thr, cache.sources[test_idx]),
@@ -448,7 +493,7 @@ def train_final(cache: Cache, val: np.ndarray, work: Path) -> tuple[CovidNet, di
 
 
 def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path(".cache/train"),
-         stages: tuple[str, ...] = ("final", "loso", "ablations"), threads: int = 2) -> ModelCard:
+         stages: tuple[str, ...] = ("final", "loso", "adversary", "ablations"), threads: int = 2) -> ModelCard:
     torch.set_num_threads(threads)
     started = time.time()
     work.mkdir(parents=True, exist_ok=True)
@@ -466,6 +511,10 @@ def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path
     if "loso" in stages:
         for s in sorted(set(src)):
             run_fold(cache, f"loso_{s}", src != s, src == s, val, RunConfig(f"loso_{s}", FOLD_STEPS), work)
+    if "adversary" in stages:  # the two held-out sources that have both classes, with a source adversary
+        for s in ADVERSARY_FOLDS:
+            run_fold(cache, f"adversary_{s}", src != s, src == s, val,
+                     RunConfig(f"adversary_{s}", FOLD_STEPS, adversary=ADVERSARY_WEIGHT), work)
     if "ablations" in stages:
         kaggle = src == "kaggle-radiography-db-224px"
         for name, (variant, imagenet) in ABLATIONS.items():
@@ -581,6 +630,10 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
                   "steps": v["steps"], "kaggle_val_auc": v["val_auc"],
                   **{m: v["test"].get(m) for m in ("n", "sensitivity", "specificity", "auc", "ci")}}
                  for k, v in results.items() if k.startswith("ablation_")]
+    adversary = [{"held_out": v["held_out_sources"][0], "weight": v.get("adversary"),
+                  **{m: v["test"].get(m) for m in ("n", "sensitivity", "specificity", "auc", "ci")},
+                  "auc_without_adversary": next((r["auc"] for r in loso if r["held_out"] == v["held_out_sources"][0]), None)}
+                 for k, v in results.items() if k.startswith("adversary_")]
     card = ModelCard(
         name="covidxr-lite0-lungs",
         architecture=("EfficientNet-Lite0 (timm tf_efficientnet_lite0, ImageNet init from the "
@@ -618,6 +671,7 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
         metrics={"validation": res["validation"], "leave_one_source_out": loso,
                  "kaggle_only_to_other_sources": results.get("ablation_lungs"),
                  "ablations": ablations,
+                 "source_adversary": adversary,
                  "ablation_notes": ABLATION_NOTES,
                  "protocol": f"LOSO and ablation models: {FOLD_STEPS} steps each (final: early-stopped, at most {FINAL.steps}), threshold "
                              "by the same rule on the fold's own validation films, then scored on the held-out source(s)."},

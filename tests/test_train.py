@@ -76,3 +76,26 @@ def test_early_stopping_stops_and_returns_the_best_weights(tmp_path):
     again = T.fit(cache, np.arange(12), cfg, tmp_path, val_idx)  # a stopped run resumes as stopped
     for a, b in zip(net.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_gradient_reversal_flips_the_gradient_only():
+    x = torch.ones(3, requires_grad=True)
+    y = T._Reverse.apply(x, 0.5)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.5))
+
+
+def test_fit_with_a_source_adversary_trains_and_resumes(tmp_path):
+    recs = records(12)
+    rng = np.random.default_rng(2)
+    cache = T.Cache(rng.integers(0, 255, (12, T.INPUT_SIZE, T.INPUT_SIZE), dtype=np.uint8),
+                    np.full((12, T.INPUT_SIZE, T.INPUT_SIZE), 255, np.uint8), np.ones(12), recs)
+    cfg = T.RunConfig("adv", steps=2, batch=2, checkpoint_every=1, adversary=0.3)
+    torch.set_num_threads(1)
+    T.fit(cache, np.arange(12), cfg, tmp_path)
+    st = torch.load(tmp_path / "run_adv.pt", weights_only=False)
+    assert st["step"] == 2 and st["adversary"] is not None
+    head = T.SourceAdversary(list(cache.sources), 0.3)
+    head.load_state_dict(st["adversary"])
+    assert head.sources == sorted(set(cache.sources))
