@@ -431,11 +431,18 @@ FINAL = RunConfig("final", 1400, lr=1e-3, eval_every=100, patience=4)  # one-cyc
 FOLD_STEPS = 120
 ADVERSARY_FOLDS = ("ieee8023-jul2020", "kaggle-radiography-db-224px")
 ADVERSARY_WEIGHT = 0.3
-ABLATIONS = {  # name -> (variant, imagenet); all on the "train on Kaggle only, test on every other source" fold
-    "lungs": ("lungs", True),
-    "film": ("film", True),
-    "lungs_scratch": ("lungs", False),
-    "crop": ("crop", True),
+KAGGLE = "kaggle-radiography-db-224px"
+SPLITS = {  # the two ways of holding hospitals out that have both classes on the test side
+    "kaggle_only": "train on the Kaggle copy only, test on every other source",
+    "without_kaggle": "train on every other source, test on the Kaggle copy (both classes within one collection)",
+}
+ABLATIONS = {  # name -> (input variant, ImageNet init, split)
+    "lungs": ("lungs", True, "kaggle_only"),
+    "film": ("film", True, "kaggle_only"),
+    "lungs_scratch": ("lungs", False, "kaggle_only"),
+    "crop": ("crop", True, "kaggle_only"),
+    "film_without_kaggle": ("film", True, "without_kaggle"),  # lungs, without_kaggle = the Kaggle LOSO fold
+    "crop_without_kaggle": ("crop", True, "without_kaggle"),
 }
 
 
@@ -516,10 +523,11 @@ def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path
             run_fold(cache, f"adversary_{s}", src != s, src == s, val,
                      RunConfig(f"adversary_{s}", FOLD_STEPS, adversary=ADVERSARY_WEIGHT), work)
     if "ablations" in stages:
-        kaggle = src == "kaggle-radiography-db-224px"
-        for name, (variant, imagenet) in ABLATIONS.items():
+        kaggle = src == KAGGLE
+        for name, (variant, imagenet, split) in ABLATIONS.items():
             c = cache if variant == "lungs" else build_cache(records, data, lungnet, work, variant)
-            run_fold(c, f"ablation_{name}", kaggle, ~kaggle, val,
+            train_mask = kaggle if split == "kaggle_only" else ~kaggle
+            run_fold(c, f"ablation_{name}", train_mask, ~train_mask, val,
                      RunConfig(f"ablation_{name}", FOLD_STEPS, variant=variant, imagenet=imagenet), work)
     return write_card(out, work, data) if (work / "results" / "final.json").exists() else None
 
@@ -627,7 +635,8 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
              **{k: v["test"].get(k) for k in ("n", "n_pos", "n_neg", "sensitivity", "specificity", "auc", "ci")}}
             for k, v in results.items() if k.startswith("loso_")]
     ablations = [{"name": k.removeprefix("ablation_"), "variant": v["variant"], "imagenet": v["imagenet"],
-                  "steps": v["steps"], "kaggle_val_auc": v["val_auc"],
+                  "split": ABLATIONS.get(k.removeprefix("ablation_"), (None, None, "kaggle_only"))[2],
+                  "steps": v["steps"], "val_auc": v["val_auc"],
                   **{m: v["test"].get(m) for m in ("n", "sensitivity", "specificity", "auc", "ci")}}
                  for k, v in results.items() if k.startswith("ablation_")]
     adversary = [{"held_out": v["held_out_sources"][0], "weight": v.get("adversary"),
