@@ -39,3 +39,14 @@ def test_quick_benchmark_writes_every_figure(classifier, tmp_path):
     table = run.stdout
     assert "| measure | covidxr | DenseNet-121 @224 | ratio | target | met |" in table
     assert "2048 px 16-bit PNG, bytes to probability" in table
+
+
+def test_memory_benchmark_scores_every_film_and_reports_memory(classifier):
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "memory.py"), "--films", "40", "--every", "16",
+         "--weights", str(classifier.directory), "--data", str(shared_data() / "cxr")],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert [ln.split("/")[0].strip() for ln in lines if " films  RSS " in ln] == ["16", "32", "40"]
+    assert "scored 40 films (0 errors)" in lines[-1] and "peak" in lines[-1]
