@@ -230,6 +230,8 @@ class RunConfig:
     patience: int = 0              # ...stop after this many scorings without a better AUC, keep the best
     min_delta: float = 0.001
     adversary: float = 0.0         # weight of a source classifier trained through gradient reversal (0 = none)
+    frozen_blocks: int = FROZEN_BLOCKS
+    jpeg: bool = False             # also re-encode half the training films as JPEG at quality 30-95
 
 
 def sample_weights(cache: Cache, idx: np.ndarray) -> torch.Tensor:
@@ -245,7 +247,21 @@ def sample_weights(cache: Cache, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(w)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def jpeg_roundtrip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5, quality: tuple[int, int] = (30, 95)) -> torch.Tensor:
+    """Re-encode a share `p` of the films as JPEG at a random quality, so that compression cannot tell the source."""
+    import cv2
+
+    out = x.clone()
+    for i in range(len(x)):
+        if torch.rand(1, generator=gen).item() < p:
+            q = int(torch.randint(quality[0], quality[1] + 1, (1,), generator=gen))
+            a = (x[i, 0].numpy() * 255 + 0.5).astype(np.uint8)
+            _, buf = cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, q])
+            out[i, 0] = torch.from_numpy(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0)
+    return out
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, jpeg: bool = False) -> torch.Tensor:
     """Radiograph-minded augmentation; resolution and exposure vary so that neither can tell the source."""
     n, s = len(x), x.shape[-1]
     x = warp(x, _affine(n, 8, (0.9, 1.12), 0.06, gen))
@@ -257,6 +273,8 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             xi = F.interpolate(F.interpolate(xi, size=(r, r), mode="area"), size=(s, s), mode="bilinear", align_corners=False)
         out.append(xi)
     x = torch.cat(out)
+    if jpeg:
+        x = jpeg_roundtrip(x.clamp(0, 1), gen)
     seen = (x > 0.004).float()
     gamma = torch.exp((torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * 0.35)
     x = x.clamp(0, 1) ** gamma
@@ -274,9 +292,9 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return ((x.expand(-1, 3, -1, -1) - m) / s).contiguous(memory_format=torch.channels_last)
 
 
-def freeze_early(net: CovidNet) -> None:
+def freeze_early(net: CovidNet, blocks: int = FROZEN_BLOCKS) -> None:
     b = net.backbone
-    for m in [b.conv_stem, b.bn1, *b.blocks[:FROZEN_BLOCKS]]:
+    for m in [b.conv_stem, b.bn1, *b.blocks[:blocks]]:
         m.eval()
         for p in m.parameters():
             p.requires_grad = False
@@ -323,7 +341,7 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
     if cfg.init_from and not ckpt.exists():
         net.load_state_dict(torch.load(work / f"run_{cfg.init_from}.pt", weights_only=False)["net"])
     if cfg.imagenet:
-        freeze_early(net)
+        freeze_early(net, cfg.frozen_blocks)
     adversary = SourceAdversary(list(cache.sources[train_idx]), cfg.adversary) if cfg.adversary else None
     params = [p for p in net.parameters() if p.requires_grad] + (list(adversary.parameters()) if adversary else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -350,11 +368,11 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.name}", unit="step", disable=done)
     net.train()
     if cfg.imagenet:
-        freeze_early(net)
+        freeze_early(net, cfg.frozen_blocks)
     running = None
     while not done:
         pick = train_idx[torch.multinomial(weights, cfg.batch, replacement=True, generator=gen).numpy()]
-        x = normalise(augment(to_batch(cache, pick), gen))
+        x = normalise(augment(to_batch(cache, pick), gen, cfg.jpeg))
         if adversary:
             f = net.features(x)
             loss = (F.cross_entropy(net.head(net.dropout(f)), labels[pick], label_smoothing=cfg.label_smoothing)
@@ -377,7 +395,7 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
             score = auc(cache.y[val_idx], positive_probability(infer(net, cache, val_idx)[0]))
             net.train()
             if cfg.imagenet:
-                freeze_early(net)
+                freeze_early(net, cfg.frozen_blocks)
             history.append({"step": step, "auc": score, "loss": running})
             if best is None or score >= best["auc"] + cfg.min_delta:
                 best = {"step": step, "auc": score, "net": {k: v.clone() for k, v in net.state_dict().items()}}
@@ -436,13 +454,17 @@ SPLITS = {  # the two ways of holding hospitals out that have both classes on th
     "kaggle_only": "train on the Kaggle copy only, test on every other source",
     "without_kaggle": "train on every other source, test on the Kaggle copy (both classes within one collection)",
 }
-ABLATIONS = {  # name -> (input variant, ImageNet init, split)
-    "lungs": ("lungs", True, "kaggle_only"),
-    "film": ("film", True, "kaggle_only"),
-    "lungs_scratch": ("lungs", False, "kaggle_only"),
-    "crop": ("crop", True, "kaggle_only"),
-    "film_without_kaggle": ("film", True, "without_kaggle"),  # lungs, without_kaggle = the Kaggle LOSO fold
-    "crop_without_kaggle": ("crop", True, "without_kaggle"),
+ABLATIONS = {  # name -> RunConfig settings + the split; "lungs" without_kaggle is the Kaggle LOSO fold itself
+    "lungs": dict(split="kaggle_only"),
+    "film": dict(variant="film", split="kaggle_only"),
+    "lungs_scratch": dict(imagenet=False, split="kaggle_only"),
+    "crop": dict(variant="crop", split="kaggle_only"),
+    "film_without_kaggle": dict(variant="film", split="without_kaggle"),
+    "crop_without_kaggle": dict(variant="crop", split="without_kaggle"),
+    "lungs_jpeg": dict(jpeg=True, split="kaggle_only"),
+    "lungs_jpeg_without_kaggle": dict(jpeg=True, split="without_kaggle"),
+    "lungs_unfrozen": dict(frozen_blocks=1, split="kaggle_only"),
+    "lungs_unfrozen_without_kaggle": dict(frozen_blocks=1, split="without_kaggle"),
 }
 
 
@@ -472,7 +494,8 @@ def run_fold(cache: Cache, name: str, train_mask: np.ndarray, test_mask: np.ndar
     thr = choose_threshold(cache.y[val_idx], pv, MIN_SENSITIVITY)
     test_idx = np.flatnonzero(test_mask)
     pt = positive_probability(infer(net, cache, test_idx)[0])
-    res = {"name": name, "variant": cfg.variant, "imagenet": cfg.imagenet, "adversary": cfg.adversary, "steps": cfg.steps,
+    res = {"name": name, "variant": cfg.variant, "imagenet": cfg.imagenet, "adversary": cfg.adversary,
+           "frozen_blocks": cfg.frozen_blocks, "jpeg_augmentation": cfg.jpeg, "steps": cfg.steps,
            "n_train": int(len(train_idx)), "val_auc": auc(cache.y[val_idx], pv), "threshold": thr,
            "held_out_sources": sorted(set(cache.sources[test_idx])),
            "test": _report(cache.y[test_idx], pt, thr, cache.sources[test_idx]),
@@ -524,11 +547,12 @@ def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path
                      RunConfig(f"adversary_{s}", FOLD_STEPS, adversary=ADVERSARY_WEIGHT), work)
     if "ablations" in stages:
         kaggle = src == KAGGLE
-        for name, (variant, imagenet, split) in ABLATIONS.items():
-            c = cache if variant == "lungs" else build_cache(records, data, lungnet, work, variant)
-            train_mask = kaggle if split == "kaggle_only" else ~kaggle
-            run_fold(c, f"ablation_{name}", train_mask, ~train_mask, val,
-                     RunConfig(f"ablation_{name}", FOLD_STEPS, variant=variant, imagenet=imagenet), work)
+        for name, settings in ABLATIONS.items():
+            settings = dict(settings)
+            train_mask = kaggle if settings.pop("split") == "kaggle_only" else ~kaggle
+            cfg = RunConfig(f"ablation_{name}", FOLD_STEPS, **settings)
+            c = cache if cfg.variant == "lungs" else build_cache(records, data, lungnet, work, cfg.variant)
+            run_fold(c, f"ablation_{name}", train_mask, ~train_mask, val, cfg, work)
     return write_card(out, work, data) if (work / "results" / "final.json").exists() else None
 
 
@@ -641,7 +665,8 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
              **{k: v["test"].get(k) for k in ("n", "n_pos", "n_neg", "sensitivity", "specificity", "auc", "ci")}}
             for k, v in results.items() if k.startswith("loso_")]
     ablations = [{"name": k.removeprefix("ablation_"), "variant": v["variant"], "imagenet": v["imagenet"],
-                  "split": ABLATIONS.get(k.removeprefix("ablation_"), (None, None, "kaggle_only"))[2],
+                  "split": ABLATIONS.get(k.removeprefix("ablation_"), {}).get("split", "kaggle_only"),
+                  "frozen_blocks": v.get("frozen_blocks", FROZEN_BLOCKS), "jpeg_augmentation": v.get("jpeg_augmentation", False),
                   "steps": v["steps"], "val_auc": v["val_auc"],
                   **{m: v["test"].get(m) for m in ("n", "sensitivity", "specificity", "auc", "ci")}}
                  for k, v in results.items() if k.startswith("ablation_")]

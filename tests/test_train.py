@@ -99,3 +99,14 @@ def test_fit_with_a_source_adversary_trains_and_resumes(tmp_path):
     head = T.SourceAdversary(list(cache.sources), 0.3)
     head.load_state_dict(st["adversary"])
     assert head.sources == sorted(set(cache.sources))
+
+
+def test_jpeg_roundtrip_degrades_some_films_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 64, 64, generator=g)
+    y = T.jpeg_roundtrip(x, torch.Generator().manual_seed(1), p=0.5)
+    assert y.shape == x.shape and y.dtype == x.dtype and 0 <= y.min() and y.max() <= 1
+    changed = [(y[i] - x[i]).abs().max().item() > 0.02 for i in range(8)]
+    assert 0 < sum(changed) < 8  # about half are re-encoded (noise compresses badly), the rest are untouched
+    assert all(torch.equal(y[i], x[i]) for i in range(8) if not changed[i])
+    assert torch.equal(T.jpeg_roundtrip(x, torch.Generator().manual_seed(1), p=0.0), x)
