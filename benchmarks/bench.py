@@ -287,12 +287,17 @@ def child(kind: str, model: str, weights: Path, threads: int) -> dict:
     return out
 
 
+def status_mb(key: str) -> float:
+    """A memory figure of this process from Linux's /proc/self/status (VmRSS now, VmHWM peak), in MB."""
+    line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
+    return int(line.split()[1]) / 1024
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory. Linux's VmHWM belongs to the process's own address
     space; ru_maxrss would inherit the parent's peak across fork + exec and report the benchmark."""
     try:
-        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
+        return status_mb("VmHWM")
     except (OSError, StopIteration):
         import resource
 

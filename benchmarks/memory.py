@@ -23,15 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import status_mb  # noqa: E402  (benchmarks/ is this script's own folder)
 from covidxr import Classifier  # noqa: E402
 from covidxr.evaluate import evaluate_folder  # noqa: E402
-
-
-def status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def build_folder(data: Path, n: int, out: Path) -> None:

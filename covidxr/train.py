@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -225,7 +226,6 @@ class RunConfig:
     label_smoothing: float = 0.05
     seed: int = SEED
     checkpoint_every: int = 50
-    init_from: str | None = None   # start from the weights of an earlier run (a second, lower-LR phase)
     eval_every: int = 0            # early stopping: score the validation films every this many steps...
     patience: int = 0              # ...stop after this many scorings without a better AUC, keep the best
     min_delta: float = 0.001
@@ -249,8 +249,6 @@ def sample_weights(cache: Cache, idx: np.ndarray) -> torch.Tensor:
 
 def jpeg_roundtrip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5, quality: tuple[int, int] = (30, 95)) -> torch.Tensor:
     """Re-encode a share `p` of the films as JPEG at a random quality, so that compression cannot tell the source."""
-    import cv2
-
     out = x.clone()
     for i in range(len(x)):
         if torch.rand(1, generator=gen).item() < p:
@@ -328,6 +326,13 @@ class SourceAdversary(nn.Module):
         return F.cross_entropy(self.head(_Reverse.apply(features, w)), target)
 
 
+def _train_mode(net: CovidNet, cfg: RunConfig) -> None:
+    """Training mode, with the frozen early stages kept in eval mode (their BatchNorm statistics stay ImageNet's)."""
+    net.train()
+    if cfg.imagenet:
+        freeze_early(net, cfg.frozen_blocks)
+
+
 def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
         val_idx: np.ndarray | None = None) -> CovidNet:
     """Fine-tuning with a checkpoint every `checkpoint_every` steps; resumes from it.
@@ -338,8 +343,6 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
     ckpt = work / f"run_{cfg.name}.pt"
     seed_everything(cfg.seed)
     net = CovidNet(len(CLASSES), imagenet=cfg.imagenet).to(memory_format=torch.channels_last)
-    if cfg.init_from and not ckpt.exists():
-        net.load_state_dict(torch.load(work / f"run_{cfg.init_from}.pt", weights_only=False)["net"])
     if cfg.imagenet:
         freeze_early(net, cfg.frozen_blocks)
     adversary = SourceAdversary(list(cache.sources[train_idx]), cfg.adversary) if cfg.adversary else None
@@ -366,9 +369,7 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
     weights = sample_weights(cache, train_idx)
     labels = torch.from_numpy(cache.cls)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.name}", unit="step", disable=done)
-    net.train()
-    if cfg.imagenet:
-        freeze_early(net, cfg.frozen_blocks)
+    _train_mode(net, cfg)
     running = None
     while not done:
         pick = train_idx[torch.multinomial(weights, cfg.batch, replacement=True, generator=gen).numpy()]
@@ -393,9 +394,7 @@ def fit(cache: Cache, train_idx: np.ndarray, cfg: RunConfig, work: Path,
 
             net.eval()
             score = auc(cache.y[val_idx], positive_probability(infer(net, cache, val_idx)[0]))
-            net.train()
-            if cfg.imagenet:
-                freeze_early(net, cfg.frozen_blocks)
+            _train_mode(net, cfg)
             history.append({"step": step, "auc": score, "loss": running})
             if best is None or score >= best["auc"] + cfg.min_delta:
                 best = {"step": step, "auc": score, "net": {k: v.clone() for k, v in net.state_dict().items()}}
@@ -448,9 +447,9 @@ MIN_SENSITIVITY = 0.97
 JPEG_AUGMENT = True   # the shipped recipe re-encodes half the training films as JPEG (see ABLATIONS)
 FINAL = RunConfig("final", 1400, lr=1e-3, eval_every=100, patience=4, jpeg=JPEG_AUGMENT)  # one-cycle, early stopping
 FOLD_STEPS = 120
-ADVERSARY_FOLDS = ("ieee8023-jul2020", "kaggle-radiography-db-224px")
-ADVERSARY_WEIGHT = 0.3
 KAGGLE = "kaggle-radiography-db-224px"
+ADVERSARY_FOLDS = ("ieee8023-jul2020", KAGGLE)
+ADVERSARY_WEIGHT = 0.3
 SPLITS = {  # the two ways of holding hospitals out that have both classes on the test side
     "kaggle_only": "train on the Kaggle copy only, test on every other source",
     "without_kaggle": "train on every other source, test on the Kaggle copy (both classes within one collection)",
@@ -670,18 +669,18 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
     for r in records:
         counts.setdefault(r.source, {}).setdefault(r.label, 0)
         counts[r.source][r.label] += 1
+    def tested(v: dict, keys: tuple[str, ...] = ("n", "sensitivity", "specificity", "auc", "ci")) -> dict:
+        return {m: v["test"].get(m) for m in keys}
+
     loso = [{"held_out": v["held_out_sources"][0], "n_train": v["n_train"], "threshold": v["threshold"],
-             "val_auc": v["val_auc"],
-             **{k: v["test"].get(k) for k in ("n", "n_pos", "n_neg", "sensitivity", "specificity", "auc", "ci")}}
+             "val_auc": v["val_auc"], **tested(v, ("n", "n_pos", "n_neg", "sensitivity", "specificity", "auc", "ci"))}
             for k, v in results.items() if k.startswith("loso_")]
     ablations = [{"name": k.removeprefix("ablation_"), "variant": v["variant"], "imagenet": v["imagenet"],
                   "split": ABLATIONS.get(k.removeprefix("ablation_"), {}).get("split", "kaggle_only"),
                   "frozen_blocks": v.get("frozen_blocks", FROZEN_BLOCKS), "jpeg_augmentation": v.get("jpeg_augmentation", False),
-                  "steps": v["steps"], "val_auc": v["val_auc"],
-                  **{m: v["test"].get(m) for m in ("n", "sensitivity", "specificity", "auc", "ci")}}
+                  "steps": v["steps"], "val_auc": v["val_auc"], **tested(v)}
                  for k, v in results.items() if k.startswith("ablation_")]
-    adversary = [{"held_out": v["held_out_sources"][0], "weight": v.get("adversary"),
-                  **{m: v["test"].get(m) for m in ("n", "sensitivity", "specificity", "auc", "ci")},
+    adversary = [{"held_out": v["held_out_sources"][0], "weight": v.get("adversary"), **tested(v),
                   "auc_without_adversary": next((r["auc"] for r in loso if r["held_out"] == v["held_out_sources"][0]), None)}
                  for k, v in results.items() if k.startswith("adversary_")]
     card = ModelCard(
@@ -708,10 +707,9 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
                   "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
                   "date": time.strftime("%Y-%m-%d"), "seed": SEED, "max_steps": FINAL.steps, "batch": FINAL.batch,
-                  "early_stopping": {k: v for k, v in res["early_stopping"].items() if k != "history"} | {
+                  "early_stopping": res["early_stopping"] | {
                       "rule": f"validation AUC every {FINAL.eval_every} steps; stop after {FINAL.patience} "
-                              f"measurements without a gain of {FINAL.min_delta}; keep the best weights",
-                      "history": res["early_stopping"]["history"]},
+                              f"measurements without a gain of {FINAL.min_delta}; keep the best weights"},
                   "optimizer": f"AdamW, weight decay {FINAL.weight_decay:g}, label smoothing {FINAL.label_smoothing:g}; "
                                f"one-cycle schedule to lr {FINAL.lr:g} over at most {FINAL.steps} steps",
                   "sampling": "balanced over (source, label) with square-root damping, equal weight per decision class",

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from covidxr import Classifier, ModelCard, read_film  # noqa: E402
 from covidxr.explain import explain, lung_mass  # noqa: E402
-from covidxr.train import load_manifest, lung_val_split, patient_split  # noqa: E402
+from covidxr.train import KAGGLE, SPLITS, load_manifest, lung_val_split, patient_split  # noqa: E402
 
 
 def fmt(v, ci=None) -> str:
@@ -39,13 +39,11 @@ def tables(card: ModelCard) -> list[str]:
         ci = r.get("ci") or {}
         out.append(f"| {r['held_out']} | {r['n']} ({r['n_pos']}/{r['n_neg']}) | {fmt(r['sensitivity'], ci.get('sensitivity'))} | "
                    f"{fmt(r['specificity'], ci.get('specificity'))} | {fmt(r['auc'], ci.get('auc'))} |")
-    from covidxr.train import SPLITS
-
     for split, what in SPLITS.items():
         rows = [r for r in m.get("ablations", []) if r.get("split", "kaggle_only") == split]
         if split == "without_kaggle":  # the shipped input on this split is the Kaggle LOSO fold
             rows = [{"name": "lungs (= the Kaggle LOSO fold)", "imagenet": True, "val_auc": None, **r}
-                    for r in m.get("leave_one_source_out", []) if r["held_out"] == "kaggle-radiography-db-224px"] + rows
+                    for r in m.get("leave_one_source_out", []) if r["held_out"] == KAGGLE] + rows
         if not rows:
             continue
         out += ["", f"Ablations, {what}:", "",

@@ -12,6 +12,13 @@ def records(n=60):
             for i in range(n)]
 
 
+def random_cache(n, seed=0):
+    """A cache of n random films (all lung) with the records above, for the training-loop tests."""
+    rng = np.random.default_rng(seed)
+    return T.Cache(rng.integers(0, 255, (n, T.INPUT_SIZE, T.INPUT_SIZE), dtype=np.uint8),
+                   np.full((n, T.INPUT_SIZE, T.INPUT_SIZE), 255, np.uint8), np.ones(n), records(n))
+
+
 def test_patient_split_keeps_patients_on_one_side():
     recs = records()
     val = T.patient_split(recs, 0.3)
@@ -42,10 +49,7 @@ def test_fit_temperature_recovers_known_temperature():
 
 
 def test_fit_checkpoints_and_resumes(tmp_path):
-    recs = records(12)
-    rng = np.random.default_rng(0)
-    cache = T.Cache(rng.integers(0, 255, (12, T.INPUT_SIZE, T.INPUT_SIZE), dtype=np.uint8),
-                    np.full((12, T.INPUT_SIZE, T.INPUT_SIZE), 255, np.uint8), np.ones(12), recs)
+    cache = random_cache(12, seed=0)
     cfg = T.RunConfig("t", steps=2, batch=2, checkpoint_every=1)
     torch.set_num_threads(1)
     net = T.fit(cache, np.arange(12), cfg, tmp_path)
@@ -57,10 +61,7 @@ def test_fit_checkpoints_and_resumes(tmp_path):
 
 
 def test_early_stopping_stops_and_returns_the_best_weights(tmp_path):
-    recs = records(24)
-    rng = np.random.default_rng(1)
-    cache = T.Cache(rng.integers(0, 255, (24, T.INPUT_SIZE, T.INPUT_SIZE), dtype=np.uint8),
-                    np.full((24, T.INPUT_SIZE, T.INPUT_SIZE), 255, np.uint8), np.ones(24), recs)
+    cache = random_cache(24, seed=1)
     val_idx = np.arange(12, 24)
     assert 0 < cache.y[val_idx].sum() < len(val_idx)
     cfg = T.RunConfig("es", steps=40, batch=2, checkpoint_every=100, eval_every=1, patience=2, min_delta=0.5)
@@ -87,10 +88,7 @@ def test_gradient_reversal_flips_the_gradient_only():
 
 
 def test_fit_with_a_source_adversary_trains_and_resumes(tmp_path):
-    recs = records(12)
-    rng = np.random.default_rng(2)
-    cache = T.Cache(rng.integers(0, 255, (12, T.INPUT_SIZE, T.INPUT_SIZE), dtype=np.uint8),
-                    np.full((12, T.INPUT_SIZE, T.INPUT_SIZE), 255, np.uint8), np.ones(12), recs)
+    cache = random_cache(12, seed=2)
     cfg = T.RunConfig("adv", steps=2, batch=2, checkpoint_every=1, adversary=0.3)
     torch.set_num_threads(1)
     T.fit(cache, np.arange(12), cfg, tmp_path)
