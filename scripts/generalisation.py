@@ -30,6 +30,19 @@ def fmt(v, ci=None) -> str:
     return f"{v:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and ci[0] is not None else "")
 
 
+def summary(r: dict) -> str:
+    ci = r.get("ci") or {}
+    return ", ".join(f"{k} {fmt(r[k], ci.get(k))}" for k in ("auc", "sensitivity", "specificity"))
+
+
+POOLS = {"all_sources": "all sources", "without_kaggle": "every source but Kaggle"}
+
+
+def full_length(r: dict, what: str) -> str:
+    return (f"The final recipe at full length, {what}, Kaggle held out (best step {r['best_step']}, validation AUC "
+            f"{fmt(r['val_auc'])}): {summary(r)}")
+
+
 def tables(card: ModelCard) -> list[str]:
     m = card.metrics
     out = ["Leave-one-source-out (train without the source, score all of its films):", "",
@@ -41,8 +54,9 @@ def tables(card: ModelCard) -> list[str]:
                    f"{fmt(r['specificity'], ci.get('specificity'))} | {fmt(r['auc'], ci.get('auc'))} |")
     for split, what in SPLITS.items():
         rows = [r for r in m.get("ablations", []) if r.get("split", "kaggle_only") == split]
-        if split == "without_kaggle":  # the shipped input on this split is the Kaggle LOSO fold
-            rows = [{"name": "lungs (= the Kaggle LOSO fold)", "imagenet": True, "val_auc": None, **r}
+        if split == "without_kaggle":  # the shipped recipe on this split is the Kaggle LOSO fold
+            rows = [{"name": f"lungs{' + source adversary' if r.get('adversary') else ''} (shipped; = the Kaggle LOSO fold)",
+                     "imagenet": True, **r}
                     for r in m.get("leave_one_source_out", []) if r["held_out"] == KAGGLE] + rows
         if not rows:
             continue
@@ -54,12 +68,29 @@ def tables(card: ModelCard) -> list[str]:
             out.append(f"| {r['name']} | {'yes' if r['imagenet'] else 'no (scratch)'} | {fmt(r.get('val_auc'))} | "
                        f"{fmt(r['auc'], ci.get('auc'))} | {fmt(r['sensitivity'], ci.get('sensitivity'))} | "
                        f"{fmt(r['specificity'], ci.get('specificity'))} |")
-    if m.get("source_adversary"):
-        out += ["", "Source adversary (gradient reversal), leave-one-source-out:", "",
-                "| held-out source | weight | AUC with (95% CI) | AUC without |", "|---|---|---|---|"]
-        for r in m["source_adversary"]:
-            out.append(f"| {r['held_out']} | {r['weight']} | {fmt(r['auc'], (r.get('ci') or {}).get('auc'))} | "
-                       f"{fmt(r['auc_without_adversary'])} |")
+    pooled = m.get("leave_one_source_out_pooled") or {}
+    for part, what in POOLS.items():
+        if pooled.get(part):
+            out += ["", f"Pooled, {what}: every film scored by the LOSO model that never saw its source "
+                        f"({pooled[part]['n']} films, each fold at its own threshold): {summary(pooled[part])}"]
+    adv = m.get("source_adversary") or {}
+    if adv.get("per_source"):
+        out += ["", f"Source adversary (gradient reversal, weight {adv['weight']}), leave-one-source-out, with / without:", "",
+                "| held-out source | sensitivity | specificity | AUC (95% CI) |", "|---|---|---|---|"]
+        for r in adv["per_source"]:
+            w, wo = r["with"], r["without"]
+            out.append(f"| {r['held_out']} | " + " | ".join(
+                f"{fmt(w[k], (w.get('ci') or {}).get(k))} / {fmt(wo[k], (wo.get('ci') or {}).get(k))}"
+                for k in ("sensitivity", "specificity", "auc")) + " |")
+        for part, what in POOLS.items():
+            for side in ("with", "without"):
+                r = (adv.get(f"pooled_{side}") or {}).get(part)
+                if r:
+                    out.append(f"\nPooled, {what}, {side} the adversary: {summary(r)}")
+        if adv.get("full_length_without_kaggle_with"):
+            out.append(f"\n{full_length(adv['full_length_without_kaggle_with'], 'with the adversary')}")
+    if m.get("shipped_recipe_without_kaggle"):
+        out += ["", full_length(m["shipped_recipe_without_kaggle"], "as shipped")]
     return out
 
 

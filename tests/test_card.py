@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from covidxr import train
 from covidxr.card import CardError, ModelCard, sha256_file
 from covidxr.classifier import DEFAULT_WEIGHTS, Classifier
 
@@ -25,6 +26,14 @@ def test_shipped_card_matches_its_files():
     assert sha256_file(DEFAULT_WEIGHTS / card.ood["file"]) == card.ood["sha256"]
     assert card.positive_class in card.class_names and 0 < card.threshold < 1
     assert card.metrics["leave_one_source_out"] and card.data["manifest_sha256"]
+
+
+def test_the_card_estimates_generalisation_with_the_shipped_recipe():
+    """The LOSO rows must describe the recipe that made the weights, not an older one."""
+    card = ModelCard.load(DEFAULT_WEIGHTS)
+    assert {r["adversary"] for r in card.metrics["leave_one_source_out"]} == {train.FINAL.adversary}
+    assert bool(card.training["source_adversary"]) == bool(train.FINAL.adversary)
+    assert ("JPEG" in card.training["augmentation"]) == train.FINAL.jpeg
 
 
 def test_tampered_weights_are_refused(weights_copy: Path):

@@ -108,3 +108,29 @@ def test_jpeg_roundtrip_degrades_some_films_and_keeps_the_rest():
     assert 0 < sum(changed) < 8  # about half are re-encoded (noise compresses badly), the rest are untouched
     assert all(torch.equal(y[i], x[i]) for i in range(8) if not changed[i])
     assert torch.equal(T.jpeg_roundtrip(x, torch.Generator().manual_seed(1), p=0.0), x)
+
+
+def test_a_fold_with_the_early_stopped_recipe_stops_on_its_own_validation_films(tmp_path):
+    cache = random_cache(48, seed=3)
+    src = cache.sources
+    val = np.zeros(48, bool)
+    val[::4] = True  # one film in four: all three classes are on the validation side
+    cfg = T.RunConfig("fold", steps=40, batch=2, checkpoint_every=100, eval_every=1, patience=2, min_delta=0.5,
+                      adversary=0.3)
+    torch.set_num_threads(1)
+    res = T.run_fold(cache, "fold", src != "hannover-mhh", src == "hannover-mhh", val, cfg, tmp_path)
+    assert res["early_stopping"]["stopped_early"] and res["early_stopping"]["steps_run"] == 3
+    assert res["adversary"] == 0.3 and res["held_out_sources"] == ["hannover-mhh"]
+    assert res["test"]["n"] == int((src == "hannover-mhh").sum())
+    assert not (tmp_path / "run_fold.pt").exists()  # the fold's model is dropped, its numbers kept
+
+
+def test_pooled_loso_keeps_each_folds_decisions():
+    a = (np.array([True, False, False]), np.array([0.30, 0.25, 0.05]), 0.2, "a")   # at 0.2: tp 1, fp 1, tn 1
+    b = (np.array([True, True, False]), np.array([0.90, 0.60, 0.70]), 0.8, "b")    # at 0.8: tp 1, fn 1, tn 1
+    r = T.pooled_loso([a, b])
+    assert r["confusion"] == {"tp": 2, "fp": 1, "tn": 2, "fn": 1}
+    # re-centred logit margins: positives +0.54, +0.81, -0.98; negatives +0.29, -1.56, -0.54 -> 7 of 9 pairs in order
+    assert r["n"] == 6 and r["n_pos"] == 3 and abs(r["auc"] - 7 / 9) < 1e-9
+    for y, p, thr, _ in (a, b):
+        assert np.array_equal(T.recentre(p, thr) >= 0.5, p >= thr)
