@@ -450,6 +450,7 @@ ADVERSARY_WEIGHT = 0.3  # tried, not shipped: see source_adversary in the card
 FOLD_STEPS = 120
 KAGGLE = "kaggle-radiography-db-224px"
 STAGES = ("final", "loso", "recipe", "adversary", "ablations")  # what `covidxr train` runs by default, in order
+POOLS = {"all_sources": "all sources", "without_kaggle": "every source but Kaggle"}  # pooled LOSO reports
 SPLITS = {  # the two ways of holding hospitals out that have both classes on the test side
     "kaggle_only": "train on the Kaggle copy only, test on every other source",
     "without_kaggle": "train on every other source, test on the Kaggle copy (both classes within one collection)",
@@ -745,9 +746,11 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
                       "best_step": v.get("early_stopping", {}).get("best_step"), "val_auc": v["val_auc"],
                       "threshold": v["threshold"], **tested(v)}
 
-    loso_pooled = {"all_sources": pooled("loso_"), "without_kaggle": pooled("loso_", KAGGLE)}
-    adversary = {"weight": ADVERSARY_WEIGHT, "pooled_with": {"all_sources": pooled("adversary_"),
-                                                             "without_kaggle": pooled("adversary_", KAGGLE)},
+    def pools(prefix: str) -> dict:
+        return {part: pooled(prefix, KAGGLE if part == "without_kaggle" else None) for part in POOLS}
+
+    loso_pooled = pools("loso_")
+    adversary = {"weight": ADVERSARY_WEIGHT, "pooled_with": pools("adversary_"),
                  "pooled_without": loso_pooled,
                  "per_source": [{"held_out": s, "with": tested(results[f"adversary_{s}"]), "without": tested(results[f"loso_{s}"])}
                                 for s in sorted(counts) if f"adversary_{s}" in results and f"loso_{s}" in results],

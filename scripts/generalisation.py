@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from covidxr import Classifier, ModelCard, read_film  # noqa: E402
 from covidxr.explain import explain, lung_mass  # noqa: E402
-from covidxr.train import KAGGLE, SPLITS, load_manifest, lung_val_split, patient_split  # noqa: E402
+from covidxr.train import KAGGLE, POOLS, SPLITS, load_manifest, lung_val_split, patient_split  # noqa: E402
 
 
 def fmt(v, ci=None) -> str:
@@ -33,9 +33,6 @@ def fmt(v, ci=None) -> str:
 def summary(r: dict) -> str:
     ci = r.get("ci") or {}
     return ", ".join(f"{k} {fmt(r[k], ci.get(k))}" for k in ("auc", "sensitivity", "specificity"))
-
-
-POOLS = {"all_sources": "all sources", "without_kaggle": "every source but Kaggle"}
 
 
 def full_length(r: dict, what: str) -> str:
