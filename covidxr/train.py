@@ -666,8 +666,12 @@ ABLATION_NOTES = [
     "Kaggle LOSO fold without it), so the shipped recipe and its LOSO folds use it.",
     "With the JPEG augmentation, the lung box (crop_jpeg, surroundings inside the box kept) beat the lung-only "
     "input on both splits: 0.856 against 0.840 (Kaggle only -> others) and 0.856 against 0.809 (others -> Kaggle, "
-    "CIs apart); the whole film with it scored 0.891 and 0.842. This came last (120-step folds only) and is the "
-    "next candidate; the lung-box input is not shipped yet (no full model, no LOSO table, no lung-mass check).",
+    "CIs apart); the whole film with it scored 0.891 and 0.842. But a 300-step lung-box model (scripts/input_probe.py "
+    "--variant crop) put only 0.52 of its Grad-CAM mass inside the lungs (validation AUC 0.962): its input is not "
+    "blanked, so its map cannot honestly be masked, and it would miss the 0.70 lung-mass target. Not shipped. A lung "
+    "mask dilated by 8% instead of 2.5% (input_probe.py --variant lungs --dilation 0.08 --splits) nearly matched "
+    "the lung box's held-out AUCs (0.857, 0.852) with lung mass 0.55; the shipped 2.5% input probed the same way "
+    "(300 steps) has lung mass 0.79. The held-out gain comes from just outside the lungs.",
     "Unfreezing all but the stem and first stage (lungs_unfrozen, without JPEG augmentation) did not help on either "
     "split and costs 1.7x per step; the first three stages stay frozen.",
     "A source adversary (a source classifier on the pooled features, trained through gradient reversal with a "
