@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .card import ModelCard, sha256_file
 from .films import read_film
 from .model import FEATURES, CovidNet, LungNet
-from .preprocess import lung_input, prepare, resize
+from .preprocess import Prepared, lung_input, prepare, resize
 
 SEED = 20261127
 CLASSES = ["covid", "normal", "pneumonia"]
@@ -185,6 +185,15 @@ VARIANTS = {
 }
 
 
+def prepare_variant(pixels: np.ndarray, lung_prob: np.ndarray, variant: str) -> Prepared:
+    """A film as the input `variant` (VARIANTS) shows it to the classifier."""
+    opts = VARIANTS[variant]
+    if not opts["crop"]:
+        lung_prob = np.zeros_like(lung_prob)  # no lungs -> whole film, nothing blanked
+    return prepare(pixels, lung_prob, INPUT_SIZE, CROP_MARGIN, MASK_DILATION, blank=opts["blank"],
+                   equalize_over=opts.get("equalize_over", "lungs"))
+
+
 def build_cache(records: list[Record], data: Path, lungs: LungNet, work: Path, variant: str) -> Cache:
     from .classifier import lung_probability
 
@@ -192,7 +201,6 @@ def build_cache(records: list[Record], data: Path, lungs: LungNet, work: Path, v
     if path.exists():
         z = np.load(path)
         return Cache(z["images"], z["masks"], z["lung_fraction"], records)
-    opts = VARIANTS[variant]
     n = len(records)
     images = np.zeros((n, INPUT_SIZE, INPUT_SIZE), np.uint8)
     masks = np.zeros_like(images)
@@ -201,10 +209,7 @@ def build_cache(records: list[Record], data: Path, lungs: LungNet, work: Path, v
     for i in tqdm(range(0, n, batch), desc=f"cache {variant}", unit="batch"):
         films = [read_film(data / r.path) for r in records[i:i + batch]]
         for j, (f, p) in enumerate(zip(films, lung_probability(lungs, films, LUNG_SIZE))):
-            if not opts["crop"]:
-                p = np.zeros_like(p)  # no lungs -> whole film, nothing blanked
-            prep = prepare(f.pixels, p, INPUT_SIZE, CROP_MARGIN, MASK_DILATION, blank=opts["blank"],
-                           equalize_over=opts.get("equalize_over", "lungs"))
+            prep = prepare_variant(f.pixels, p, variant)
             images[i + j] = np.round(prep.image * 255).astype(np.uint8)
             masks[i + j] = np.round(prep.mask * 255).astype(np.uint8)
             frac[i + j] = prep.lung_fraction

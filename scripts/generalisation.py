@@ -30,9 +30,13 @@ def fmt(v, ci=None) -> str:
     return f"{v:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and ci[0] is not None else "")
 
 
+def cell(r: dict, k: str) -> str:
+    """Metric `k` of a card report with its 95% CI, as the tables print it."""
+    return fmt(r[k], (r.get("ci") or {}).get(k))
+
+
 def summary(r: dict) -> str:
-    ci = r.get("ci") or {}
-    return ", ".join(f"{k} {fmt(r[k], ci.get(k))}" for k in ("auc", "sensitivity", "specificity"))
+    return ", ".join(f"{k} {cell(r, k)}" for k in ("auc", "sensitivity", "specificity"))
 
 
 def full_length(r: dict, what: str) -> str:
@@ -46,9 +50,8 @@ def tables(card: ModelCard) -> list[str]:
            "| held-out source | films (covid/other) | sensitivity (95% CI) | specificity (95% CI) | AUC (95% CI) |",
            "|---|---|---|---|---|"]
     for r in m.get("leave_one_source_out", []):
-        ci = r.get("ci") or {}
-        out.append(f"| {r['held_out']} | {r['n']} ({r['n_pos']}/{r['n_neg']}) | {fmt(r['sensitivity'], ci.get('sensitivity'))} | "
-                   f"{fmt(r['specificity'], ci.get('specificity'))} | {fmt(r['auc'], ci.get('auc'))} |")
+        out.append(f"| {r['held_out']} | {r['n']} ({r['n_pos']}/{r['n_neg']}) | {cell(r, 'sensitivity')} | "
+                   f"{cell(r, 'specificity')} | {cell(r, 'auc')} |")
     for split, what in SPLITS.items():
         rows = [r for r in m.get("ablations", []) if r.get("split", "kaggle_only") == split]
         if split == "without_kaggle":  # the shipped recipe on this split is the Kaggle LOSO fold
@@ -61,10 +64,8 @@ def tables(card: ModelCard) -> list[str]:
                 "| variant | ImageNet init | fold's validation AUC | held-out AUC (95% CI) | sensitivity | specificity |",
                 "|---|---|---|---|---|---|"]
         for r in rows:
-            ci = r.get("ci") or {}
             out.append(f"| {r['name']} | {'yes' if r['imagenet'] else 'no (scratch)'} | {fmt(r.get('val_auc'))} | "
-                       f"{fmt(r['auc'], ci.get('auc'))} | {fmt(r['sensitivity'], ci.get('sensitivity'))} | "
-                       f"{fmt(r['specificity'], ci.get('specificity'))} |")
+                       f"{cell(r, 'auc')} | {cell(r, 'sensitivity')} | {cell(r, 'specificity')} |")
     pooled = m.get("leave_one_source_out_pooled") or {}
     for part, what in POOLS.items():
         if pooled.get(part):
@@ -75,10 +76,8 @@ def tables(card: ModelCard) -> list[str]:
         out += ["", f"Source adversary (gradient reversal, weight {adv['weight']}), leave-one-source-out, with / without:", "",
                 "| held-out source | sensitivity | specificity | AUC (95% CI) |", "|---|---|---|---|"]
         for r in adv["per_source"]:
-            w, wo = r["with"], r["without"]
-            out.append(f"| {r['held_out']} | " + " | ".join(
-                f"{fmt(w[k], (w.get('ci') or {}).get(k))} / {fmt(wo[k], (wo.get('ci') or {}).get(k))}"
-                for k in ("sensitivity", "specificity", "auc")) + " |")
+            out.append(f"| {r['held_out']} | " + " | ".join(f"{cell(r['with'], k)} / {cell(r['without'], k)}"
+                                                            for k in ("sensitivity", "specificity", "auc")) + " |")
         for part, what in POOLS.items():
             for side in ("with", "without"):
                 r = (adv.get(f"pooled_{side}") or {}).get(part)

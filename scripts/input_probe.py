@@ -28,7 +28,6 @@ import generalisation  # noqa: E402
 from covidxr import Classifier  # noqa: E402
 from covidxr import train as T  # noqa: E402
 from covidxr.metrics import auc  # noqa: E402
-from covidxr.preprocess import prepare  # noqa: E402
 
 
 def main() -> int:
@@ -65,11 +64,9 @@ def main() -> int:
     out["val_auc"] = auc(cache.y[val], T.positive_probability(T.infer(net, cache, np.flatnonzero(val))[0]))
     shipped = Classifier.from_dir(ROOT / "weights")
     clf = Classifier(replace(shipped.card, mask_dilation=args.dilation), net.eval(), shipped.lungs, shipped.directory)
-    opts, c = T.VARIANTS[args.variant], clf.card
-    blank = opts["blank"]
-    clf.prepare = lambda films: [prepare(f.pixels, p if opts["crop"] else np.zeros_like(p), c.input_size, c.crop_margin,
-                                         c.mask_dilation, blank=blank, equalize_over=opts.get("equalize_over", "lungs"))
+    clf.prepare = lambda films: [T.prepare_variant(f.pixels, p, args.variant)  # as its training cache was made
                                  for f, p in zip(films, clf.lung_probability(films))]
+    blank = T.VARIANTS[args.variant]["blank"]
     att = generalisation.lung_attention(clf, data, data.parent / "lungs")
     out["lung_mass"] = att["mean_lung_mass"] if blank else att["mean_lung_mass_unmasked"]
     out["lung_mass_unmasked"] = att["mean_lung_mass_unmasked"]
