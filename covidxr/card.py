@@ -44,6 +44,7 @@ class ModelCard:
     weights_sha256: str
     crop_margin: float = 0.08       # lung box margin, fraction of the box size
     mask_dilation: float = 0.04     # lung mask dilation, fraction of the crop size
+    blank_outside_lungs: bool = True  # the input is blanked outside the dilated lung mask (False: the whole lung box)
     ood: dict[str, Any] = field(default_factory=dict)      # file, sha256, threshold, rule
     data: dict[str, Any] = field(default_factory=dict)     # manifest sha256, counts per source
     training: dict[str, Any] = field(default_factory=dict) # command, time, machine, seed, epochs

@@ -96,7 +96,7 @@ class Classifier:
 
     def prepare(self, films: Sequence[Film]) -> list[Prepared]:
         c = self.card
-        return [prepare(f.pixels, p, c.input_size, c.crop_margin, c.mask_dilation)
+        return [prepare(f.pixels, p, c.input_size, c.crop_margin, c.mask_dilation, blank=c.blank_outside_lungs)
                 for f, p in zip(films, self.lung_probability(films))]
 
     def tensor(self, prepared: Sequence[Prepared]) -> torch.Tensor:

@@ -120,14 +120,14 @@ def explain(classifier: Classifier, film: Film, masked: bool = True) -> Explanat
     """The prediction and the Grad-CAM map of the positive class for one film, from one forward pass.
 
     The map is computed on the lung crop at the model's input size, resized into the crop's box on
-    the film, zero outside the box, and (with `masked`, the default) multiplied by the soft lung
-    mask the model saw. The model's input is blank outside that mask, so there is no film detail
-    there for it to have read. Attention drawn there is mostly an artefact: the CAM layer's grid is
-    1/32 of the input, and its bilinear upsampling bleeds over the mask's edge. It is not always
-    only that: the network can respond to the blank area's shape and its contrast with the lung
-    edge, and masking hides this too. Pass masked=False to see the raw map inside the box (the
-    generalisation checks compare both). The result is scaled so that its maximum is 1; a map with
-    no positive evidence stays all zero.
+    the film and zero outside the box, which the model never saw. Where the card says the input was
+    blanked outside the dilated lung mask (`blank_outside_lungs`, models up to v4), `masked` (the
+    default) also multiplies the map by that mask: there was no film detail there to read, and
+    attention drawn there is mostly the 6x6 grid's bilinear upsampling bleeding over the mask's
+    edge (not always only that: the network can respond to the blank area's shape, which masking
+    hides too). Where the input kept the whole lung box (the shipped model), the map is never masked:
+    that would hide where it looked. Pass masked=False for the raw map inside the box. The result is
+    scaled so that its maximum is 1; a map with no positive evidence stays all zero.
     """
     prep = classifier.prepare([film])[0]
     x = classifier.tensor([prep])
@@ -137,7 +137,7 @@ def explain(classifier: Classifier, film: Film, masked: bool = True) -> Explanat
         logits = cam.outputs.detach()[0]
         features = cam.model.features[0]
     prediction = classifier.decide(film, prep, logits, features)
-    if masked:
+    if masked and classifier.card.blank_outside_lungs:  # only an input blanked there has nothing to show there
         crop_map = crop_map * prep.mask
     return Explanation(prediction=prediction, heatmap=place(crop_map, prep.box, film.pixels.shape))
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from covidxr import Classifier, ModelCard, read_film  # noqa: E402
 from covidxr.explain import explain, lung_mass  # noqa: E402
-from covidxr.train import KAGGLE, POOLS, SPLITS, load_manifest, lung_val_split, patient_split  # noqa: E402
+from covidxr.train import KAGGLE, POOLS, RECIPE, SPLITS, load_manifest, lung_val_split, patient_split  # noqa: E402
 
 
 def fmt(v, ci=None) -> str:
@@ -55,7 +55,7 @@ def tables(card: ModelCard) -> list[str]:
     for split, what in SPLITS.items():
         rows = [r for r in m.get("ablations", []) if r.get("split", "kaggle_only") == split]
         if split == "without_kaggle":  # the shipped recipe on this split is the Kaggle LOSO fold
-            rows = [{"name": f"lungs{' + source adversary' if r.get('adversary') else ''} (shipped; = the Kaggle LOSO fold)",
+            rows = [{"name": f"{RECIPE}{' + source adversary' if r.get('adversary') else ''} (shipped; = the Kaggle LOSO fold)",
                      "imagenet": True, **r}
                     for r in m.get("leave_one_source_out", []) if r["held_out"] == KAGGLE] + rows
         if not rows:
@@ -97,17 +97,20 @@ def lung_attention(clf: Classifier, data: Path, lungs: Path) -> dict:
         every = list(csv.DictReader(f))
     unseen_mask = {r["film"] for r, v in zip(every, lung_val_split(len(every))) if v}
     rows = [r for r in every if r["film"] in val and r["label"] == "covid"]
-    masked, raw, fresh = [], [], []
+    masked, raw, fresh, empty = [], [], [], 0
     for r in rows:
         film = read_film(data / r["film"])
         mask = np.asarray(read_film(lungs / r["mask"]).pixels) > 0.5
         for keep, store in ((True, masked), (False, raw)):
             v = lung_mass(explain(clf, film, masked=keep).heatmap, mask)
+            empty += keep and not np.isfinite(v)
             if np.isfinite(v):
                 store.append(v)
                 if keep and r["film"] in unseen_mask:
                     fresh.append(v)
     return {"n_films": len(rows), "mean_lung_mass": float(np.mean(masked)) if masked else None,
+            "n_empty_maps": int(empty),  # no positive evidence anywhere: no mass to place, left out of the means
+            "mean_lung_mass_empty_as_zero": float(np.sum(masked) / len(rows)) if rows else None,
             "mean_lung_mass_unmasked": float(np.mean(raw)) if raw else None,
             "films": "validation-split COVID-19 films with human lung masks (never used to train the classifier)",
             "n_films_mask_unseen": len(fresh), "mean_lung_mass_mask_unseen": float(np.mean(fresh)) if fresh else None,
@@ -128,7 +131,8 @@ def main() -> int:
     print(f"\nGrad-CAM mass inside the lung masks, {att['n_films']} {att['films']}: "
           f"{fmt(att['mean_lung_mass'])} (heatmap as shipped), {fmt(att['mean_lung_mass_unmasked'])} (before the lung mask); "
           f"{fmt(att['mean_lung_mass_mask_unseen'])} on the {att['n_films_mask_unseen']} of them whose masks the "
-          "segmenter never saw either")
+          f"segmenter never saw either. {att['n_empty_maps']} of the {att['n_films']} maps are empty (no positive "
+          f"evidence) and are left out of those means; counting them as 0: {fmt(att['mean_lung_mass_empty_as_zero'])}")
     if args.json:
         Path(args.json).write_text(json.dumps({"card_metrics": clf.card.metrics, "lung_attention": att}, indent=1))
     return 0

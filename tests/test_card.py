@@ -34,6 +34,10 @@ def test_the_card_estimates_generalisation_with_the_shipped_recipe():
     assert {r["adversary"] for r in card.metrics["leave_one_source_out"]} == {train.FINAL.adversary}
     assert bool(card.training["source_adversary"]) == bool(train.FINAL.adversary)
     assert ("JPEG" in card.training["augmentation"]) == train.FINAL.jpeg
+    assert {(r["variant"], r["attention"]) for r in card.metrics["leave_one_source_out"]} == \
+        {(train.FINAL.variant, train.FINAL.attention)}
+    assert card.blank_outside_lungs == train.VARIANTS[train.FINAL.variant]["blank"]
+    assert bool(card.training["lung_attention_penalty"]) == bool(train.FINAL.attention)
 
 
 def test_tampered_weights_are_refused(weights_copy: Path):

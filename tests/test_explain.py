@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import REPO, shared_data
+from covidxr.classifier import Classifier
 from covidxr.explain import explain, heatmap_image, jet, lung_mass, overlay, place
 from covidxr.films import read_film
 
@@ -52,13 +54,28 @@ def test_heatmap_is_zero_where_the_model_saw_nothing(classifier, films, explaine
         assert not ex.heatmap[outside].any()
 
 
+def with_input(classifier: Classifier, blank: bool) -> Classifier:
+    """The same networks, with the input blanked outside the lungs or not (the card says which)."""
+    return Classifier(replace(classifier.card, blank_outside_lungs=blank), classifier.net, classifier.lungs,
+                      classifier.directory)
+
+
 def test_masked_map_is_zero_outside_the_lung_mask_the_model_saw(classifier, films):
-    film = films[0]
-    prep = classifier.prepare([film])[0]
-    masked, raw = explain(classifier, film).heatmap, explain(classifier, film, masked=False).heatmap
+    blanked, film = with_input(classifier, True), films[0]
+    prep = blanked.prepare([film])[0]
+    assert not prep.image[prep.mask == 0].any()
+    masked, raw = explain(blanked, film).heatmap, explain(blanked, film, masked=False).heatmap
     seen = place(prep.mask, prep.box, film.pixels.shape)
     assert not masked[seen == 0].any()
     assert ((masked > 0) <= (raw > 0)).all()  # masking only takes attention away
+
+
+def test_a_map_over_an_input_that_was_not_blanked_is_never_masked(classifier, films):
+    """Where the model saw the whole lung box, masking its map would hide where it looked."""
+    shown, film = with_input(classifier, False), films[0]
+    prep = shown.prepare([film])[0]
+    assert prep.image[prep.mask < 0.01].any()  # the surroundings of the lungs are in the input
+    assert np.array_equal(explain(shown, film).heatmap, explain(shown, film, masked=False).heatmap)
 
 
 def test_place_puts_the_crop_map_in_its_box():

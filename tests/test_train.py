@@ -1,7 +1,9 @@
 """Training helpers on small synthetic cases: splits keep patients whole, sampling is balanced,
 temperature scaling finds the temperature that generated the data, and a checkpointed run resumes."""
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 
 from covidxr import train as T
 
@@ -134,3 +136,121 @@ def test_pooled_loso_keeps_each_folds_decisions():
     assert r["n"] == 6 and r["n_pos"] == 3 and abs(r["auc"] - 7 / 9) < 1e-9
     for y, p, thr, _ in (a, b):
         assert np.array_equal(T.recentre(p, thr) >= 0.5, p >= thr)
+
+
+def _cam_net(seed=0):
+    """A small-scale CovidNet with non-trivial last BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    net = T.CovidNet(len(T.CLASSES))
+    bn = net.backbone.bn2
+    bn.running_mean.normal_(0, 0.5), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5)
+    net.head.weight.data.normal_()
+    return net.eval()
+
+
+def test_the_penalty_map_is_the_grad_cam_that_explain_shows():
+    import copy
+
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from covidxr.model import fold_batchnorm
+
+    net = _cam_net()
+    x = torch.randn(2, 3, T.INPUT_SIZE, T.INPUT_SIZE, generator=torch.Generator().manual_seed(1))
+    attention = T.LungAttention(net)
+    with torch.no_grad():
+        net(x)
+    mine = attention.cam()
+    shipped = copy.deepcopy(net)
+    fold_batchnorm(shipped, keep=(shipped.cam_layer,))  # as Classifier.from_dir prepares it
+    ref = GradCAM(model=shipped, target_layers=[shipped.cam_layer])
+    out = ref.activations_and_grads(x)
+    sum(ClassifierOutputTarget(T.CLASSES.index(T.POSITIVE))(o) for o in out).backward()
+    a, g = ref.activations_and_grads.activations[0], ref.activations_and_grads.gradients[0]
+    theirs = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1))
+    assert mine.shape == theirs.shape == (2, 6, 6) and (theirs.sum((1, 2)) > 0).all()
+    assert torch.allclose(mine / mine.sum((1, 2), keepdim=True), theirs / theirs.sum((1, 2), keepdim=True), atol=1e-4)
+
+
+def test_the_penalty_counts_an_empty_covid_map_as_the_worst_case():
+    """The "outside" form can be gamed by a map with no positive part; "inside" charges it in full."""
+    net = _cam_net()
+    x = torch.randn(2, 3, T.INPUT_SIZE, T.INPUT_SIZE, generator=torch.Generator().manual_seed(1))
+    lungs, none = torch.ones(2, 1, T.INPUT_SIZE, T.INPUT_SIZE), torch.zeros(2, 1, T.INPUT_SIZE, T.INPUT_SIZE)
+    covid, other = torch.tensor([True, True]), torch.tensor([False, False])
+    inside, outside = T.LungAttention(net, "inside"), T.LungAttention(copy_net := _cam_net(), "outside")
+    with torch.no_grad():
+        net(x), copy_net(x)
+    r = inside.signed_map()
+    assert (r > 0).any() and (r < 0).any()
+    share = (F.relu(r).sum((1, 2)) / r.abs().sum((1, 2)))
+    assert torch.allclose(inside.penalty(lungs, covid), 1 - share, atol=1e-5)  # negative evidence costs too
+    assert torch.allclose(inside.penalty(none, covid), torch.ones(2), atol=1e-5)
+    assert torch.allclose(inside.penalty(lungs, other), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(outside.penalty(lungs, covid), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(outside.penalty(none, covid), torch.ones(2), atol=1e-4)
+    # a map with no positive evidence anywhere: "outside" calls it perfect, "inside" charges all of it
+    net.head.weight.data.abs_(), net.backbone.bn2.weight.data.abs_()
+    for a in (inside, outside):
+        a.net = net
+        a.pre = torch.ones(2, T.FEATURES, 6, 6)      # every unit in ReLU6's linear range
+        a.conv = -torch.ones(2, T.FEATURES, 6, 6)    # every weight positive, every activation negative: r < 0
+    assert not inside.cam().any()
+    assert torch.allclose(inside.penalty(lungs, covid), torch.ones(2))
+    assert torch.allclose(outside.penalty(lungs, covid), torch.zeros(2))
+
+
+def test_the_penalty_gradient_moves_the_map_into_the_lungs():
+    net = _cam_net(seed=3)
+    attention = T.LungAttention(net)
+    x = torch.randn(4, 3, T.INPUT_SIZE, T.INPUT_SIZE, generator=torch.Generator().manual_seed(2))
+    lungs = torch.zeros(4, 1, T.INPUT_SIZE, T.INPUT_SIZE)
+    lungs[..., 32:160, 16:176] = 1
+    covid = torch.tensor([True, True, False, False])
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.5)
+    before = None
+    for _ in range(3):
+        net(x)
+        loss = attention.penalty(lungs, covid).mean()
+        before = loss.item() if before is None else before
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        net(x)
+        after = attention.penalty(lungs, covid).mean().item()
+    assert after < before - 0.05
+
+
+def test_augment_warps_a_follower_like_the_film_and_draws_the_same_numbers():
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    plain, none = T.augment(x, torch.Generator().manual_seed(5))
+    with_mask, warped = T.augment(x, torch.Generator().manual_seed(5), follow=x.clone())
+    assert none is None and torch.equal(plain, with_mask)  # the shipped recipe's random stream is unchanged
+    theta = T._affine(3, 8, (0.9, 1.12), 0.06, torch.Generator().manual_seed(5))
+    assert torch.equal(warped, T.warp(x, theta))
+
+
+def test_fit_with_the_lung_attention_penalty_trains_and_resumes(tmp_path):
+    cache = random_cache(12, seed=4)
+    cache.masks[:, :, :60] = 0  # a lung mask that leaves part of each film out
+    cfg = T.RunConfig("att", steps=2, batch=2, checkpoint_every=1, attention=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        T.fit(cache, np.arange(12), T.RunConfig("bad", steps=1, batch=2, attention=1.0, attention_mode="both"), tmp_path)
+    torch.set_num_threads(1)
+    net = T.fit(cache, np.arange(12), cfg, tmp_path)
+    assert torch.load(tmp_path / "run_att.pt", weights_only=False)["step"] == 2
+    with torch.no_grad():
+        net(T.normalise(T.to_batch(cache, np.arange(2))))  # an eval forward still works with the hooks in place
+
+
+def test_the_recipe_ablation_is_the_shipped_recipe():
+    """The card's Kaggle-only row for the shipped model must come from FINAL's own settings."""
+    settings = dict(T.ABLATIONS[T.RECIPE])
+    assert settings.pop("split") == "kaggle_only"
+    cfg = T.RunConfig("x", T.FOLD_STEPS, **settings)
+    final = T.fold_config("x")
+    assert (cfg.variant, cfg.jpeg, cfg.attention, cfg.attention_mode, cfg.adversary, cfg.imagenet, cfg.frozen_blocks) == \
+        (final.variant, final.jpeg, final.attention, final.attention_mode, final.adversary, final.imagenet, final.frozen_blocks)
