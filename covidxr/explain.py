@@ -121,11 +121,11 @@ def explain(classifier: Classifier, film: Film, masked: bool = True) -> Explanat
 
     The map is computed on the lung crop at the model's input size, resized into the crop's box on
     the film and zero outside the box, which the model never saw. Where the card says the input was
-    blanked outside the dilated lung mask (`blank_outside_lungs`, models up to v4), `masked` (the
+    blanked outside the dilated lung mask (`blank_outside_lungs`, models v1-v4), `masked` (the
     default) also multiplies the map by that mask: there was no film detail there to read, and
     attention drawn there is mostly the 6x6 grid's bilinear upsampling bleeding over the mask's
     edge (not always only that: the network can respond to the blank area's shape, which masking
-    hides too). Where the input kept the whole lung box (the shipped model), the map is never masked:
+    hides too). Where the input kept the whole lung box (the lung-attention recipes), the map is never masked:
     that would hide where it looked. Pass masked=False for the raw map inside the box. The result is
     scaled so that its maximum is 1; a map with no positive evidence stays all zero.
     """
