@@ -522,6 +522,7 @@ SPLITS = {  # the two ways of holding hospitals out that have both classes on th
     "kaggle_only": "train on the Kaggle copy only, test on every other source",
     "without_kaggle": "train on every other source, test on the Kaggle copy (both classes within one collection)",
 }
+PENALISED_BOX = dict(variant="crop", jpeg=True, attention=ATTENTION_WEIGHT)  # the lung box + the lung-attention penalty
 RECIPE = "lungs"  # the ablation that is the shipped recipe (its without_kaggle twin is the Kaggle LOSO fold itself)
 ABLATIONS = {  # name -> RunConfig settings + the split
     "lungs": dict(jpeg=JPEG_AUGMENT, split="kaggle_only"),  # v3: the lung box blanked outside the lungs, JPEG augmentation
@@ -536,13 +537,10 @@ ABLATIONS = {  # name -> RunConfig settings + the split
     "crop_jpeg": dict(variant="crop", jpeg=True, split="kaggle_only"),
     "film_jpeg_without_kaggle": dict(variant="film", jpeg=True, split="without_kaggle"),
     "crop_jpeg_without_kaggle": dict(variant="crop", jpeg=True, split="without_kaggle"),
-    "crop_jpeg_attention_outside": dict(variant="crop", jpeg=True, attention=ATTENTION_WEIGHT, attention_mode="outside",
-                                        split="kaggle_only"),  # v5's recipe
-    "crop_jpeg_attention_outside_without_kaggle": dict(variant="crop", jpeg=True, attention=ATTENTION_WEIGHT,
-                                                       attention_mode="outside", split="without_kaggle"),
-    "crop_jpeg_attention": dict(variant="crop", jpeg=True, attention=ATTENTION_WEIGHT, split="kaggle_only"),
-    "crop_jpeg_attention_without_kaggle": dict(variant="crop", jpeg=True, attention=ATTENTION_WEIGHT,
-                                               split="without_kaggle"),
+    "crop_jpeg_attention_outside": dict(**PENALISED_BOX, attention_mode="outside", split="kaggle_only"),  # v5's
+    "crop_jpeg_attention_outside_without_kaggle": dict(**PENALISED_BOX, attention_mode="outside", split="without_kaggle"),
+    "crop_jpeg_attention": dict(**PENALISED_BOX, split="kaggle_only"),  # v6's recipe
+    "crop_jpeg_attention_without_kaggle": dict(**PENALISED_BOX, split="without_kaggle"),
     "lungs_unfrozen": dict(frozen_blocks=1, split="kaggle_only"),
     "lungs_unfrozen_without_kaggle": dict(frozen_blocks=1, split="without_kaggle"),
 }
@@ -558,10 +556,8 @@ def _report(y: np.ndarray, p: np.ndarray, threshold: float, sources: np.ndarray 
 
 
 def fold_config(name: str, **changes) -> RunConfig:
-    """A 120-step fold of the shipped recipe (FINAL's input, augmentation and penalties, no early stopping)."""
-    recipe = dict(variant=FINAL.variant, jpeg=FINAL.jpeg, adversary=FINAL.adversary, attention=FINAL.attention,
-                  attention_mode=FINAL.attention_mode)
-    return RunConfig(name, FOLD_STEPS, **{**recipe, **changes})
+    """A 120-step fold of the shipped recipe: FINAL without early stopping, so it follows every change to FINAL."""
+    return replace(FINAL, name=name, steps=FOLD_STEPS, eval_every=0, patience=0, **changes)
 
 
 def run_fold(cache: Cache, name: str, train_mask: np.ndarray, test_mask: np.ndarray, val: np.ndarray,

@@ -57,16 +57,14 @@ def main() -> int:
         kaggle = cache.sources == T.KAGGLE
         for split in T.SPLITS:
             train_mask = kaggle if split == "kaggle_only" else ~kaggle
-            cfg = T.RunConfig(f"{tag}_{split}", T.FOLD_STEPS, variant=args.variant, jpeg=T.JPEG_AUGMENT,
-                                **attention)
+            cfg = T.fold_config(f"{tag}_{split}", variant=args.variant, **attention)
             r = T.run_fold(cache, cfg.name, train_mask, ~train_mask, val, cfg, work)
             out[split] = {"auc": r["test"]["auc"], "ci": r["test"]["ci"]["auc"], "val_auc": r["val_auc"]}
     if not args.steps:
         print(json.dumps(out, indent=1))
         return 0
-    net = T.fit(cache, np.flatnonzero(~val), replace(T.FINAL, name=tag, steps=args.steps, eval_every=0, variant=args.variant,
-                                          **attention),
-                work)
+    net = T.fit(cache, np.flatnonzero(~val),
+                replace(T.FINAL, name=tag, steps=args.steps, eval_every=0, variant=args.variant, **attention), work)
     out["val_auc"] = auc(cache.y[val], T.positive_probability(T.infer(net, cache, np.flatnonzero(val))[0]))
     shipped = Classifier.from_dir(ROOT / "weights")
     card = replace(shipped.card, mask_dilation=args.dilation, blank_outside_lungs=T.VARIANTS[args.variant]["blank"])
