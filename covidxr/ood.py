@@ -6,8 +6,9 @@ photo or a page of text. Two kinds of evidence say "this is not what the model w
 - the image itself: the classifier's pooled features (`CovidNet.features`, 1280-d) lie far from
   those of the training films, measured as a Mahalanobis distance under a Ledoit-Wolf shrunk
   covariance (top components kept exactly, the rest as one isotropic variance, to keep the file
-  small); the threshold is a high quantile of the distances of held-out real films; and the lung
-  segmenter finds no lungs, or an implausible share of the image;
+  small); the threshold is a high quantile of the distances of held-out real films; the lung
+  segmenter finds no lungs, or an implausible share of the image; and a small CNN of its own
+  (covidxr.orientation) says the film is turned or in negative;
 - what the file says: a colour image, or DICOM tags naming another modality, body part or a
   lateral view. Missing tags are unknown, not failures: many real chest files lack them.
 
@@ -23,11 +24,13 @@ import numpy as np
 
 from .card import CardError, ModelCard, sha256_file
 from .films import Film
+from .orientation import OrientNet, from_arrays, orientation_input, state_arrays, threshold_at, turned_probability
 
 if TYPE_CHECKING:
     from .classifier import Classifier
 
 OOD_FILE = "ood.npz"
+ORIENT_PREFIX = "orient_net."  # the orientation net's state, stored in the same .npz
 LUNG_FRACTION_RANGE = (0.08, 0.75)       # share of the image a frontal chest film's lungs plausibly cover
 RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG"}  # computed, digital, direct and film radiography
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
@@ -68,8 +71,9 @@ class OODDetector:
     quantile: float = float("nan")
     n_calibration: int = 0
     extra: dict = field(default_factory=dict)
-    orient_w: np.ndarray | None = None  # (d,) logistic weights: > 0 means rotated or inverted
-    orient_b: float = 0.0
+    orient_net: OrientNet | None = None    # P(turned or inverted) from the whole film at 64 px
+    orient_threshold: float = 0.5
+    orient_quantile: float = float("nan")  # share of held-out upright films the threshold lets pass
 
     @classmethod
     def fit(cls, features: np.ndarray, components: int = 256) -> "OODDetector":
@@ -103,21 +107,43 @@ class OODDetector:
         self.threshold, self.quantile, self.n_calibration = float(np.quantile(d, quantile)), quantile, len(d)
         return self
 
+    def calibrate_orientation(self, upright_inputs: Sequence[np.ndarray], quantile: float = 0.995) -> "OODDetector":
+        """Set the orientation threshold so that `quantile` of held-out upright films pass (never below
+        even odds): withholding the score of a real film is the costly mistake."""
+        if self.orient_net is None:
+            raise ValueError("this detector has no orientation net to calibrate")
+        self.orient_threshold = threshold_at(turned_probability(self.orient_net, upright_inputs), quantile)
+        self.orient_quantile = quantile
+        return self
+
+    def turned_probability(self, film: Film) -> float | None:
+        """P(the film is rotated or inverted), or None when this detector has no orientation net."""
+        if self.orient_net is None:
+            return None
+        return float(turned_probability(self.orient_net, [orientation_input(film.pixels)])[0])
+
     @property
     def rule(self) -> str:
+        orient = ""
+        if self.orient_net is not None:
+            calibrated = (f", {self.orient_quantile:.1%} of the held-out real films below it"
+                          if np.isfinite(self.orient_quantile) else "")
+            orient = ("; a small CNN on the whole film at 64 px (covidxr.orientation, trained on training films "
+                      "upright, rotated by 90/180/270 degrees and inverted) flags a film it finds turned with "
+                      f"probability above {self.orient_threshold:.3f}{calibrated}")
         return (f"Mahalanobis distance of the pooled classifier features (Ledoit-Wolf shrinkage "
                 f"{self.shrinkage:.3f}, {len(self.variances)} components + isotropic rest, fit on "
                 f"{self.n_fit} training films); threshold = {self.quantile:.1%} quantile on "
                 f"{self.n_calibration} held-out real films; lung share outside "
                 f"{LUNG_FRACTION_RANGE}, colour, or DICOM tags of another modality, body part or a "
-                f"lateral view also mark a film as not a frontal chest radiograph"
-                + ("; a logistic check on the same features flags films rotated by 90/180/270 degrees "
-                   "or inverted (fit on training films only)" if self.orient_w is not None else ""))
+                f"lateral view also mark a film as not a frontal chest radiograph" + orient)
 
     def save(self, directory: str | Path, name: str = OOD_FILE) -> tuple[str, str]:
         """Write the statistics as .npz; returns (file name, sha256) for the model card."""
         path = Path(directory) / name
-        orient = {} if self.orient_w is None else {"orient_w": self.orient_w, "orient_b": np.float64(self.orient_b)}
+        orient = {} if self.orient_net is None else {**state_arrays(self.orient_net, ORIENT_PREFIX),
+                                                     "orient_threshold": np.float64(self.orient_threshold),
+                                                     "orient_quantile": np.float64(self.orient_quantile)}
         np.savez(path, mean=self.mean, basis=self.basis, variances=self.variances,
                  residual=np.float64(self.residual), shrinkage=np.float64(self.shrinkage),
                  n_fit=np.int64(self.n_fit), quantile=np.float64(self.quantile),
@@ -147,9 +173,10 @@ class OODDetector:
                           residual=float(z["residual"]), shrinkage=float(z["shrinkage"]),
                           n_fit=int(z["n_fit"]), quantile=float(z["quantile"]),
                           n_calibration=int(z["n_calibration"]))
-                if "orient_w" in z.files:
-                    det.orient_w, det.orient_b = z["orient_w"], float(z["orient_b"])
-        except (ValueError, KeyError, OSError) as e:
+                det.orient_net = from_arrays({k: z[k] for k in z.files}, ORIENT_PREFIX)
+                if det.orient_net is not None:
+                    det.orient_threshold, det.orient_quantile = float(z["orient_threshold"]), float(z["orient_quantile"])
+        except (ValueError, KeyError, OSError, RuntimeError) as e:  # RuntimeError: a net of another shape
             raise CardError(f"OOD statistics {path} could not be read: {e}") from None
         det.threshold = float(entry["threshold"])
         return det
@@ -161,38 +188,12 @@ class OODDetector:
         if not dist <= self.threshold:
             reasons.append(f"its image features are unlike the chest radiographs the model was "
                            f"trained on (distance {dist:.2f}, limit {self.threshold:.2f})")
-        if self.orient_w is not None and float(np.ravel(features_1d) @ self.orient_w) + self.orient_b > 0:
+        turned = self.turned_probability(film)
+        if turned is not None and turned > self.orient_threshold:
             reasons.append("it looks rotated or inverted (a frontal chest film is read upright, "
                            "not turned or in negative)")
         reasons += lung_reasons(lung_fraction) + fact_reasons(film.facts)
         return OODResult(is_chest=not reasons, distance=dist, reasons=reasons)
-
-
-ORIENTATIONS = {  # what a film looks like when it was scanned or exported the wrong way round
-    "rotated 90": lambda a: np.rot90(a, 1),
-    "rotated 180": lambda a: np.rot90(a, 2),
-    "rotated 270": lambda a: np.rot90(a, 3),
-    "inverted": lambda a: 1.0 - a,
-}
-
-
-def fit_orientation(upright: np.ndarray, turned: np.ndarray, l2: float = 1e-3, iters: int = 500
-                    ) -> tuple[np.ndarray, float]:
-    """Logistic regression (balanced classes, L2, gradient descent on standardised features) that
-    tells turned or inverted films from upright ones; returns (w, b) in raw feature space."""
-    x = np.concatenate([upright, turned]).astype(np.float64)
-    y = np.concatenate([np.zeros(len(upright)), np.ones(len(turned))])
-    weight = np.where(y == 1, 0.5 / len(turned), 0.5 / len(upright))
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    z = (x - mu) / sd
-    w, b = np.zeros(z.shape[1]), 0.0
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
-        g = weight * (p - y)
-        w -= 1.0 * (z.T @ g + l2 * w)
-        b -= 1.0 * g.sum()
-    w_raw = w / sd
-    return w_raw.astype(np.float32), float(b - mu @ w_raw)
 
 
 def lung_reasons(lung_fraction: float) -> list[str]:

@@ -691,25 +691,28 @@ def _final_stage(cache: Cache, val: np.ndarray, lungnet: LungNet, lung_report: d
     _ood_stage(cache, val, data, out, work)
 
 
-def _ood_stage(cache: Cache, val: np.ndarray, data: Path, out: Path, work: Path, n_orient: int = 400) -> None:
+def _ood_stage(cache: Cache, val: np.ndarray, data: Path, out: Path, work: Path, n_orient: int = 1200) -> None:
     """Out-of-distribution statistics for the model in `out`: feature distance (fit on training films,
-    threshold on validation films) and an orientation check (training films turned and inverted)."""
+    threshold on validation films) and the orientation net (trained on training films upright, turned and
+    inverted; its threshold calibrated on the upright validation films, never trained on)."""
+    from . import orientation
     from .classifier import Classifier
-    from .ood import ORIENTATIONS, OODDetector, film_features, fit_orientation
+    from .ood import OODDetector
 
     res_path = work / "results" / "final.json"
     res = json.loads(res_path.read_text())
     clf = Classifier(provisional_card(out), *_load_nets(out), out)
-    train_idx = np.flatnonzero(~val)
+    train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
     _, train_feats = infer(clf.net, cache, train_idx)
-    _, val_feats = infer(clf.net, cache, np.flatnonzero(val))
+    _, val_feats = infer(clf.net, cache, val_idx)
     det = OODDetector.fit(train_feats).calibrate(val_feats, 0.99)
+
+    def pixels(idx: np.ndarray, what: str) -> list[np.ndarray]:
+        return [read_film(data / cache.records[i].path).pixels for i in tqdm(idx, desc=what)]
+
     pick = np.random.default_rng(SEED).choice(train_idx, n_orient, replace=False)
-    films = [read_film(data / cache.records[i].path) for i in tqdm(pick, desc="orientation films")]
-    upright = film_features(clf, films)[0]
-    turned = np.concatenate([film_features(clf, [replace(f, pixels=np.ascontiguousarray(turn(f.pixels)))
-                                                 for f in films])[0] for turn in ORIENTATIONS.values()])
-    det.orient_w, det.orient_b = fit_orientation(upright, turned)
+    det.orient_net = orientation.fit(*orientation.examples(pixels(pick, "orientation films")), seed=SEED)
+    det.calibrate_orientation([orientation.orientation_input(p) for p in pixels(val_idx, "validation films")])
     ood_file, ood_sha = det.save(out)
     res["ood"] = det.card_entry(ood_file, ood_sha)
     res_path.write_text(json.dumps(res))

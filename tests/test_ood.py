@@ -12,7 +12,8 @@ from PIL import Image
 from tests.conftest import REPO, shared_data
 from covidxr.card import CardError, ModelCard
 from covidxr.films import read_film
-from covidxr.ood import ORIENTATIONS, OODDetector, fact_reasons, film_features, fit_orientation, ledoit_wolf, lung_reasons
+from covidxr.ood import OODDetector, fact_reasons, film_features, ledoit_wolf, lung_reasons
+from covidxr.orientation import ORIENTATIONS
 
 
 def synthetic(n: int, d: int = 48, seed: int = 0) -> np.ndarray:
@@ -160,19 +161,45 @@ def test_real_chest_films_pass(classifier, detector):
     assert all(r.is_chest for r in results.values())
 
 
-def test_orientation_check_fits_separable_features_and_survives_save_load(tmp_path: Path):
-    upright, turned = synthetic(200, seed=11), synthetic(200, seed=12) + 1.5
-    w, b = fit_orientation(upright, turned)
-    assert np.mean(upright @ w + b < 0) > 0.95 and np.mean(turned @ w + b > 0) > 0.95
-    det = OODDetector.fit(upright, components=8).calibrate(synthetic(50, seed=13))
-    det.orient_w, det.orient_b = w, b
+def toy_films(n: int, seed: int) -> list[np.ndarray]:
+    """Films with an up and a down: a bright band at the top (shoulders), two dark lobes in the middle,
+    a bright bottom (diaphragm), each framed and lit a little differently."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:96, 0:80] / np.array([95.0, 79.0])[:, None, None]
+    films = []
+    for _ in range(n):
+        cx, cy, r = 0.5 + rng.normal(0, 0.03), 0.45 + rng.normal(0, 0.04), 0.18 + rng.normal(0, 0.02)
+        lungs = np.exp(-(((x - cx + 0.2) ** 2 + (y - cy) ** 2) / r ** 2)) + np.exp(-(((x - cx - 0.2) ** 2 + (y - cy) ** 2) / r ** 2))
+        a = 0.5 + 0.4 * (y < 0.12) + 0.3 * (y > 0.8) * y - 0.35 * lungs + rng.normal(0, 0.03, y.shape)
+        films.append(np.clip(a, 0, 1).astype(np.float32))
+    return films
+
+
+def test_orientation_net_learns_up_from_down_and_survives_save_load(tmp_path: Path):
+    from covidxr import orientation
+
+    net = orientation.fit(*orientation.examples(toy_films(60, seed=1), size=32), epochs=40, batch=64, seed=0)
+    x, y = orientation.examples(toy_films(20, seed=2), size=32)          # films it has not seen
+    p = orientation.turned_probability(net, list(x))
+    assert np.mean(p[y == 0] < 0.5) >= 0.9 and np.mean(p[y > 0] > 0.5) >= 0.9
+    det = OODDetector.fit(synthetic(200, seed=11), components=8).calibrate(synthetic(50, seed=13))
+    det.orient_net = net
+    det.calibrate_orientation(list(x[y == 0]), 0.99)
+    assert det.orient_threshold >= 0.5 and np.mean(p[y == 0] > det.orient_threshold) <= 0.01
     name, sha = det.save(tmp_path)
     back = OODDetector.load(tmp_path, card_with(det.card_entry(name, sha)))
-    np.testing.assert_allclose(back.orient_w, w)
-    assert back.orient_b == pytest.approx(b) and "rotated" in back.rule
+    np.testing.assert_allclose(orientation.turned_probability(back.orient_net, list(x)), p, rtol=1e-5, atol=1e-6)
+    assert back.orient_threshold == det.orient_threshold and back.orient_quantile == 0.99 and "turned" in back.rule
 
 
-@pytest.mark.parametrize("how", ["rotated 180", "inverted"])
+def test_orientation_threshold_is_never_below_even_odds():
+    from covidxr.orientation import threshold_at
+
+    assert threshold_at(np.array([0.01, 0.02, 0.1]), 0.99) == 0.5
+    assert threshold_at(np.linspace(0, 0.9, 1001), 0.99) == pytest.approx(0.891)
+
+
+@pytest.mark.parametrize("how", list(ORIENTATIONS))
 def test_a_turned_or_inverted_real_film_is_flagged(classifier, detector, how):
     path = sorted((REPO / "samples").glob("*/*.jpg"))[0]
     pixels = np.asarray(Image.open(path).convert("L"))
