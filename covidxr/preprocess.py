@@ -1,8 +1,11 @@
-"""Film pixels -> the classifier's input: find the lungs, crop to them, equalise, blank the rest.
+"""Film pixels -> the classifier's input: find the lungs, crop to them, equalise, and (if the card
+says so) blank the rest.
 
 Public COVID-19 collections are confounded with their hospitals: text markers, borders, exposure
-and film size tell the source, and the source tells the class. Cropping to the lung field,
-equalising the intensities inside it and blanking everything outside it takes those cues away.
+and film size tell the source, and the source tells the class. Cropping to the lung field and
+equalising the intensities inside it takes most of those cues away; blanking everything outside the
+lungs takes the rest, at a cost in held-out AUC (models v1-v4 did; v6 keeps the box and is trained
+to look at the lungs instead: see train.LungAttention).
 Training and inference share these functions so that both see identical inputs.
 """
 from __future__ import annotations
@@ -79,7 +82,7 @@ def box_slices(box: tuple[float, float, float, float], shape: tuple[int, int]) -
 class Prepared:
     """What the classifier saw, and where it came from in the film."""
 
-    image: np.ndarray          # float32 SxS in [0, 1]: equalised lung crop, blanked outside the lungs
+    image: np.ndarray          # float32 SxS in [0, 1]: equalised lung crop (blanked outside the lungs if `blank`)
     mask: np.ndarray           # float32 SxS soft lung mask in the crop (1 = seen)
     box: tuple[float, float, float, float]  # crop (top, bottom, left, right), fractions of the film
     lung_fraction: float       # share of the film the segmenter called lung (0 when none found)

@@ -254,3 +254,4 @@ def test_the_recipe_ablation_is_the_shipped_recipe():
     final = T.fold_config("x")
     assert (cfg.variant, cfg.jpeg, cfg.attention, cfg.attention_mode, cfg.adversary, cfg.imagenet, cfg.frozen_blocks) == \
         (final.variant, final.jpeg, final.attention, final.attention_mode, final.adversary, final.imagenet, final.frozen_blocks)
+    assert f"{T.RECIPE}_without_kaggle" not in T.ABLATIONS  # that split is the Kaggle LOSO fold itself, already run
