@@ -234,7 +234,7 @@ def stages_ms(clf, data: bytes, repeats: int) -> dict[str, float]:
     x_lung = torch.from_numpy(lung_input(film.pixels, c.lung_input_size))[None, None]
     with torch.inference_mode():
         prob = torch.sigmoid(clf.lungs(x_lung))[0, 0].numpy()
-    prep = prepare(film.pixels, prob, c.input_size, c.crop_margin, c.mask_dilation)
+    prep = clf.prepare([film])[0]  # as predict() builds it (with the segmenter's input kept for the OOD check)
     x = clf.tensor([prep])
 
     def nets(net, x):
@@ -249,7 +249,7 @@ def stages_ms(clf, data: bytes, repeats: int) -> dict[str, float]:
         "segmenter input (resize + equalize)": lambda: lung_input(film.pixels, c.lung_input_size),
         "lung segmenter forward": lambda: nets(clf.lungs, x_lung),
         "crop + mask + equalize (prepare)": lambda: prepare(film.pixels, prob, c.input_size, c.crop_margin,
-                                                            c.mask_dilation),
+                                                            c.mask_dilation, blank=c.blank_outside_lungs),
         "to tensor": lambda: clf.tensor([prep]),
         "classifier forward": lambda: nets(clf.net.features, x),
         "decide (softmax, OOD check)": lambda: clf.decide(film, prep, logits[0], feats[0]),

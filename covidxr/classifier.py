@@ -6,7 +6,7 @@ reads the networks, and Grad-CAM hooks live on pooled private copies of the netw
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -41,7 +41,12 @@ def split_state(state: dict[str, torch.Tensor], n_classes: int) -> tuple[CovidNe
 
 def lung_probability(lungs: LungNet, films: Sequence[Film], size: int) -> list[np.ndarray]:
     """Per film, the segmenter's lung probability at size x size (training's cache uses it too)."""
-    x = torch.from_numpy(np.stack([lung_input(f.pixels, size) for f in films]))[:, None]
+    return segment(lungs, [lung_input(f.pixels, size) for f in films])
+
+
+def segment(lungs: LungNet, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Lung probabilities of segmenter inputs (`lung_input`)."""
+    x = torch.from_numpy(np.stack(inputs))[:, None]
     with torch.inference_mode():
         return list(torch.sigmoid(lungs(x))[:, 0].numpy())
 
@@ -95,9 +100,13 @@ class Classifier:
         return lung_probability(self.lungs, films, self.card.lung_input_size)
 
     def prepare(self, films: Sequence[Film]) -> list[Prepared]:
+        """Each film's classifier input; it keeps the segmenter's input too (`overview`), which the
+        orientation check reads instead of squashing the film again."""
         c = self.card
-        return [prepare(f.pixels, p, c.input_size, c.crop_margin, c.mask_dilation, blank=c.blank_outside_lungs)
-                for f, p in zip(films, self.lung_probability(films))]
+        inputs = [lung_input(f.pixels, c.lung_input_size) for f in films]
+        return [replace(prepare(f.pixels, p, c.input_size, c.crop_margin, c.mask_dilation, blank=c.blank_outside_lungs),
+                        overview=x)
+                for f, p, x in zip(films, segment(self.lungs, inputs), inputs)]
 
     def tensor(self, prepared: Sequence[Prepared]) -> torch.Tensor:
         return to_tensor([p.image for p in prepared], self.card.mean, self.card.std).to(
@@ -108,7 +117,8 @@ class Classifier:
         probs = torch.softmax(logits.float() / c.temperature, -1).tolist()
         p = probs[c.positive_index]
         positive = p >= c.threshold
-        ood = self.ood.check(features.numpy(), prep.lung_fraction, film) if (self.ood and features is not None) else None
+        ood = (self.ood.check(features.numpy(), prep.lung_fraction, film, prep.overview)
+               if (self.ood and features is not None) else None)
         return Prediction(
             name=film.name, probability=float(p), positive=bool(positive),
             label=c.positive_class if positive else f"non-{c.positive_class}", threshold=c.threshold,

@@ -24,7 +24,7 @@ import numpy as np
 
 from .card import CardError, ModelCard, sha256_file
 from .films import Film
-from .orientation import OrientNet, from_arrays, orientation_input, state_arrays, threshold_at, turned_probability
+from .orientation import ORIENT_SIZE, OrientNet, from_arrays, orientation_input, state_arrays, threshold_at, turned_probability
 
 if TYPE_CHECKING:
     from .classifier import Classifier
@@ -116,11 +116,14 @@ class OODDetector:
         self.orient_quantile = quantile
         return self
 
-    def turned_probability(self, film: Film) -> float | None:
-        """P(the film is rotated or inverted), or None when this detector has no orientation net."""
+    def turned_probability(self, film: Film, overview: np.ndarray | None = None) -> float | None:
+        """P(the film is rotated or inverted), or None when this detector has no orientation net.
+        `overview`: the film already squashed and equalised (`orientation_input`), if at hand."""
         if self.orient_net is None:
             return None
-        return float(turned_probability(self.orient_net, [orientation_input(film.pixels)])[0])
+        if overview is None or overview.shape != (ORIENT_SIZE, ORIENT_SIZE):
+            overview = orientation_input(film.pixels)
+        return float(turned_probability(self.orient_net, [overview])[0])
 
     @property
     def rule(self) -> str:
@@ -181,14 +184,15 @@ class OODDetector:
         det.threshold = float(entry["threshold"])
         return det
 
-    def check(self, features_1d: np.ndarray, lung_fraction: float, film: Film) -> OODResult:
+    def check(self, features_1d: np.ndarray, lung_fraction: float, film: Film,
+              overview: np.ndarray | None = None) -> OODResult:
         """Every reason, from features, lungs and file facts, that this is not a frontal chest film."""
         dist = float(self.distance(features_1d)[0])
         reasons = []
         if not dist <= self.threshold:
             reasons.append(f"its image features are unlike the chest radiographs the model was "
                            f"trained on (distance {dist:.2f}, limit {self.threshold:.2f})")
-        turned = self.turned_probability(film)
+        turned = self.turned_probability(film, overview)
         if turned is not None and turned > self.orient_threshold:
             reasons.append("it looks rotated or inverted (a frontal chest film is read upright, "
                            "not turned or in negative)")

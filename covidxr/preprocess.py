@@ -86,6 +86,7 @@ class Prepared:
     mask: np.ndarray           # float32 SxS soft lung mask in the crop (1 = seen)
     box: tuple[float, float, float, float]  # crop (top, bottom, left, right), fractions of the film
     lung_fraction: float       # share of the film the segmenter called lung (0 when none found)
+    overview: np.ndarray | None = None  # the whole film as the segmenter saw it (`lung_input`), when kept
 
 
 def prepare(pixels: np.ndarray, lung_prob: np.ndarray, size: int, margin: float, dilation: float,

@@ -206,3 +206,13 @@ def test_a_turned_or_inverted_real_film_is_flagged(classifier, detector, how):
     turned = (ORIENTATIONS[how](pixels.astype(np.float64) / 255.0) * 255).round().astype(np.uint8)
     r = checked(classifier, detector, png(np.ascontiguousarray(turned)), f"{how}.png")
     assert not r.is_chest, r
+
+
+def test_the_orientation_check_reads_the_segmenters_input_as_if_it_squashed_the_film_itself(classifier, detector):
+    from covidxr.orientation import orientation_input
+
+    film = read_film(sorted((REPO / "samples").glob("*/*.jpg"))[0])
+    prepared = classifier.prepare([film])[0]
+    np.testing.assert_array_equal(prepared.overview, orientation_input(film.pixels))
+    if detector.orient_net is not None:
+        assert detector.turned_probability(film, prepared.overview) == detector.turned_probability(film)
