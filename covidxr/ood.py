@@ -176,9 +176,15 @@ class OODDetector:
                           residual=float(z["residual"]), shrinkage=float(z["shrinkage"]),
                           n_fit=int(z["n_fit"]), quantile=float(z["quantile"]),
                           n_calibration=int(z["n_calibration"]))
+                if "orient_w" in z.files:  # the logistic on the classifier's features, retired for OrientNet
+                    raise CardError(f"OOD statistics {path} hold the retired orientation logistic; refit them with "
+                                    "`python -m covidxr train --data ../shared/data/cxr --out <this folder> "
+                                    "--work <its training work folder> --stages ood` (about 5 min)")
                 det.orient_net = from_arrays({k: z[k] for k in z.files}, ORIENT_PREFIX)
                 if det.orient_net is not None:
                     det.orient_threshold, det.orient_quantile = float(z["orient_threshold"]), float(z["orient_quantile"])
+        except CardError:
+            raise
         except (ValueError, KeyError, OSError, RuntimeError) as e:  # RuntimeError: a net of another shape
             raise CardError(f"OOD statistics {path} could not be read: {e}") from None
         det.threshold = float(entry["threshold"])

@@ -216,3 +216,15 @@ def test_the_orientation_check_reads_the_segmenters_input_as_if_it_squashed_the_
     np.testing.assert_array_equal(prepared.overview, orientation_input(film.pixels))
     if detector.orient_net is not None:
         assert detector.turned_probability(film, prepared.overview) == detector.turned_probability(film)
+
+
+def test_statistics_with_the_retired_orientation_logistic_are_refused_not_loaded_without_the_check(tmp_path: Path):
+    det = OODDetector.fit(synthetic(200, seed=11), components=8).calibrate(synthetic(50, seed=13))
+    name, _ = det.save(tmp_path)
+    with np.load(tmp_path / name) as z:
+        arrays = dict(z)
+    np.savez(tmp_path / name, **arrays, orient_w=np.ones(48, np.float32), orient_b=np.float64(0.0))
+    from covidxr.card import sha256_file
+
+    with pytest.raises(CardError, match="retired orientation logistic; refit"):
+        OODDetector.load(tmp_path, card_with(det.card_entry(name, sha256_file(tmp_path / name))))
