@@ -741,7 +741,7 @@ ABLATION_NOTES = [
     "hospitalised patients (devices, supine AP views) against outpatient collections. Others -> Kaggle: the Kaggle "
     "copy's normals are mostly RSNA/NIH and Kermany films, the very collections that supply the training "
     "negatives, while its COVID films (mostly BIMCV) are new; a model that recognises NIH- or Kermany-looking films "
-    "scores well there without reading the lungs. v1-v4 shipped the lung-only input because it cannot read text "
+    "scores well there without reading the lungs. v1-v3 shipped the lung-only input because it cannot read text "
     "markers, borders, devices or film-edge cues outside the lungs and its Grad-CAM stays on the lungs. v6 ships "
     "the lung box (nothing outside the box; the lungs' surroundings inside it kept) trained with the lung-attention "
     "penalty, which keeps its Grad-CAM on the lungs (below). Both are judgements, stated openly; the tables show "
