@@ -42,6 +42,7 @@ class OODResult:
     is_chest: bool
     distance: float             # feature distance (about 1 for a typical training film)
     reasons: list[str]          # why it is not, in words for the clinician; empty when is_chest
+    turned: float | None = None  # the orientation net's P(rotated or inverted); None without one
 
 
 def ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
@@ -203,7 +204,7 @@ class OODDetector:
             reasons.append("it looks rotated or inverted (a frontal chest film is read upright, "
                            "not turned or in negative)")
         reasons += lung_reasons(lung_fraction) + fact_reasons(film.facts)
-        return OODResult(is_chest=not reasons, distance=dist, reasons=reasons)
+        return OODResult(is_chest=not reasons, distance=dist, reasons=reasons, turned=turned)
 
 
 def lung_reasons(lung_fraction: float) -> list[str]:

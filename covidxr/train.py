@@ -696,15 +696,14 @@ def _ood_stage(cache: Cache, val: np.ndarray, data: Path, out: Path, work: Path,
     threshold on validation films) and the orientation net (trained on training films upright, turned and
     inverted; its threshold calibrated on the upright validation films, never trained on)."""
     from . import orientation
-    from .classifier import Classifier
     from .ood import OODDetector
 
     res_path = work / "results" / "final.json"
     res = json.loads(res_path.read_text())
-    clf = Classifier(provisional_card(out), *_load_nets(out), out)
+    net = _load_nets(out)[0].eval()
     train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
-    _, train_feats = infer(clf.net, cache, train_idx)
-    _, val_feats = infer(clf.net, cache, val_idx)
+    _, train_feats = infer(net, cache, train_idx)
+    _, val_feats = infer(net, cache, val_idx)
     det = OODDetector.fit(train_feats).calibrate(val_feats, 0.99)
 
     def pixels(idx: np.ndarray, what: str) -> list[np.ndarray]:
@@ -716,15 +715,6 @@ def _ood_stage(cache: Cache, val: np.ndarray, data: Path, out: Path, work: Path,
     ood_file, ood_sha = det.save(out)
     res["ood"] = det.card_entry(ood_file, ood_sha)
     res_path.write_text(json.dumps(res))
-
-
-def provisional_card(out: Path) -> ModelCard:
-    """The preprocessing half of the card, before threshold and calibration exist."""
-    return ModelCard(name="provisional", architecture="", input_size=INPUT_SIZE, lung_input_size=LUNG_SIZE,
-                     mean=MEAN, std=STD, class_names=CLASSES, positive_class=POSITIVE, threshold=0.5,
-                     threshold_rule="", temperature=1.0, weights_file="model.pt", weights_sha256="",
-                     crop_margin=CROP_MARGIN, mask_dilation=MASK_DILATION,
-                     blank_outside_lungs=VARIANTS[FINAL.variant]["blank"])
 
 
 def _load_nets(out: Path) -> tuple[CovidNet, LungNet]:

@@ -196,7 +196,7 @@ def check_all(clf: Classifier, det: OODDetector, items: list[Item], batch: int =
         for f, x, fr in zip(chunk, feats, fracs):
             r: OODResult = det.check(x, float(fr), f)
             rows.append({"name": f.name, "is_chest": r.is_chest, "distance": round(r.distance, 4),
-                         "turned": det.turned_probability(f),
+                         "turned": r.turned,
                          "lung_fraction": round(float(fr), 4), "reasons": r.reasons})
     return rows
 
