@@ -99,8 +99,10 @@ class Ours:
     def nets(self) -> dict[str, tuple]:
         """name -> (module, single-film input shape), for FLOP counting and forward timing."""
         c = self.clf.card
+        shape = (1, 3, c.input_size, c.input_size)
         return {"lung segmenter": (self.clf.lungs, (1, 1, c.lung_input_size, c.lung_input_size)),
-                "classifier": (self.clf.net, (1, 3, c.input_size, c.input_size))}
+                **{f"classifier {i + 1}" if len(self.clf.nets) > 1 else "classifier": (net, shape)
+                   for i, net in enumerate(self.clf.nets)}}
 
 
 def densenet121():
@@ -235,23 +237,25 @@ def stages_ms(clf, data: bytes, repeats: int) -> dict[str, float]:
     with torch.inference_mode():
         prob = torch.sigmoid(clf.lungs(x_lung))[0, 0].numpy()
     prep = clf.prepare([film])[0]  # as predict() builds it (with the segmenter's input kept for the OOD check)
-    x = clf.tensor([prep])
+    inputs = [clf.tensor(p) for p in clf.member_inputs([prep])]
 
     def nets(net, x):
         with torch.inference_mode():
             return net(x)
 
+    def views():
+        return [prepare(film.pixels, prob, c.input_size, c.crop_margin, c.mask_dilation, blank=v.blank_outside_lungs,
+                        equalize_over=v.equalize_over, crop=v.crop_to_lungs) for v in c.views]
+
     with torch.inference_mode():
-        feats = clf.net.features(x)
-        logits = clf.net.head(feats)
+        logits, feats = clf.forward([prep])
     cases = {
         "decode (read_film)": lambda: read_film(data),
         "segmenter input (resize + equalize)": lambda: lung_input(film.pixels, c.lung_input_size),
         "lung segmenter forward": lambda: nets(clf.lungs, x_lung),
-        "crop + mask + equalize (prepare)": lambda: prepare(film.pixels, prob, c.input_size, c.crop_margin,
-                                                            c.mask_dilation, blank=c.blank_outside_lungs),
-        "to tensor": lambda: clf.tensor([prep]),
-        "classifier forward": lambda: nets(clf.net.features, x),
+        f"crop + mask + equalize (prepare, {len(c.views)} views)": views,
+        "to tensor": lambda: [clf.tensor(p) for p in clf.member_inputs([prep])],
+        f"classifier forward ({len(clf.nets)} networks)": lambda: [nets(n, x) for n, x in zip(clf.nets, inputs)],
         "decide (softmax, OOD check)": lambda: clf.decide(film, prep, logits[0], feats[0]),
     }
     return {k: v * 1e3 for k, v in rounds(cases, repeats).items()}

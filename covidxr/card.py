@@ -27,6 +27,16 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class View:
+    """How one network of the model sees a film: cropped to the lung box or whole, blanked outside the
+    lungs or not, and where its histogram is taken ("lungs" or "box": the whole crop)."""
+
+    crop_to_lungs: bool = True
+    blank_outside_lungs: bool = True
+    equalize_over: str = "lungs"
+
+
 @dataclass
 class ModelCard:
     name: str
@@ -45,6 +55,7 @@ class ModelCard:
     crop_margin: float = 0.08       # lung box margin, fraction of the box size
     mask_dilation: float = 0.04     # lung mask dilation, fraction of the crop size
     blank_outside_lungs: bool = True  # the input is blanked outside the dilated lung mask (False: the whole lung box)
+    members: list[dict[str, Any]] = field(default_factory=list)  # further networks, logits averaged with the first: {name, view}
     ood: dict[str, Any] = field(default_factory=dict)      # file, sha256, threshold, rule
     data: dict[str, Any] = field(default_factory=dict)     # manifest sha256, counts per source
     training: dict[str, Any] = field(default_factory=dict) # command, time, machine, seed, epochs
@@ -56,6 +67,23 @@ class ModelCard:
     @property
     def positive_index(self) -> int:
         return self.class_names.index(self.positive_class)
+
+    @property
+    def views(self) -> list[View]:
+        """One per network, in the order of model.pt's `cls.`, `cls1.`, ... prefixes: the first network's
+        view is the card's top-level fields (cards before the ensemble have only that one)."""
+        return [View(True, self.blank_outside_lungs, "lungs")] + [View(**m["view"]) for m in self.members]
+
+    def describe_input(self) -> str:
+        """What each network is shown, in words, for people reading the card."""
+        def one(v: View) -> str:
+            seen = "lung crop" if v.crop_to_lungs else "whole film"
+            return f"{self.input_size} × {self.input_size} px {seen}" + (", blanked outside the lungs" if v.blank_outside_lungs else "")
+
+        views = self.views
+        text = " + ".join(one(v) for v in views)
+        return (f"{len(views)} networks, logits averaged: {text}" if len(views) > 1 else text) + \
+            f" (lung segmenter at {self.lung_input_size} px)"
 
     @classmethod
     def load(cls, directory: str | Path) -> "ModelCard":
@@ -85,6 +113,11 @@ class ModelCard:
             raise CardError(f"temperature {self.temperature} must be positive")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise CardError("mean and std need three channels")
+        for m in self.members:
+            try:
+                View(**m["view"])
+            except (KeyError, TypeError) as e:
+                raise CardError(f"ensemble member {m.get('name')!r} has no valid view: {e}") from None
 
     def save(self, directory: str | Path) -> Path:
         self.validate()

@@ -1,13 +1,14 @@
 """Grad-CAM for the COVID-19 class, laid back onto the film the clinician looks at.
 
 Grad-CAM (pytorch-grad-cam's `GradCAM`) weighs the last convolutional block's activations
-(`CovidNet.cam_layer`) by the mean gradient of the positive-class logit, on the lung crop the
-model saw. The map is then put back where that crop came from in the film.
+(`CovidNet.cam_layer`) by the mean gradient of the positive-class logit, on the input the
+network saw (the lung crop, or the whole film). The map is then put back where that input came
+from in the film; an ensemble's networks' maps are averaged there.
 
 Thread safety: a Streamlit server shares one Classifier between sessions. pytorch-grad-cam works by
 hooks on the target layer, and a hook on the shared network would also fire for every other
 thread's forward pass (predict() included) and mix their activations into this call's map. So each
-Grad-CAM runs on a private deep copy of the network, taken from a small per-classifier pool: a copy
+Grad-CAM runs on a private deep copy of the network, taken from a small per-network pool: a copy
 serves one call at a time, is made (about 14 MB, tens of ms) the first time that many calls overlap,
 and is reused after; beyond POOL_SIZE overlapping calls, the next waits for a free copy. The
 shared network is never hooked. In a copy only the CAM layer's weights require gradients, so the
@@ -95,15 +96,15 @@ class _CamPool:
             self.free.put(cam)
 
 
-_pools: "weakref.WeakKeyDictionary[Classifier, _CamPool]" = weakref.WeakKeyDictionary()
+_pools: "weakref.WeakKeyDictionary[CovidNet, _CamPool]" = weakref.WeakKeyDictionary()
 _pools_lock = threading.Lock()
 
 
-def _pool(classifier: Classifier) -> _CamPool:
+def _pool(net: CovidNet) -> _CamPool:
     with _pools_lock:
-        pool = _pools.get(classifier)
-        if pool is None or pool.net is not classifier.net:
-            pool = _pools[classifier] = _CamPool(classifier.net, POOL_SIZE)
+        pool = _pools.get(net)
+        if pool is None:
+            pool = _pools[net] = _CamPool(net, POOL_SIZE)
         return pool
 
 
@@ -117,29 +118,34 @@ def place(crop_map: np.ndarray, box: tuple[float, float, float, float], shape: t
 
 
 def explain(classifier: Classifier, film: Film, masked: bool = True) -> Explanation:
-    """The prediction and the Grad-CAM map of the positive class for one film, from one forward pass.
+    """The prediction and the Grad-CAM map of the positive class for one film, from one forward pass
+    per network.
 
-    The map is computed on the lung crop at the model's input size, resized into the crop's box on
-    the film and zero outside the box, which the model never saw. Where the card says the input was
-    blanked outside the dilated lung mask (`blank_outside_lungs`, models v1-v4), `masked` (the
-    default) also multiplies the map by that mask: there was no film detail there to read, and
-    attention drawn there is mostly the 6x6 grid's bilinear upsampling bleeding over the mask's
-    edge (not always only that: the network can respond to the blank area's shape, which masking
-    hides too). Where the input kept the whole lung box (the lung-attention recipes), the map is never masked:
-    that would hide where it looked. Pass masked=False for the raw map inside the box. The result is
-    scaled so that its maximum is 1; a map with no positive evidence stays all zero.
+    Each network's map is computed on its input at the model's input size (the lung crop, or the whole
+    film) and resized into that input's box on the film, zero outside the box, which the network never
+    saw. Where a network's input was blanked outside the dilated lung mask (`blank_outside_lungs`, models
+    v1-v4), `masked` (the default) also multiplies its map by that mask: there was no film detail there
+    to read, and attention drawn there is mostly the 6x6 grid's bilinear upsampling bleeding over the
+    mask's edge (not always only that: the network can respond to the blank area's shape, which masking
+    hides too). Where the input kept its surroundings (the lung-attention recipes), the map is never
+    masked: that would hide where it looked. Pass masked=False for the raw maps. An ensemble shows the mean
+    of its networks' maps, each scaled to a maximum of 1 first, so that every network's view counts
+    equally. The result is scaled so that its maximum is 1; a map with no positive evidence stays all zero.
     """
     prep = classifier.prepare([film])[0]
-    x = classifier.tensor([prep])
     target = [ClassifierOutputTarget(classifier.card.positive_index)]
-    with _pool(classifier).borrow() as cam, torch.inference_mode(False), torch.enable_grad():
-        crop_map = cam(input_tensor=x.clone(), targets=target)[0]
-        logits = cam.outputs.detach()[0]
-        features = cam.model.features[0]
-    prediction = classifier.decide(film, prep, logits, features)
-    if masked and classifier.card.blank_outside_lungs:  # only an input blanked there has nothing to show there
-        crop_map = crop_map * prep.mask
-    return Explanation(prediction=prediction, heatmap=place(crop_map, prep.box, film.pixels.shape))
+    logits, features, heatmap = 0.0, None, np.zeros(film.pixels.shape, np.float32)
+    for net, view, (p,) in zip(classifier.nets, classifier.card.views, classifier.member_inputs([prep])):
+        with _pool(net).borrow() as cam, torch.inference_mode(False), torch.enable_grad():
+            crop_map = cam(input_tensor=classifier.tensor([p]).clone(), targets=target)[0]
+            logits = logits + cam.outputs.detach()[0]
+            features = cam.model.features[0] if features is None else features
+        if masked and view.blank_outside_lungs:  # only an input blanked there has nothing to show there
+            crop_map = crop_map * p.mask
+        heatmap += place(crop_map, p.box, film.pixels.shape)
+    prediction = classifier.decide(film, prep, logits / len(classifier.nets), features)
+    top = float(heatmap.max())
+    return Explanation(prediction=prediction, heatmap=heatmap / top if top > 0 else heatmap)
 
 
 def heatmap_image(heatmap: np.ndarray, width: int, height: int) -> Image.Image:

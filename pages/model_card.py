@@ -78,7 +78,7 @@ st.warning(card.intended_use, icon=":material/medical_information:")
 st.header("Architecture")
 facts_list({
     "Network": card.architecture,
-    "Input": f"{card.input_size} × {card.input_size} px lung crop (lung segmenter at {card.lung_input_size} px)",
+    "Input": card.describe_input(),
     "Normalisation": f"mean {card.mean}, std {card.std}",
     "Classes": ", ".join(class_title(c) for c in card.class_names),
     "Decision": f"{class_title(card.positive_class)} vs not",

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from covidxr import Classifier, ModelCard, read_film  # noqa: E402
 from covidxr.explain import explain, lung_mass  # noqa: E402
-from covidxr.train import KAGGLE, POOLS, RECIPE, SPLITS, load_manifest, lung_val_split, patient_split  # noqa: E402
+from covidxr.train import KAGGLE, POOLS, RECIPE_MEMBERS, SPLITS, load_manifest, lung_val_split, patient_split  # noqa: E402
 
 
 def fmt(v, ci=None) -> str:
@@ -33,6 +33,13 @@ def fmt(v, ci=None) -> str:
 def cell(r: dict, k: str) -> str:
     """Metric `k` of a card report with its 95% CI, as the tables print it."""
     return fmt(r[k], (r.get("ci") or {}).get(k))
+
+
+def one_number(member: dict, row: dict) -> float | None:
+    """A network's fold in one number: its AUC, or the one rate a single-class source has."""
+    if row["n_pos"] and row["n_neg"]:
+        return member["auc"]
+    return member["sensitivity"] if row["n_pos"] else member["specificity"]
 
 
 def summary(r: dict) -> str:
@@ -52,12 +59,22 @@ def tables(card: ModelCard) -> list[str]:
     for r in m.get("leave_one_source_out", []):
         out.append(f"| {r['held_out']} | {r['n']} ({r['n_pos']}/{r['n_neg']}) | {cell(r, 'sensitivity')} | "
                    f"{cell(r, 'specificity')} | {cell(r, 'auc')} |")
+    networks = [r for r in m.get("leave_one_source_out", []) if len(r.get("members") or []) > 1]
+    if networks:
+        names = [n["variant"] for n in networks[0]["members"]]
+        out += ["", "Each network of the ensemble alone on the same folds (AUC, or the one rate a single-class source has):", "",
+                "| held-out source | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for r in networks:
+            out.append(f"| {r['held_out']} | " + " | ".join(fmt(one_number(n, r)) for n in r["members"]) + " |")
+    shipped = " + ".join(RECIPE_MEMBERS.values())
     for split, what in SPLITS.items():
         rows = [r for r in m.get("ablations", []) if r.get("split", "kaggle_only") == split]
         if split == "without_kaggle":  # the shipped recipe on this split is the Kaggle LOSO fold
-            rows = [{"name": f"{RECIPE}{' + source adversary' if r.get('adversary') else ''} (shipped; = the Kaggle LOSO fold)",
-                     "imagenet": True, **r}
+            rows = [{"name": f"{shipped} (shipped; = the Kaggle LOSO fold)", "imagenet": True, **r}
                     for r in m.get("leave_one_source_out", []) if r["held_out"] == KAGGLE] + rows
+        elif m.get("kaggle_only_to_other_sources"):
+            r = m["kaggle_only_to_other_sources"]
+            rows = [{**r, **r["test"], "name": f"{shipped} (shipped)", "imagenet": True}] + rows
         if not rows:
             continue
         out += ["", f"Ablations, {what}:", "",

@@ -35,8 +35,12 @@ def test_the_card_estimates_generalisation_with_the_shipped_recipe():
     assert bool(card.training["source_adversary"]) == bool(train.FINAL.adversary)
     assert ("JPEG" in card.training["augmentation"]) == train.FINAL.jpeg
     assert {(r["variant"], r["attention"]) for r in card.metrics["leave_one_source_out"]} == \
-        {(train.FINAL.variant, train.FINAL.attention)}
+        {("+".join(train.MEMBERS.values()), train.FINAL.attention)}  # every network's fold, combined
+    assert all([m["variant"] for m in r["members"]] == list(train.MEMBERS.values())
+               for r in card.metrics["leave_one_source_out"])
+    assert train.FINAL.variant == train.MEMBERS[""]  # the first network is FINAL's own
     assert card.blank_outside_lungs == train.VARIANTS[train.FINAL.variant]["blank"]
+    assert [m["variant"] for m in card.training["networks"]] == list(train.MEMBERS.values())
     assert bool(card.training["lung_attention_penalty"]) == bool(train.FINAL.attention)
 
 

@@ -46,18 +46,18 @@ def test_prediction_is_predicts(classifier, films, explained):
 
 def test_heatmap_is_zero_where_the_model_saw_nothing(classifier, films, explained):
     for film, ex in zip(films, explained):
-        prep = classifier.prepare([film])[0]
-        t, b, l, r = prep.box
         h, w = film.pixels.shape
         outside = np.ones((h, w), bool)
-        outside[int(t * h):int(round(b * h)), int(l * w):int(round(r * w))] = False
+        for (prep,) in classifier.member_inputs(classifier.prepare([film])):  # what each network saw
+            t, b, l, r = prep.box
+            outside[int(t * h):int(round(b * h)), int(l * w):int(round(r * w))] = False
         assert not ex.heatmap[outside].any()
 
 
 def with_input(classifier: Classifier, blank: bool) -> Classifier:
-    """The same networks, with the input blanked outside the lungs or not (the card says which)."""
-    return Classifier(replace(classifier.card, blank_outside_lungs=blank), classifier.net, classifier.lungs,
-                      classifier.directory)
+    """The first network alone, with its input blanked outside the lungs or not (the card says which)."""
+    return Classifier(replace(classifier.card, blank_outside_lungs=blank, members=[]), classifier.net,
+                      classifier.lungs, classifier.directory)
 
 
 def test_masked_map_is_zero_outside_the_lung_mask_the_model_saw(classifier, films):

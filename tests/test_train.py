@@ -1,5 +1,7 @@
 """Training helpers on small synthetic cases: splits keep patients whole, sampling is balanced,
 temperature scaling finds the temperature that generated the data, and a checkpointed run resumes."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -246,12 +248,60 @@ def test_fit_with_the_lung_attention_penalty_trains_and_resumes(tmp_path):
         net(T.normalise(T.to_batch(cache, np.arange(2))))  # an eval forward still works with the hooks in place
 
 
-def test_the_recipe_ablation_is_the_shipped_recipe():
-    """The card's Kaggle-only row for the shipped model must come from FINAL's own settings."""
-    settings = dict(T.ABLATIONS[T.RECIPE])
-    assert settings.pop("split") == "kaggle_only"
-    cfg = T.RunConfig("x", T.FOLD_STEPS, **settings)
-    final = T.fold_config("x")
-    assert (cfg.variant, cfg.jpeg, cfg.attention, cfg.attention_mode, cfg.adversary, cfg.imagenet, cfg.frozen_blocks) == \
-        (final.variant, final.jpeg, final.attention, final.attention_mode, final.adversary, final.imagenet, final.frozen_blocks)
-    assert f"{T.RECIPE}_without_kaggle" not in T.ABLATIONS  # that split is the Kaggle LOSO fold itself, already run
+def test_the_recipe_ablations_are_the_shipped_networks_recipes():
+    """The card's Kaggle-only row for the shipped ensemble must come from each network's own settings."""
+    assert list(T.RECIPE_MEMBERS) == list(T.MEMBERS) and T.RECIPE_MEMBERS[""] == T.RECIPE
+    for member, name in zip(T.member_configs(T.fold_config("x")), T.RECIPE_MEMBERS.values()):
+        settings = dict(T.ABLATIONS[name])
+        assert settings.pop("split") == "kaggle_only"
+        assert T.RunConfig("x", T.FOLD_STEPS, **settings) == replace(member, name="x")
+        assert f"{name}_without_kaggle" not in T.ABLATIONS  # that split is the Kaggle LOSO fold itself, already run
+
+
+def test_the_first_network_keeps_the_run_names_of_the_single_model():
+    """Runs are resumed and results reused by name: the first network's must not change."""
+    names = [c.name for c in T.member_configs(T.fold_config("loso_x"))]
+    assert names[0] == "loso_x" and len(set(names)) == len(T.MEMBERS)
+    assert [c.variant for c in T.member_configs(T.FINAL)] == list(T.MEMBERS.values())
+    assert T.member_configs(T.FINAL)[0] == T.FINAL
+
+
+def fold(scores, threshold, variant="crop"):
+    return {"name": "f", "variant": variant, "val_auc": 0.9, "threshold": threshold, "n_train": 10,
+            "held_out_sources": ["s"], "test_scores": scores,
+            "test": {"auc": 0.5, "sensitivity": 0.5, "specificity": 0.5}}
+
+
+def test_an_ensemble_fold_averages_the_networks_recentred_log_odds():
+    y = np.array([True, True, False, False])
+    a = fold([0.9, 0.3, 0.25, 0.1], 0.2)          # each network at its own operating point
+    b = fold([0.6, 0.9, 0.95, 0.2], 0.8, "film")
+    r = T.ensemble_fold([a, b], y, np.array(["s"] * 4))
+    z = (T.logit(T.recentre(np.array(a["test_scores"]), 0.2)) + T.logit(T.recentre(np.array(b["test_scores"]), 0.8))) / 2
+    assert r["test_scores"] == pytest.approx(list(1 / (1 + np.exp(-z))), abs=1e-6)
+    assert r["threshold"] == 0.5 and r["variant"] == "crop+film"
+    assert r["test"]["confusion"] == {"tp": int(((z >= 0) & y).sum()), "fp": int(((z >= 0) & ~y).sum()),
+                                      "tn": int(((z < 0) & ~y).sum()), "fn": int(((z < 0) & y).sum())}
+    one = T.ensemble_fold([a], y, np.array(["s"] * 4))  # one network: its own decisions, unchanged
+    assert [p >= 0.5 for p in one["test_scores"]] == [p >= 0.2 for p in a["test_scores"]]
+
+
+def test_the_ensemble_is_calibrated_on_its_mean_logits():
+    rng = np.random.default_rng(0)
+    cache = random_cache(60)
+    val = np.zeros(60, bool)
+    val[::2] = True
+    n = int(val.sum())
+    truth = np.eye(3)[cache.cls[val]] * 4.0
+    members = [{"name": f"m{i}", "variant": "crop", "val_auc": 0.9, "early_stopping": {}, "seconds": 1,
+                "val_logits": (truth + rng.normal(0, 3, (n, 3))).tolist()} for i in range(2)]
+    r = T.calibrate(members, cache, val)
+    mean = np.mean([m["val_logits"] for m in members], 0)
+    assert np.allclose(r["val_logits"], mean)
+    assert r["temperature"] == pytest.approx(T.fit_temperature(mean, cache.cls[val]))
+    p = T.positive_probability(mean, r["temperature"])
+    y = cache.y[val]
+    assert (p[y] >= r["threshold"]).mean() >= T.MIN_SENSITIVITY  # the rule holds on the films it was set on
+    assert r["validation"]["n"] == n and [m["name"] for m in r["members"]] == ["m0", "m1"]
+
+
