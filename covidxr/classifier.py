@@ -42,12 +42,14 @@ def split_state(state: dict[str, torch.Tensor], n_classes: int) -> tuple[list[Co
         nets.append(net.to(memory_format=torch.channels_last).eval())
     lungs = LungNet()
     lungs.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("lung.")})
-    return nets, lungs
+    return nets, lungs.eval()
 
 
 def stored_in_half(tensor: torch.Tensor) -> bool:
-    """The classifiers' convolution kernels are stored in float16: that halves model.pt, and moved their
-    probabilities by at most 0.003 on 300 validation films (BatchNorm, biases and the head stay float32)."""
+    """The classifiers' convolution kernels are stored in float16: that halves model.pt. On v7's 1,018
+    validation films it moved the calibrated probability by 0.0004 on average (at most 0.013) and changed
+    no decision; training calibrates on the rounded networks (as_stored). BatchNorm, biases and the head
+    stay float32."""
     return tensor.is_floating_point() and tensor.dim() == 4
 
 
