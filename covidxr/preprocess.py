@@ -5,7 +5,8 @@ Public COVID-19 collections are confounded with their hospitals: text markers, b
 and film size tell the source, and the source tells the class. Cropping to the lung field and
 equalising the intensities inside it takes most of those cues away; blanking everything outside the
 lungs takes the rest, at a cost in held-out AUC (models v1-v4 did; v6 keeps the box and is trained
-to look at the lungs instead: see train.LungAttention).
+to look at the lungs instead: see train.LungAttention). v7 adds a network that sees the whole film
+(`crop=False`), trained the same way.
 Training and inference share these functions so that both see identical inputs.
 """
 from __future__ import annotations
