@@ -67,7 +67,8 @@ def main() -> int:
                 replace(T.FINAL, name=tag, steps=args.steps, eval_every=0, variant=args.variant, **attention), work)
     out["val_auc"] = auc(cache.y[val], T.positive_probability(T.infer(net, cache, np.flatnonzero(val))[0]))
     shipped = Classifier.from_dir(ROOT / "weights")
-    card = replace(shipped.card, mask_dilation=args.dilation, blank_outside_lungs=T.VARIANTS[args.variant]["blank"])
+    card = replace(shipped.card, mask_dilation=args.dilation, blank_outside_lungs=T.VARIANTS[args.variant]["blank"],
+                   members=[])  # the probe's one network
     clf = Classifier(card, net.eval(), shipped.lungs, shipped.directory)
     clf.prepare = lambda films: [T.prepare_variant(f.pixels, p, args.variant)  # as its training cache was made
                                  for f, p in zip(films, clf.lung_probability(films))]
