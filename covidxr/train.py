@@ -714,9 +714,12 @@ def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path
     elif "ood" in stages:  # refit the out-of-distribution statistics of the model already in `out`
         _ood_stage(cache, val, data, out, work)
 
+    def fold(cfg: RunConfig, held_out: np.ndarray) -> None:  # trained without the held-out films, scored on them
+        run_fold(cache_of(cfg.variant), cfg.name, ~held_out, held_out, val, cfg, work)
+
     def folds(cfg: RunConfig, held_out: np.ndarray) -> None:  # each network of the ensemble
         for c in member_configs(cfg):
-            run_fold(cache_of(c.variant), c.name, ~held_out, held_out, val, c, work)
+            fold(c, held_out)
 
     if "loso" in stages:
         for s in sorted(set(src)):
@@ -725,17 +728,14 @@ def main(data: Path, out: Path, lungs_dir: Path | None = None, work: Path = Path
         folds(replace(FINAL, name="recipe_without_kaggle"), src == KAGGLE)
     if "adversary" in stages:  # the LOSO folds and the full-length Kaggle fold again, with a source adversary
         for s in sorted(set(src)):  # (tried on the first network's recipe only; not shipped)
-            run_fold(cache, f"adversary_{s}", src != s, src == s, val,
-                     fold_config(f"adversary_{s}", adversary=ADVERSARY_WEIGHT), work)
-        run_fold(cache, "adversary_recipe_without_kaggle", src != KAGGLE, src == KAGGLE, val,
-                 replace(FINAL, name="adversary_recipe_without_kaggle", adversary=ADVERSARY_WEIGHT), work)
+            fold(fold_config(f"adversary_{s}", adversary=ADVERSARY_WEIGHT), src == s)
+        fold(replace(FINAL, name="adversary_recipe_without_kaggle", adversary=ADVERSARY_WEIGHT), src == KAGGLE)
     if "ablations" in stages:
         kaggle = src == KAGGLE
         for name, settings in ABLATIONS.items():
             settings = dict(settings)
-            train_mask = kaggle if settings.pop("split") == "kaggle_only" else ~kaggle
-            cfg = RunConfig(f"ablation_{name}", FOLD_STEPS, **settings)
-            run_fold(cache_of(cfg.variant), f"ablation_{name}", train_mask, ~train_mask, val, cfg, work)
+            held_out = ~kaggle if settings.pop("split") == "kaggle_only" else kaggle
+            fold(RunConfig(f"ablation_{name}", FOLD_STEPS, **settings), held_out)
     return write_card(out, work, data) if (work / "results" / "final.json").exists() else None
 
 
