@@ -229,7 +229,7 @@ def stages_ms(clf, data: bytes, repeats: int) -> dict[str, float]:
     """Where our single-film time goes: each step of Classifier.predict timed on its own."""
     import torch
     from covidxr.films import read_film
-    from covidxr.preprocess import lung_input, prepare
+    from covidxr.preprocess import lung_input
 
     c = clf.card
     film = read_film(data)
@@ -243,17 +243,14 @@ def stages_ms(clf, data: bytes, repeats: int) -> dict[str, float]:
         with torch.inference_mode():
             return net(x)
 
-    def views():
-        return [prepare(film.pixels, prob, c.input_size, c.crop_margin, c.mask_dilation, blank=v.blank_outside_lungs,
-                        equalize_over=v.equalize_over, crop=v.crop_to_lungs) for v in c.views]
-
     with torch.inference_mode():
         logits, feats = clf.forward([prep])
     cases = {
         "decode (read_film)": lambda: read_film(data),
         "segmenter input (resize + equalize)": lambda: lung_input(film.pixels, c.lung_input_size),
         "lung segmenter forward": lambda: nets(clf.lungs, x_lung),
-        f"crop + mask + equalize (prepare, {len(c.views)} views)": views,
+        f"crop + mask + equalize (prepare, {len(c.views)} views)": lambda: [clf.view_input(film.pixels, prob, v)
+                                                                          for v in c.views],
         "to tensor": lambda: [clf.tensor(p) for p in clf.member_inputs([prep])],
         f"classifier forward ({len(clf.nets)} networks)": lambda: [nets(n, x) for n, x in zip(clf.nets, inputs)],
         "decide (softmax, OOD check)": lambda: clf.decide(film, prep, logits[0], feats[0]),

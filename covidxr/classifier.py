@@ -146,16 +146,17 @@ class Classifier:
     def prepare(self, films: Sequence[Film]) -> list[Prepared]:
         """Each film's classifier input; it keeps the segmenter's input too (`overview`), which the
         orientation check reads instead of squashing the film again."""
-        c = self.card
-        inputs = [lung_input(f.pixels, c.lung_input_size) for f in films]
-
-        def view(pixels: np.ndarray, p: np.ndarray, v: View) -> Prepared:
-            return prepare(pixels, p, c.input_size, c.crop_margin, c.mask_dilation, blank=v.blank_outside_lungs,
-                           equalize_over=v.equalize_over, crop=v.crop_to_lungs)
-
-        first, *more = c.views
-        return [replace(view(f.pixels, p, first), overview=x, members=tuple(view(f.pixels, p, v) for v in more))
+        inputs = [lung_input(f.pixels, self.card.lung_input_size) for f in films]
+        first, *more = self.card.views
+        return [replace(self.view_input(f.pixels, p, first), overview=x,
+                        members=tuple(self.view_input(f.pixels, p, v) for v in more))
                 for f, p, x in zip(films, segment(self.lungs, inputs), inputs)]
+
+    def view_input(self, pixels: np.ndarray, lung_prob: np.ndarray, view: View) -> Prepared:
+        """The film as one network sees it (`card.views`)."""
+        c = self.card
+        return prepare(pixels, lung_prob, c.input_size, c.crop_margin, c.mask_dilation,
+                       blank=view.blank_outside_lungs, equalize_over=view.equalize_over, crop=view.crop_to_lungs)
 
     def tensor(self, prepared: Sequence[Prepared]) -> torch.Tensor:
         return to_tensor([p.image for p in prepared], self.card.mean, self.card.std).to(
