@@ -684,7 +684,6 @@ def calibrate(members: list[dict], cache: Cache, val: np.ndarray) -> dict:
     pv = positive_probability(logits, temperature)
     thr = choose_threshold(cache.y[val_idx], pv, MIN_SENSITIVITY)
     return {"temperature": temperature, "threshold": thr,
-            "early_stopping": members[0]["early_stopping"],
             "members": [{k: m[k] for k in ("name", "variant", "val_auc", "early_stopping", "seconds")} for m in members],
             "validation": _report(cache.y[val_idx], pv, thr, cache.sources[val_idx]),
             "val_logits": logits.tolist()}
@@ -1006,10 +1005,10 @@ def write_card(out: Path, work: Path, data: Path) -> ModelCard:
                   "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
                   "date": time.strftime("%Y-%m-%d"), "seed": SEED, "max_steps": FINAL.steps, "batch": FINAL.batch,
-                  "early_stopping": res["early_stopping"] | {
+                  "early_stopping": {  # each network's own record is under "networks"
                       "rule": f"validation AUC every {FINAL.eval_every} steps; stop after {FINAL.patience} "
                               f"measurements without a gain of {FINAL.min_delta}; keep the best weights (each network)"},
-                  "networks": res.get("members"),
+                  "networks": res["members"],
                   "optimizer": f"AdamW, weight decay {FINAL.weight_decay:g}, label smoothing {FINAL.label_smoothing:g}; "
                                f"one-cycle schedule to lr {FINAL.lr:g} over at most {FINAL.steps} steps",
                   "sampling": "balanced over (source, label) with square-root damping, equal weight per decision class",
