@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `python benchmarks/bench.py` measures this checkout's covidxr
 DATA = ROOT.parent / "shared" / "data"
 
 PNG_SIDE = 2048
@@ -229,15 +228,15 @@ def stages_ms(clf, data: bytes, repeats: int) -> dict[str, float]:
     """Where our single-film time goes: each step of Classifier.predict timed on its own."""
     import torch
     from covidxr.films import read_film
-    from covidxr.preprocess import lung_input
+    from covidxr.preprocess import lung_input, prepare_film
 
     c = clf.card
     film = read_film(data)
     x_lung = torch.from_numpy(lung_input(film.pixels, c.lung_input_size))[None, None]
     with torch.inference_mode():
         prob = torch.sigmoid(clf.lungs(x_lung))[0, 0].numpy()
-    prep = clf.prepare([film])[0]  # as predict() builds it (with the segmenter's input kept for the OOD check)
-    inputs = [clf.tensor(p) for p in clf.member_inputs([prep])]
+    (prep,) = clf.prepare([film])  # as predict() builds it (with the segmenter's input kept for the gate)
+    inputs = [clf.tensor([p]) for p in prep.networks]
 
     def nets(net, x):
         with torch.inference_mode():
@@ -249,9 +248,9 @@ def stages_ms(clf, data: bytes, repeats: int) -> dict[str, float]:
         "decode (read_film)": lambda: read_film(data),
         "segmenter input (resize + equalize)": lambda: lung_input(film.pixels, c.lung_input_size),
         "lung segmenter forward": lambda: nets(clf.lungs, x_lung),
-        f"crop + mask + equalize (prepare, {len(c.views)} views)": lambda: [clf.view_input(film.pixels, prob, v)
-                                                                          for v in c.views],
-        "to tensor": lambda: [clf.tensor(p) for p in clf.member_inputs([prep])],
+        f"crop + mask + equalize (prepare, {len(c.views)} views)": lambda: prepare_film(
+            film.pixels, prep.overview, prob, c.views, c.input_size, c.crop_margin, c.mask_dilation),
+        "to tensor": lambda: [clf.tensor([p]) for p in prep.networks],
         f"classifier forward ({len(clf.nets)} networks)": lambda: [nets(n, x) for n, x in zip(clf.nets, inputs)],
         "decide (softmax, OOD check)": lambda: clf.decide(film, prep, logits[0], feats[0]),
     }

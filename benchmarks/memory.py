@@ -20,12 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import status_mb  # benchmarks/ is this script's own folder, first on its sys.path
+from covidxr import Classifier
+from covidxr.evaluate import evaluate_folder
 
-from bench import status_mb  # noqa: E402  (benchmarks/ is this script's own folder)
-from covidxr import Classifier  # noqa: E402
-from covidxr.evaluate import evaluate_folder  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_folder(data: Path, n: int, out: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 CARD_FILE = "model_card.json"
+EQUALIZE_OVER = ("lungs", "box")
 
 
 class CardError(ValueError):
@@ -29,12 +30,52 @@ def sha256_file(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class View:
-    """How one network of the model sees a film: cropped to the lung box or whole, blanked outside the
-    lungs or not, and where its histogram is taken ("lungs" or "box": the whole crop)."""
+    """How one network sees a film; training builds its inputs from the same View, so both see the same.
+
+    crop_to_lungs: the lung box (with the card's margin) or the whole film. blank_outside_lungs: zero
+    outside the dilated lung mask. equalize_over: where the histogram is taken, "lungs" (inside the mask)
+    or "box" (the whole input). lung_mask: False tells the network nothing about the lungs (the whole
+    film, no mask; only ablations use it)."""
 
     crop_to_lungs: bool = True
     blank_outside_lungs: bool = True
     equalize_over: str = "lungs"
+    lung_mask: bool = True
+
+    def __post_init__(self) -> None:
+        if self.equalize_over not in EQUALIZE_OVER:
+            raise CardError(f"equalize_over {self.equalize_over!r} is not one of {EQUALIZE_OVER}")
+        if self.crop_to_lungs and not self.lung_mask:
+            raise CardError("a view cropped to the lungs needs the lung mask")
+
+
+@dataclass(frozen=True)
+class Network:
+    """One network of the model: the training run that made it, the name of its input in training
+    (`variant`) and what it is shown (`view`). model.pt holds the i-th network under `state_prefix(i)`."""
+
+    name: str
+    view: View
+    variant: str = ""
+
+    @staticmethod
+    def state_prefix(index: int) -> str:
+        return f"cls{index or ''}."
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Network":
+        try:
+            return cls(name=str(d["name"]), view=View(**d["view"]), variant=str(d.get("variant", "")))
+        except (KeyError, TypeError) as e:
+            raise CardError(f"network {d.get('name') if isinstance(d, dict) else d!r} has no valid view: {e}") from None
+
+
+def _networks_of_old_card(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cards written before `networks` described the first network by top-level fields (lung box,
+    histogram over the lungs, `blank_outside_lungs`) and any further ones in `members`."""
+    first = {"name": "final", "view": {"crop_to_lungs": True, "blank_outside_lungs": raw.get("blank_outside_lungs", True),
+                                        "equalize_over": "lungs"}}
+    return [first, *raw.get("members", [])]
 
 
 @dataclass
@@ -54,8 +95,7 @@ class ModelCard:
     weights_sha256: str
     crop_margin: float = 0.08       # lung box margin, fraction of the box size
     mask_dilation: float = 0.04     # lung mask dilation, fraction of the crop size
-    blank_outside_lungs: bool = True  # the input is blanked outside the dilated lung mask (False: the whole lung box)
-    members: list[dict[str, Any]] = field(default_factory=list)  # further networks, logits averaged with the first: {name, view}
+    networks: list[Network] = field(default_factory=list)  # logits averaged; the first also feeds the gate's features
     ood: dict[str, Any] = field(default_factory=dict)      # file, sha256, threshold, rule
     data: dict[str, Any] = field(default_factory=dict)     # manifest sha256, counts per source
     training: dict[str, Any] = field(default_factory=dict) # command, time, machine, seed, epochs
@@ -70,9 +110,7 @@ class ModelCard:
 
     @property
     def views(self) -> list[View]:
-        """One per network, in the order of model.pt's `cls.`, `cls1.`, ... prefixes: the first network's
-        view is the card's top-level fields (cards before the ensemble have only that one)."""
-        return [View(True, self.blank_outside_lungs, "lungs")] + [View(**m["view"]) for m in self.members]
+        return [n.view for n in self.networks]
 
     def describe_input(self) -> str:
         """What each network is shown, in words, for people reading the card."""
@@ -100,6 +138,11 @@ class ModelCard:
                    and f.name not in raw]
         if missing:
             raise CardError(f"model card {path} lacks {', '.join(missing)}")
+        if "networks" not in raw:
+            raw = {**raw, "networks": _networks_of_old_card(raw)}
+        if not isinstance(raw["networks"], list):
+            raise CardError(f"model card {path}: networks must be a list")
+        raw = {**raw, "networks": [n if isinstance(n, Network) else Network.from_dict(n) for n in raw["networks"]]}
         card = cls(**{k: v for k, v in raw.items() if k in names})
         card.validate()
         return card
@@ -113,11 +156,8 @@ class ModelCard:
             raise CardError(f"temperature {self.temperature} must be positive")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise CardError("mean and std need three channels")
-        for m in self.members:
-            try:
-                View(**m["view"])
-            except (KeyError, TypeError) as e:
-                raise CardError(f"ensemble member {m.get('name')!r} has no valid view: {e}") from None
+        if not self.networks or not all(isinstance(n, Network) for n in self.networks):
+            raise CardError("the model card names no network (networks: [{name, view}, ...])")
 
     def save(self, directory: str | Path) -> Path:
         self.validate()

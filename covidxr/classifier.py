@@ -1,22 +1,27 @@
-"""The public inference surface: `Classifier.from_dir("weights").predict(films)`.
+"""The model: its networks, their lung segmenter and the gate, as the card describes them.
+
+A film's way through predict(): read (films.py) -> prepare every network's input in one pass
+(preprocess.py) -> the networks' logits, averaged -> the decision at the card's operating point ->
+the gate (ood.py), which says whether the film is a frontal chest radiograph at all.
 
 One Classifier is safe to share between threads (a Streamlit server's sessions): predict() only
-reads the networks, and Grad-CAM hooks live on pooled private copies of the network (see explain.py).
+reads the networks, and Grad-CAM hooks live on pooled private copies of them (see explain.py).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .card import CardError, ModelCard, View
+from .card import CardError, ModelCard, Network
 from .films import Film
 from .model import CovidNet, LungNet, fold_batchnorm
-from .preprocess import Prepared, lung_input, prepare, to_tensor
+from .ood import OODDetector, OODResult
+from .preprocess import FilmInputs, Prepared, lung_input, prepare_film, to_tensor
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 THREADS_ENV = "COVIDXR_THREADS"
@@ -30,16 +35,18 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
-def split_state(state: dict[str, torch.Tensor], n_classes: int) -> tuple[list[CovidNet], LungNet]:
-    """model.pt holds every network: `cls.*` the classifier, `cls1.*`, `cls2.*`, ... further ensemble
-    members (the card's `members`), `lung.*` the lung segmenter."""
-    prefixes = ["cls."] + sorted({k.split(".", 1)[0] + "." for k in state if k[:3] == "cls" and k[3].isdigit()},
-                                 key=lambda p: int(p[3:-1]))
+def split_state(state: dict[str, torch.Tensor], n_networks: int, n_classes: int) -> tuple[list[CovidNet], LungNet]:
+    """model.pt holds every network, the i-th under `Network.state_prefix(i)`, and the lung segmenter
+    under `lung.`."""
     nets = []
-    for prefix in prefixes:
+    for i in range(n_networks):
+        prefix = Network.state_prefix(i)
         net = CovidNet(n_classes)
         net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         nets.append(net.to(memory_format=torch.channels_last).eval())
+    extra = {k.split(".", 1)[0] for k in state if k.startswith("cls")} - {Network.state_prefix(i)[:-1] for i in range(n_networks)}
+    if extra:
+        raise CardError(f"the weights hold networks the card does not name: {', '.join(sorted(extra))}")
     lungs = LungNet()
     lungs.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("lung.")})
     return nets, lungs.eval()
@@ -67,7 +74,7 @@ def join_state(nets: Sequence[CovidNet], lungs: LungNet) -> dict[str, torch.Tens
     """The inverse of split_state (load_state_dict widens the float16 kernels back to float32)."""
     state = {f"lung.{k}": v for k, v in lungs.state_dict().items()}
     for i, net in enumerate(nets):
-        state |= {f"cls{i or ''}.{k}": v.half() if stored_in_half(v) else v for k, v in net.state_dict().items()}
+        state |= {f"{Network.state_prefix(i)}{k}": v.half() if stored_in_half(v) else v for k, v in net.state_dict().items()}
     return state
 
 
@@ -86,33 +93,26 @@ def segment(lungs: LungNet, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
 @dataclass
 class Prediction:
     name: str
-    probability: float                  # calibrated probability of the positive class (COVID-19)
+    probability: float                  # calibrated probability of the positive class
     positive: bool                      # probability >= threshold
-    label: str                          # "covid" or "non-covid": the product decision
+    label: str                          # the positive class or "non-<positive class>": the product decision
     threshold: float
     class_probabilities: dict[str, float]
     lung_fraction: float                # share of the film found to be lung (0: none found)
-    box: tuple[float, float, float, float]  # lung crop (top, bottom, left, right), fractions
-    ood: "object | None" = None         # ood.OODResult when the check ran
+    box: tuple[float, float, float, float]  # lung box with its margin (top, bottom, left, right), fractions
+    ood: OODResult | None = None        # the gate's verdict (None: the card has no gate)
     extra: dict = field(default_factory=dict)
 
 
 class Classifier:
-    """The card's networks: one, or an ensemble whose logits are averaged (`card.members`). The first
-    network (`net`) also gives the features of the out-of-distribution check."""
+    """The card's networks, whose logits are averaged; the first also gives the gate's features."""
 
-    def __init__(self, card: ModelCard, net: CovidNet, lungs: LungNet, directory: Path,
-                 members: Sequence[CovidNet] = ()):
-        self.card, self.net, self.lungs, self.directory = card, net.eval(), lungs.eval(), directory
-        self.members = [m.eval() for m in members]
-        if len(self.members) != len(card.members):
-            raise CardError(f"the card names {len(card.members)} further ensemble networks, the weights hold "
-                            f"{len(self.members)}")
-        self.ood = None
-        if card.ood.get("file"):
-            from .ood import OODDetector
-
-            self.ood = OODDetector.load(directory, card)
+    def __init__(self, card: ModelCard, nets: Sequence[CovidNet], lungs: LungNet, directory: Path):
+        self.card, self.lungs, self.directory = card, lungs.eval(), directory
+        self.nets = [n.eval() for n in nets]
+        if len(self.nets) != len(card.networks):
+            raise CardError(f"the card names {len(card.networks)} networks, the weights hold {len(self.nets)}")
+        self.ood = OODDetector.load(directory, card) if card.ood.get("file") else None
 
     @classmethod
     def from_dir(cls, directory: str | Path = DEFAULT_WEIGHTS, threads: int | None = None) -> "Classifier":
@@ -125,16 +125,12 @@ class Classifier:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise CardError(f"weights {path} could not be loaded safely: {e}") from None
-        nets, lungs = split_state(state, len(card.class_names))
+        nets, lungs = split_state(state, len(card.networks), len(card.class_names))
         # Inference-only speed-ups, same outputs to float rounding: BatchNorm folded into the convolutions
         # (the CAM layer's kept, see fold_batchnorm) and channels-last memory (oneDNN, 25-30% faster here).
         nets = [fold_batchnorm(n, keep=(n.cam_layer,)).to(memory_format=torch.channels_last) for n in nets]
         lungs = fold_batchnorm(lungs).to(memory_format=torch.channels_last)
-        return cls(card, nets[0], lungs, directory, nets[1:])
-
-    @property
-    def nets(self) -> list[CovidNet]:
-        return [self.net, *self.members]
+        return cls(card, nets, lungs, directory)
 
     @property
     def threshold(self) -> float:
@@ -143,57 +139,57 @@ class Classifier:
     def lung_probability(self, films: Sequence[Film]) -> list[np.ndarray]:
         return lung_probability(self.lungs, films, self.card.lung_input_size)
 
-    def prepare(self, films: Sequence[Film]) -> list[Prepared]:
-        """Each film's classifier input; it keeps the segmenter's input too (`overview`), which the
-        orientation check reads instead of squashing the film again."""
-        inputs = [lung_input(f.pixels, self.card.lung_input_size) for f in films]
-        first, *more = self.card.views
-        return [replace(self.view_input(f.pixels, p, first), overview=x,
-                        members=tuple(self.view_input(f.pixels, p, v) for v in more))
-                for f, p, x in zip(films, segment(self.lungs, inputs), inputs)]
-
-    def view_input(self, pixels: np.ndarray, lung_prob: np.ndarray, view: View) -> Prepared:
-        """The film as one network sees it (`card.views`)."""
+    def prepare(self, films: Sequence[Film]) -> list[FilmInputs]:
+        """Each film's inputs for every network, from one pass of the lung segmenter."""
         c = self.card
-        return prepare(pixels, lung_prob, c.input_size, c.crop_margin, c.mask_dilation,
-                       blank=view.blank_outside_lungs, equalize_over=view.equalize_over, crop=view.crop_to_lungs)
+        overviews = [lung_input(f.pixels, c.lung_input_size) for f in films]
+        return [prepare_film(f.pixels, x, p, c.views, c.input_size, c.crop_margin, c.mask_dilation)
+                for f, x, p in zip(films, overviews, segment(self.lungs, overviews))]
 
     def tensor(self, prepared: Sequence[Prepared]) -> torch.Tensor:
+        """One network's inputs as its batch."""
         return to_tensor([p.image for p in prepared], self.card.mean, self.card.std).to(
             memory_format=torch.channels_last)
 
-    def member_inputs(self, prepared: Sequence[Prepared]) -> list[list[Prepared]]:
-        """Per network, the films as it sees them."""
-        return [list(prepared)] + [[p.members[i] for p in prepared] for i in range(len(self.members))]
+    def forward(self, inputs: Sequence[FilmInputs]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The networks' mean logits and the first network's pooled features (the gate's)."""
+        logits, features = [], None
+        for i, net in enumerate(self.nets):
+            f = net.features(self.tensor([x.networks[i] for x in inputs]))
+            features = f if features is None else features
+            logits.append(net.head(f))
+        return torch.stack(logits).mean(0), features
 
-    def forward(self, prepared: Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ensemble's logits (the networks' mean) and the first network's pooled features."""
-        nets, inputs = self.nets, self.member_inputs(prepared)
-        feats = self.net.features(self.tensor(inputs[0]))
-        logits = self.net.head(feats)
-        for net, films in zip(nets[1:], inputs[1:]):
-            logits = logits + net(self.tensor(films))
-        return logits / len(nets), feats
+    def features(self, films: Sequence[Film], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """The gate's inputs for films: the first network's pooled features (n, d) and the lung
+        fractions (n,), as predict() computes them (the gate's statistics are fitted on these)."""
+        feats, fracs = [], []
+        for i in range(0, len(films), batch_size):
+            inputs = self.prepare(films[i:i + batch_size])
+            with torch.inference_mode():
+                feats.append(self.nets[0].features(self.tensor([x.networks[0] for x in inputs])).numpy())
+            fracs += [x.lung_fraction for x in inputs]
+        return np.concatenate(feats), np.asarray(fracs, np.float32)
 
-    def decide(self, film: Film, prep: Prepared, logits: torch.Tensor, features: torch.Tensor | None) -> Prediction:
+    def decide(self, film: Film, inputs: FilmInputs, logits: torch.Tensor, features: torch.Tensor) -> Prediction:
+        """The decision at the card's operating point, and the gate's verdict on the film."""
         c = self.card
         probs = torch.softmax(logits.float() / c.temperature, -1).tolist()
         p = probs[c.positive_index]
         positive = p >= c.threshold
-        ood = (self.ood.check(features.numpy(), prep.lung_fraction, film, prep.overview)
-               if (self.ood and features is not None) else None)
+        ood = self.ood.check(features.numpy(), inputs.lung_fraction, film, inputs.overview) if self.ood else None
         return Prediction(
             name=film.name, probability=float(p), positive=bool(positive),
             label=c.positive_class if positive else f"non-{c.positive_class}", threshold=c.threshold,
             class_probabilities=dict(zip(c.class_names, map(float, probs))),
-            lung_fraction=prep.lung_fraction, box=prep.box, ood=ood)
+            lung_fraction=inputs.lung_fraction, box=inputs.box, ood=ood)
 
     def predict(self, films: Sequence[Film], batch_size: int = 16) -> list[Prediction]:
         out: list[Prediction] = []
         for i in range(0, len(films), batch_size):
             chunk = films[i:i + batch_size]
-            prepared = self.prepare(chunk)
+            inputs = self.prepare(chunk)
             with torch.inference_mode():
-                logits, feats = self.forward(prepared)
-            out += [self.decide(f, p, lg, ft) for f, p, lg, ft in zip(chunk, prepared, logits, feats)]
+                logits, feats = self.forward(inputs)
+            out += [self.decide(f, x, lg, ft) for f, x, lg, ft in zip(chunk, inputs, logits, feats)]
         return out

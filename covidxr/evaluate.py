@@ -20,15 +20,13 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .films import Film, FilmError, read_film
+from .films import DICOM_MAGIC, DICOM_MAGIC_AT, FILM_SUFFIXES, Film, FilmError, is_dicom, read_film
 from .metrics import BinaryReport, OperatingPoint, binary_report
 from .safety import MAX_ENTRY_BYTES, PathRefused, ZipRefused, check_zip, link_escapes, read_entry
 
 POSITIVE_LABEL = "covid"           # the class folder whose films are positive
 NEGATIVE_PREDICTION = f"non-{POSITIVE_LABEL}"
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 MANIFEST = "MANIFEST.csv"
-_DICOM_MAGIC_AT, _DICOM_MAGIC = 128, b"DICM"
 _SKIPPED_PARTS = ("__MACOSX",)
 
 Progress = Callable[[int, int], None]
@@ -83,12 +81,12 @@ def _hidden(rel: PurePosixPath) -> bool:
 
 def _is_film_name(rel: PurePosixPath, head: Callable[[], bytes]) -> bool:
     """A known image extension, or (extension-less DICOM exports are common) DICOM's magic bytes."""
-    if rel.suffix.lower() in IMAGE_SUFFIXES:
+    if rel.suffix.lower() in FILM_SUFFIXES:
         return True
     if rel.name == MANIFEST:
         return False
     try:
-        return head()[_DICOM_MAGIC_AT:_DICOM_MAGIC_AT + 4] == _DICOM_MAGIC
+        return is_dicom(head())
     except Exception:  # noqa: BLE001 - unreadable here means: not recognised as a film
         return False
 
@@ -120,7 +118,7 @@ def _items(rels: Sequence[PurePosixPath], paths: Sequence[str], readers: Sequenc
 
 def _head(path: Path) -> bytes:
     with open(path, "rb") as f:
-        return f.read(_DICOM_MAGIC_AT + 4)
+        return f.read(DICOM_MAGIC_AT + len(DICOM_MAGIC))
 
 
 def scan_folder(root: str | os.PathLike) -> list[LabelledItem]:
@@ -177,7 +175,7 @@ def scan_zip(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo], prefix: str 
     """Films in an already checked archive (see safety.check_zip); each is read, in memory, when scored."""
     def head(info: zipfile.ZipInfo) -> bytes:
         with zf.open(info) as f:
-            return f.read(_DICOM_MAGIC_AT + 4)
+            return f.read(DICOM_MAGIC_AT + len(DICOM_MAGIC))
 
     by_name = {PurePosixPath(i.filename): i for i in infos if not _hidden(PurePosixPath(i.filename))}
     films = [r for r, i in by_name.items() if _is_film_name(r, partial(head, i))]

@@ -119,31 +119,32 @@ def place(crop_map: np.ndarray, box: tuple[float, float, float, float], shape: t
 
 def explain(classifier: Classifier, film: Film, masked: bool = True) -> Explanation:
     """The prediction and the Grad-CAM map of the positive class for one film, from one forward pass
-    per network.
+    per network: prepare -> each network's logits and map -> the maps laid back on the film -> the
+    decision and the gate, as predict() makes them.
 
     Each network's map is computed on its input at the model's input size (the lung crop, or the whole
     film) and resized into that input's box on the film, zero outside the box, which the network never
-    saw. Where a network's input was blanked outside the dilated lung mask (`blank_outside_lungs`, models
-    v1-v4), `masked` (the default) also multiplies its map by that mask: there was no film detail there
-    to read, and attention drawn there is mostly the 6x6 grid's bilinear upsampling bleeding over the
-    mask's edge (not always only that: the network can respond to the blank area's shape, which masking
-    hides too). Where the input kept its surroundings (the lung-attention recipes), the map is never
-    masked: that would hide where it looked. Pass masked=False for the raw maps. An ensemble shows the mean
-    of its networks' maps, each scaled to a maximum of 1 first, so that every network's view counts
-    equally. The result is scaled so that its maximum is 1; a map with no positive evidence stays all zero.
+    saw. Where a network's input was blanked outside the dilated lung mask (`View.blank_outside_lungs`),
+    `masked` (the default) also multiplies its map by that mask: there was no film detail there to read,
+    and attention drawn there is mostly the 6x6 grid's bilinear upsampling bleeding over the mask's edge
+    (not always only that: the network can respond to the blank area's shape, which masking hides too).
+    Where the input kept its surroundings, the map is never masked: that would hide where it looked.
+    Pass masked=False for the raw maps. The networks' maps are averaged, each scaled to a maximum of 1
+    first, so that every network's view counts equally. The result is scaled so that its maximum is 1;
+    a map with no positive evidence stays all zero.
     """
-    prep = classifier.prepare([film])[0]
+    (inputs,) = classifier.prepare([film])
     target = [ClassifierOutputTarget(classifier.card.positive_index)]
-    logits, features, heatmap = 0.0, None, np.zeros(film.pixels.shape, np.float32)
-    for net, view, (p,) in zip(classifier.nets, classifier.card.views, classifier.member_inputs([prep])):
+    logits, features, heatmap = [], None, np.zeros(film.pixels.shape, np.float32)
+    for net, view, x in zip(classifier.nets, classifier.card.views, inputs.networks):
         with _pool(net).borrow() as cam, torch.inference_mode(False), torch.enable_grad():
-            crop_map = cam(input_tensor=classifier.tensor([p]).clone(), targets=target)[0]
-            logits = logits + cam.outputs.detach()[0]
-            features = cam.model.features[0] if features is None else features
+            crop_map = cam(input_tensor=classifier.tensor([x]).clone(), targets=target)[0]
+            logits.append(cam.outputs.detach())
+            features = cam.model.features if features is None else features
         if masked and view.blank_outside_lungs:  # only an input blanked there has nothing to show there
-            crop_map = crop_map * p.mask
-        heatmap += place(crop_map, p.box, film.pixels.shape)
-    prediction = classifier.decide(film, prep, logits / len(classifier.nets), features)
+            crop_map = crop_map * x.mask
+        heatmap += place(crop_map, x.box, film.pixels.shape)
+    prediction = classifier.decide(film, inputs, torch.stack(logits).mean(0)[0], features[0])
     top = float(heatmap.max())
     return Explanation(prediction=prediction, heatmap=heatmap / top if top > 0 else heatmap)
 

@@ -39,6 +39,10 @@ COLOUR_LEVEL = 16 / 255   # a pixel is coloured when its channels differ by more
 COLOUR_SHARE = 0.02       # ...and a film is colour when this share of its pixels is coloured
 AUTO_WINDOW = (0.5, 99.5)  # percentiles used as black and white when nothing better is known
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "JPEG2000", "PPM")
+# File names taken for films when a folder, a zip or an upload is scanned (content decides the format:
+# see read_film). Extension-less files are taken too when they are DICOM (is_dicom).
+FILM_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
 
 # Signatures of files people upload by mistake, checked when no image decoder claims the file.
 _NOT_IMAGES = (
@@ -85,12 +89,17 @@ def read_film(source: bytes | str | Path, name: str | None = None) -> Film:
     if not data:
         raise FilmError("the file is empty (0 bytes)")
     _check_bytes(len(data))
-    if data[128:132] == b"DICM":
+    if is_dicom(data):
         film = _read_dicom(data)
     else:
         film = _read_pillow(data) or _read_dicom_without_header(data) or _not_an_image(data)
     film.name = name or ""
     return film
+
+
+def is_dicom(head: bytes) -> bool:
+    """Whether bytes (the whole file, or at least its first 132 bytes) open a DICOM Part 10 file."""
+    return head[DICOM_MAGIC_AT:DICOM_MAGIC_AT + len(DICOM_MAGIC)] == DICOM_MAGIC
 
 
 def film_summary(film: Film) -> dict[str, str]:

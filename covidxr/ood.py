@@ -18,16 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .card import CardError, ModelCard, sha256_file
 from .films import Film
 from .orientation import ORIENT_SIZE, OrientNet, from_arrays, orientation_input, state_arrays, threshold_at, turned_probability
-
-if TYPE_CHECKING:
-    from .classifier import Classifier
 
 OOD_FILE = "ood.npz"
 ORIENT_PREFIX = "orient_net."  # the orientation net's state, stored in the same .npz
@@ -229,17 +226,3 @@ def fact_reasons(facts: dict[str, str]) -> list[str]:
     if get("view") in LATERAL_VIEWS:
         reasons.append(f"its DICOM view is {get('view')}, a lateral film, not frontal")
     return reasons
-
-
-def film_features(classifier: "Classifier", films: Sequence[Film], batch_size: int = 16
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled classifier features (n, d) and lung fractions (n,) of films, as predict() computes them."""
-    import torch
-
-    feats, fracs = [], []
-    for i in range(0, len(films), batch_size):
-        prepared = classifier.prepare(films[i:i + batch_size])
-        with torch.inference_mode():
-            feats.append(classifier.net.features(classifier.tensor(prepared)).numpy())
-        fracs += [p.lung_fraction for p in prepared]
-    return np.concatenate(feats), np.asarray(fracs, np.float32)

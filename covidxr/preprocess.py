@@ -1,22 +1,23 @@
-"""Film pixels -> the classifier's input: find the lungs, crop to them, equalise, and (if the card
-says so) blank the rest.
+"""Film pixels -> every network's input, in one pass: find the lungs once, then for each network's
+View crop (or not), equalise and (if the view says so) blank outside the lungs.
 
 Public COVID-19 collections are confounded with their hospitals: text markers, borders, exposure
 and film size tell the source, and the source tells the class. Cropping to the lung field and
 equalising the intensities inside it takes most of those cues away; blanking everything outside the
-lungs takes the rest, at a cost in held-out AUC (models v1-v4 did; v6 keeps the box and is trained
-to look at the lungs instead: see train.LungAttention). v7 adds a network that sees the whole film
-(`crop=False`), trained the same way.
+lungs takes the rest, at a cost in held-out AUC (docs/history.md has the measurements).
 Training and inference share these functions so that both see identical inputs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image
+
+from .card import View
 
 MIN_LUNG_FRACTION = 0.03  # below this the segmenter found no lungs: use the whole film instead
 
@@ -81,29 +82,37 @@ def box_slices(box: tuple[float, float, float, float], shape: tuple[int, int]) -
 
 @dataclass
 class Prepared:
-    """What the classifier saw, and where it came from in the film."""
+    """What one network saw, and where it came from in the film."""
 
-    image: np.ndarray          # float32 SxS in [0, 1]: equalised lung crop (blanked outside the lungs if `blank`)
-    mask: np.ndarray           # float32 SxS soft lung mask in the crop (1 = seen)
-    box: tuple[float, float, float, float]  # crop (top, bottom, left, right), fractions of the film
-    lung_fraction: float       # share of the film the segmenter called lung (0 when none found)
-    overview: np.ndarray | None = None  # the whole film as the segmenter saw it (`lung_input`), when kept
-    members: tuple["Prepared", ...] = ()  # the same film as each further network of an ensemble sees it
+    image: np.ndarray          # float32 SxS in [0, 1]: the equalised input (blanked outside the lungs if the view says so)
+    mask: np.ndarray           # float32 SxS soft lung mask in the input (1 = lung; all ones when no lungs are known)
+    box: tuple[float, float, float, float]  # the input's extent (top, bottom, left, right), fractions of the film
+    lung_fraction: float       # share of the film the segmenter called lung (0 when none found or not used)
 
 
-def prepare(pixels: np.ndarray, lung_prob: np.ndarray, size: int, margin: float, dilation: float,
-            blank: bool = True, equalize_over: str = "lungs", crop: bool = True) -> Prepared:
-    """Crop the film to the lungs found in `lung_prob` (any resolution) and build the model's input.
+@dataclass
+class FilmInputs:
+    """One film, prepared for the whole model: each network's input (in the card's order) and the
+    segmenter's view of the whole film, which the gate's orientation check reads too."""
 
-    `equalize_over`: "lungs" takes the histogram inside the lung mask, "box" over the whole crop (so that
-    the lungs keep their brightness relative to bone and mediastinum). `crop=False` keeps the whole film
-    but still returns its lung mask (for the lung-attention penalty and the heatmap's lung mass)."""
-    lung = lung_prob > 0.5
-    frac = float(lung.mean())
+    networks: tuple[Prepared, ...]
+    overview: np.ndarray       # float32 the film squashed to the segmenter's size and equalised (`lung_input`)
+    lung_fraction: float       # share of the film found to be lung (0: none found)
+    box: tuple[float, float, float, float]  # the lung box with its margin (the whole film when none found)
+
+
+def prepare(pixels: np.ndarray, lung_prob: np.ndarray, view: View, size: int, margin: float,
+            dilation: float) -> Prepared:
+    """The film as a network with this `view` sees it, from the segmenter's lung probability
+    `lung_prob` (any resolution). A view that keeps the whole film still returns its lung mask (for
+    the lung-attention penalty and the heatmap's lung mass)."""
+    if not view.lung_mask:
+        lung_prob = np.zeros_like(lung_prob)  # no lungs -> whole film, nothing blanked
+    frac = float((lung_prob > 0.5).mean())
     box = lung_box(lung_prob, margin)
-    if box is None:  # no lungs found: whole film, nothing blanked; the OOD check reports it
+    if box is None:  # no lungs found: whole film, nothing blanked; the gate reports it
         box, frac = (0.0, 1.0, 0.0, 1.0), 0.0
-    elif not crop:
+    elif not view.crop_to_lungs:
         box = (0.0, 1.0, 0.0, 1.0)
     crop = resize(pixels[box_slices(box, pixels.shape)], size, size)
     if frac == 0.0:
@@ -111,15 +120,28 @@ def prepare(pixels: np.ndarray, lung_prob: np.ndarray, size: int, margin: float,
     else:
         m = lung_prob[box_slices(box, lung_prob.shape)].astype(np.float32)
         mask = dilate(resize(m, size, size), int(round(dilation * size)))
-    image = equalize(crop, mask if equalize_over == "lungs" else None)
-    if blank:
+    image = equalize(crop, mask if view.equalize_over == "lungs" else None)
+    if view.blank_outside_lungs:
         image = image * mask
     return Prepared(image=image, mask=mask, box=box, lung_fraction=frac)
 
 
-def to_tensor(images: list[np.ndarray], mean: list[float], std: list[float]) -> torch.Tensor:
-    """Grayscale [0, 1] images -> normalised 3-channel batch (N, 3, S, S)."""
-    x = torch.from_numpy(np.stack(images))[:, None].expand(-1, 3, -1, -1)
+def prepare_film(pixels: np.ndarray, overview: np.ndarray, lung_prob: np.ndarray, views: Sequence[View],
+                 size: int, margin: float, dilation: float) -> FilmInputs:
+    """Every network's input for one film, from its segmenter input and lung probability."""
+    box = lung_box(lung_prob, margin)
+    return FilmInputs(networks=tuple(prepare(pixels, lung_prob, v, size, margin, dilation) for v in views),
+                      overview=overview, lung_fraction=0.0 if box is None else float((lung_prob > 0.5).mean()),
+                      box=box or (0.0, 1.0, 0.0, 1.0))
+
+
+def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(N, 1 or 3, S, S) grayscale in [0, 1] -> the networks' normalised 3-channel input."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous()
+    return (x.expand(-1, 3, -1, -1) - m) / s
+
+
+def to_tensor(images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Grayscale [0, 1] images -> normalised 3-channel batch (N, 3, S, S)."""
+    return normalise(torch.from_numpy(np.stack(images))[:, None], mean, std).contiguous()

@@ -32,12 +32,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from covidxr.classifier import DEFAULT_WEIGHTS, Classifier  # noqa: E402
-from covidxr.films import FilmError, read_film  # noqa: E402
-from covidxr.ood import OODDetector, OODResult, film_features  # noqa: E402
-from covidxr.orientation import threshold_at  # noqa: E402
+from covidxr.classifier import DEFAULT_WEIGHTS, Classifier
+from covidxr.films import FilmError, read_film
+from covidxr.ood import OODDetector, OODResult
+from covidxr.orientation import threshold_at
 
 DATA = REPO.parent / "shared" / "data"
 SEED = 20240101
@@ -192,7 +191,7 @@ def check_all(clf: Classifier, det: OODDetector, items: list[Item], batch: int =
             rows.append({"name": name, "is_chest": False, "distance": None, "reasons": [f"unreadable: {e}"]})
     for i in range(0, len(films), batch):
         chunk = films[i:i + batch]
-        feats, fracs = film_features(clf, chunk)
+        feats, fracs = clf.features(chunk)
         for f, x, fr in zip(chunk, feats, fracs):
             r: OODResult = det.check(x, float(fr), f)
             rows.append({"name": f.name, "is_chest": r.is_chest, "distance": round(r.distance, 4),
@@ -220,8 +219,8 @@ def summarise(rows: list[dict]) -> dict:
 def fitted_detector(clf: Classifier, fit: list[dict], val: list[dict]) -> OODDetector:
     print(f"card has no OOD statistics: fitting on {len(fit)} films, calibrating on {len(val)} "
           f"(other patients)", file=sys.stderr)
-    f_fit, _ = film_features(clf, [read_film(b, name=n) for n, b in cxr_items(r["path"] for r in fit)])
-    f_val, _ = film_features(clf, [read_film(b, name=n) for n, b in cxr_items(r["path"] for r in val)])
+    f_fit, _ = clf.features([read_film(b, name=n) for n, b in cxr_items(r["path"] for r in fit)])
+    f_val, _ = clf.features([read_film(b, name=n) for n, b in cxr_items(r["path"] for r in val)])
     return OODDetector.fit(f_fit).calibrate(f_val, 0.99)
 
 

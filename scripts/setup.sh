@@ -20,11 +20,14 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
 
-# pip runs only when requirements.txt changed since the last successful install.
+# pip runs only when requirements.txt or pyproject.toml changed since the last successful install. The
+# project itself is installed editable (packages covidxr and webapp, the `covidxr` command), so that
+# nothing needs sys.path; its dependencies come pinned from requirements.txt.
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-    echo "setup: installing requirements.txt" >&2
+    echo "setup: installing requirements.txt and the project" >&2
     .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
+    .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
     echo "$want" > "$stamp"
 fi

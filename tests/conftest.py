@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-if str(REPO) not in sys.path:  # `pytest` (not only `python -m pytest`) imports covidxr and ui from the clone
-    sys.path.insert(0, str(REPO))
 
 
 def shared_data(*parts: str) -> Path:

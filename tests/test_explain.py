@@ -48,7 +48,7 @@ def test_heatmap_is_zero_where_the_model_saw_nothing(classifier, films, explaine
     for film, ex in zip(films, explained):
         h, w = film.pixels.shape
         outside = np.ones((h, w), bool)
-        for (prep,) in classifier.member_inputs(classifier.prepare([film])):  # what each network saw
+        for prep in classifier.prepare([film])[0].networks:  # what each network saw
             t, b, l, r = prep.box
             outside[int(t * h):int(round(b * h)), int(l * w):int(round(r * w))] = False
         assert not ex.heatmap[outside].any()
@@ -56,13 +56,15 @@ def test_heatmap_is_zero_where_the_model_saw_nothing(classifier, films, explaine
 
 def with_input(classifier: Classifier, blank: bool) -> Classifier:
     """The first network alone, with its input blanked outside the lungs or not (the card says which)."""
-    return Classifier(replace(classifier.card, blank_outside_lungs=blank, members=[]), classifier.net,
-                      classifier.lungs, classifier.directory)
+    first = classifier.card.networks[0]
+    network = replace(first, view=replace(first.view, blank_outside_lungs=blank))
+    return Classifier(replace(classifier.card, networks=[network]), classifier.nets[:1], classifier.lungs,
+                      classifier.directory)
 
 
 def test_masked_map_is_zero_outside_the_lung_mask_the_model_saw(classifier, films):
     blanked, film = with_input(classifier, True), films[0]
-    prep = blanked.prepare([film])[0]
+    (prep,) = blanked.prepare([film])[0].networks
     assert not prep.image[prep.mask == 0].any()
     masked, raw = explain(blanked, film).heatmap, explain(blanked, film, masked=False).heatmap
     seen = place(prep.mask, prep.box, film.pixels.shape)
@@ -73,7 +75,7 @@ def test_masked_map_is_zero_outside_the_lung_mask_the_model_saw(classifier, film
 def test_a_map_over_an_input_that_was_not_blanked_is_never_masked(classifier, films):
     """Where the model saw the whole lung box, masking its map would hide where it looked."""
     shown, film = with_input(classifier, False), films[0]
-    prep = shown.prepare([film])[0]
+    (prep,) = shown.prepare([film])[0].networks
     assert prep.image[prep.mask < 0.01].any()  # the surroundings of the lungs are in the input
     assert np.array_equal(explain(shown, film).heatmap, explain(shown, film, masked=False).heatmap)
 
@@ -176,6 +178,6 @@ def test_shared_network_is_never_hooked_nor_given_gradients(classifier, films, e
         in_no_grad = explain(classifier, films[0]).heatmap
     np.testing.assert_array_equal(in_inference, explained[0].heatmap)
     np.testing.assert_array_equal(in_no_grad, explained[0].heatmap)
-    modules = list(classifier.net.modules())
+    modules = [m for n in classifier.nets for m in n.modules()]
     assert not any(m._forward_hooks or m._backward_hooks for m in modules)
-    assert all(p.grad is None for p in classifier.net.parameters())
+    assert all(p.grad is None for n in classifier.nets for p in n.parameters())

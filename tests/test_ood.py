@@ -12,7 +12,7 @@ from PIL import Image
 from tests.conftest import REPO, shared_data
 from covidxr.card import CardError, ModelCard
 from covidxr.films import read_film
-from covidxr.ood import OODDetector, fact_reasons, film_features, ledoit_wolf, lung_reasons
+from covidxr.ood import OODDetector, fact_reasons, ledoit_wolf, lung_reasons
 from covidxr.orientation import ORIENTATIONS
 
 
@@ -112,14 +112,14 @@ def detector(classifier) -> OODDetector:
     """The shipped detector; while the card has none, one fitted here on real films' features."""
     if classifier.ood is not None:
         return classifier.ood
-    fit, _ = film_features(classifier, [read_film(p) for p in real_paths(150, 1)])
-    val, _ = film_features(classifier, [read_film(p) for p in real_paths(60, 2)])
+    fit, _ = classifier.features([read_film(p) for p in real_paths(150, 1)])
+    val, _ = classifier.features([read_film(p) for p in real_paths(60, 2)])
     return OODDetector.fit(fit, components=64).calibrate(val, 0.99)
 
 
 def checked(classifier, detector, data: bytes, name: str):
     film = read_film(data, name=name)
-    features, fractions = film_features(classifier, [film])
+    features, fractions = classifier.features([film])
     result = detector.check(features[0], float(fractions[0]), film)
     if classifier.ood is not None:  # the app's path: predict() runs the same check
         assert classifier.predict([film])[0].ood.reasons == result.reasons
@@ -177,9 +177,10 @@ def toy_films(n: int, seed: int) -> list[np.ndarray]:
 
 def test_orientation_net_learns_up_from_down_and_survives_save_load(tmp_path: Path):
     from covidxr import orientation
+    from covidxr.training import orientation as training
 
-    net = orientation.fit(*orientation.examples(toy_films(60, seed=1), size=32), epochs=40, batch=64, seed=0)
-    x, y = orientation.examples(toy_films(20, seed=2), size=32)          # films it has not seen
+    net = training.fit(*training.examples(toy_films(60, seed=1), size=32), epochs=40, batch=64, seed=0)
+    x, y = training.examples(toy_films(20, seed=2), size=32)          # films it has not seen
     p = orientation.turned_probability(net, list(x))
     assert np.mean(p[y == 0] < 0.5) >= 0.9 and np.mean(p[y > 0] > 0.5) >= 0.9
     det = OODDetector.fit(synthetic(200, seed=11), components=8).calibrate(synthetic(50, seed=13))
@@ -214,7 +215,7 @@ def test_the_orientation_check_reads_the_segmenters_input_as_if_it_squashed_the_
     from covidxr.orientation import orientation_input
 
     film = read_film(sorted((REPO / "samples").glob("*/*.jpg"))[0])
-    prepared = classifier.prepare([film])[0]
+    (prepared,) = classifier.prepare([film])
     np.testing.assert_array_equal(prepared.overview, orientation_input(film.pixels))
     if detector.orient_net is not None:
         assert detector.turned_probability(film, prepared.overview) == detector.turned_probability(film)
