@@ -1,7 +1,10 @@
-"""covidxr: the clinician app. Navigation and the disclaimer; each page lives in pages/."""
+"""covidxr: the clinician app. Process-wide set-up, navigation and the disclaimer; each page lives in pages/."""
 import streamlit as st
 
-from ui import DISCLAIMER
+from webapp.uploads import keep_uploads_in_memory
+from webapp.wording import DISCLAIMER
+
+keep_uploads_in_memory()  # before any page can receive an upload
 
 st.set_page_config(page_title="covidxr · chest X-ray COVID-19 screening", page_icon=":material/radiology:",
                    layout="wide")

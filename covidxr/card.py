@@ -16,6 +16,11 @@ CARD_FILE = "model_card.json"
 EQUALIZE_OVER = ("lungs", "box")
 
 
+def decision_label(positive: bool, positive_class: str) -> str:
+    """The product decision in one word, as every export writes it: the positive class or "non-<it>"."""
+    return positive_class if positive else f"non-{positive_class}"
+
+
 class CardError(ValueError):
     """The model card is missing, malformed, or does not match the weights beside it."""
 

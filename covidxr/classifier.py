@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .card import CardError, ModelCard, Network
+from .card import CardError, ModelCard, Network, decision_label
 from .films import Film
 from .model import CovidNet, LungNet, fold_batchnorm
 from .ood import OODDetector, OODResult
@@ -180,7 +180,7 @@ class Classifier:
         ood = self.ood.check(features.numpy(), inputs.lung_fraction, film, inputs.overview) if self.ood else None
         return Prediction(
             name=film.name, probability=float(p), positive=bool(positive),
-            label=c.positive_class if positive else f"non-{c.positive_class}", threshold=c.threshold,
+            label=decision_label(positive, c.positive_class), threshold=c.threshold,
             class_probabilities=dict(zip(c.class_names, map(float, probs))),
             lung_fraction=inputs.lung_fraction, box=inputs.box, ood=ood)
 

@@ -1,7 +1,7 @@
 """Labelled films (a folder, a zip, a list of uploads) -> streamed scores -> an evaluation report.
 
-Layout: one subfolder per class; a subfolder named `covid` (any case) holds the positives, every
-other subfolder negatives; the label is the subfolder's name, lower-cased. `<source>/<class>/<file>`
+Layout: one subfolder per class; the subfolder named as the model card's positive class (`covid`, any
+case) holds the positives, every other subfolder negatives; the label is the subfolder's name, lower-cased. `<source>/<class>/<file>`
 (the layout of ../shared/data/cxr) is recognised too, the first level then naming the source; an
 optional MANIFEST.csv with `path,source` columns gives sources as well.
 
@@ -20,12 +20,11 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
+from .card import decision_label
 from .films import DICOM_MAGIC, DICOM_MAGIC_AT, FILM_SUFFIXES, Film, FilmError, is_dicom, read_film
 from .metrics import BinaryReport, OperatingPoint, binary_report
 from .safety import MAX_ENTRY_BYTES, PathRefused, ZipRefused, check_zip, link_escapes, read_entry
 
-POSITIVE_LABEL = "covid"           # the class folder whose films are positive
-NEGATIVE_PREDICTION = f"non-{POSITIVE_LABEL}"
 MANIFEST = "MANIFEST.csv"
 _SKIPPED_PARTS = ("__MACOSX",)
 
@@ -52,13 +51,14 @@ class Row:
     label: str | None                  # class folder name, lower-cased
     source: str | None
     probability: float | None = None   # calibrated COVID-19 probability; None when the film failed
-    prediction: str | None = None      # "covid" / "non-covid" at the threshold in use
+    prediction: str | None = None      # the decision at the threshold in use (decision_label)
     error: str | None = None
+    truth: bool | None = None          # is the label the positive class? None when unlabelled
 
     @property
     def positive(self) -> bool | None:
-        """The truth: is this a COVID-19 film? None when unlabelled."""
-        return None if self.label is None else self.label == POSITIVE_LABEL
+        """The truth: is this a film of the positive class? None when unlabelled."""
+        return self.truth
 
     def as_dict(self) -> dict:
         if self.error is not None:
@@ -67,8 +67,13 @@ class Row:
                 "probability": self.probability, "prediction": self.prediction}
 
 
-def decision(probability: float, threshold: float) -> str:
-    return POSITIVE_LABEL if probability >= threshold else NEGATIVE_PREDICTION
+def decision(probability: float, threshold: float, positive_class: str) -> str:
+    return decision_label(probability >= threshold, positive_class)
+
+
+def truth(label: str | None, positive_class: str) -> bool | None:
+    """Whether a class folder's films are positive: the folder is named as the positive class (any case)."""
+    return None if label is None else label.lower() == positive_class.lower()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,11 +96,12 @@ def _is_film_name(rel: PurePosixPath, head: Callable[[], bytes]) -> bool:
         return False
 
 
-def _layout(rels: Sequence[PurePosixPath]) -> list[tuple[str | None, str | None]]:
+def _layout(rels: Sequence[PurePosixPath], positive_class: str | None) -> list[tuple[str | None, str | None]]:
     """(label, source) per relative path. Flat `<class>/<file>` when any file lies directly in a
-    top-level folder or a top-level folder is named `covid`; else `<source>/<class>/<file>`.
+    top-level folder or a top-level folder is named as the positive class; else `<source>/<class>/<file>`.
     Deeper folders below the class folder keep that class; files above it have no label."""
-    flat = any(len(r.parts) == 2 or (len(r.parts) > 1 and r.parts[0].lower() == POSITIVE_LABEL) for r in rels)
+    positive = (positive_class or "").lower()
+    flat = any(len(r.parts) == 2 or (len(r.parts) > 1 and r.parts[0].lower() == positive) for r in rels)
     if flat:
         return [(r.parts[0].lower() if len(r.parts) >= 2 else None, None) for r in rels]
     return [(r.parts[1].lower(), r.parts[0]) if len(r.parts) >= 3 else (None, None) for r in rels]
@@ -110,9 +116,10 @@ def _manifest_sources(text: str) -> dict[str, str]:
 
 
 def _items(rels: Sequence[PurePosixPath], paths: Sequence[str], readers: Sequence[Callable[[], bytes] | None],
-           errors: Sequence[str | None], manifest: dict[str, str]) -> list[LabelledItem]:
+           errors: Sequence[str | None], manifest: dict[str, str], positive_class: str | None) -> list[LabelledItem]:
+    layout = _layout(rels, positive_class)
     items = [LabelledItem(path, label, manifest.get(str(rel), source), err, read)
-             for rel, path, read, err, (label, source) in zip(rels, paths, readers, errors, _layout(rels))]
+             for rel, path, read, err, (label, source) in zip(rels, paths, readers, errors, layout)]
     return sorted(items, key=lambda i: i.path)
 
 
@@ -121,7 +128,7 @@ def _head(path: Path) -> bytes:
         return f.read(DICOM_MAGIC_AT + len(DICOM_MAGIC))
 
 
-def scan_folder(root: str | os.PathLike) -> list[LabelledItem]:
+def scan_folder(root: str | os.PathLike, positive_class: str | None = None) -> list[LabelledItem]:
     """Every film below `root`, labelled by its class folder, in sorted order. Hidden files are
     skipped. Symbolic links are not followed into folders; a link (to a file or a folder) that
     leads outside `root` becomes an item with an error, so the report lists it as refused.
@@ -157,7 +164,7 @@ def scan_folder(root: str | os.PathLike) -> list[LabelledItem]:
         manifest = _manifest_sources(manifest_file.read_text(errors="replace"))
     if not rels:
         raise PathRefused(f"{root}: no films found (expected one subfolder per class, e.g. covid/ and normal/)")
-    return _items(rels, [str(root / r) for r in rels], [None] * len(rels), errors, manifest)
+    return _items(rels, [str(root / r) for r in rels], [None] * len(rels), errors, manifest, positive_class)
 
 
 def _strip_wrapper(rels: Sequence[PurePosixPath]) -> tuple[list[PurePosixPath], str]:
@@ -171,7 +178,7 @@ def _strip_wrapper(rels: Sequence[PurePosixPath]) -> tuple[list[PurePosixPath], 
 
 
 def scan_zip(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo], prefix: str = "",
-             max_entry_bytes: int = MAX_ENTRY_BYTES) -> list[LabelledItem]:
+             max_entry_bytes: int = MAX_ENTRY_BYTES, positive_class: str | None = None) -> list[LabelledItem]:
     """Films in an already checked archive (see safety.check_zip); each is read, in memory, when scored."""
     def head(info: zipfile.ZipInfo) -> bytes:
         with zf.open(info) as f:
@@ -184,7 +191,7 @@ def scan_zip(zf: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo], prefix: str 
     if (m := by_name.get(PurePosixPath(top + MANIFEST))) is not None:
         manifest = _manifest_sources(read_entry(zf, m, max_entry_bytes).decode("utf-8", "replace"))
     readers = [partial(read_entry, zf, by_name[f], max_entry_bytes) for f in films]
-    return _items(rels, [prefix + str(f) for f in films], readers, [None] * len(films), manifest)
+    return _items(rels, [prefix + str(f) for f in films], readers, [None] * len(films), manifest, positive_class)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +228,7 @@ def iter_scores(classifier, items: Sequence[LabelledItem], batch_size: int = 16,
     batch of decoded films is ever held). `progress(done, total)` is called before the first
     batch and after each one. `threshold` None: the classifier's."""
     threshold = classifier.threshold if threshold is None else threshold
+    positive_class = classifier.card.positive_class
     total = len(items)
     if progress:
         progress(0, total)
@@ -233,7 +241,8 @@ def iter_scores(classifier, items: Sequence[LabelledItem], batch_size: int = 16,
             results[i] = r
         del read  # the decoded films go before the rows are handed out
         for it, (p, err) in zip(batch, results):
-            yield Row(it.path, it.label, it.source, p, None if p is None else decision(p, threshold), err)
+            yield Row(it.path, it.label, it.source, p, None if p is None else decision(p, threshold, positive_class), err,
+                      truth(it.label, positive_class))
         if progress:
             progress(start + len(batch), total)
 
@@ -248,6 +257,7 @@ class EvaluationReport:
     threshold: float
     rows: list[Row]
     metrics: BinaryReport
+    positive_class: str                # the decision's class (the model card's), as the rows name it
     seconds: float | None = None       # wall time of the scoring, when known
 
     @property
@@ -271,7 +281,7 @@ class EvaluationReport:
         return self.metrics.metrics_at(threshold)
 
     def at(self, threshold: float) -> "EvaluationReport":
-        rows = [r if r.probability is None else replace(r, prediction=decision(r.probability, threshold))
+        rows = [r if r.probability is None else replace(r, prediction=decision(r.probability, threshold, self.positive_class))
                 for r in self.rows]
         return replace(self, threshold=float(threshold), rows=rows, metrics=self.metrics.at(threshold))
 
@@ -293,16 +303,18 @@ class EvaluationReport:
         return out.getvalue()
 
 
-def build_report(rows: Iterable[Row], threshold: float, n_boot: int | None = None, seed: int = 0) -> EvaluationReport:
+def build_report(rows: Iterable[Row], threshold: float, positive_class: str, n_boot: int | None = None,
+                 seed: int = 0) -> EvaluationReport:
     """Metrics over the labelled, scored rows; predictions restated at `threshold`. Sources enter
     the per-source breakdown when any row has one (rows without are grouped as "unknown")."""
-    rows = [r if r.probability is None else replace(r, prediction=decision(r.probability, threshold)) for r in rows]
+    rows = [r if r.probability is None else replace(r, prediction=decision(r.probability, threshold, positive_class))
+            for r in rows]
     scored = [r for r in rows if r.probability is not None and r.label is not None]
     sources = [r.source or "unknown" for r in scored] if any(r.source for r in scored) else None
     kw = {} if n_boot is None else {"n_boot": n_boot}
     metrics = binary_report([r.positive for r in scored], [r.probability for r in scored], threshold,
                             sources=sources, seed=seed, **kw)
-    return EvaluationReport(float(threshold), rows, metrics)
+    return EvaluationReport(float(threshold), rows, metrics, positive_class)
 
 
 def evaluate_items(classifier, items: Sequence[LabelledItem], threshold: float | None = None,
@@ -310,14 +322,14 @@ def evaluate_items(classifier, items: Sequence[LabelledItem], threshold: float |
     threshold = classifier.threshold if threshold is None else float(threshold)
     t0 = time.perf_counter()
     rows = list(iter_scores(classifier, items, batch_size, progress, threshold))
-    return replace(build_report(rows, threshold), seconds=time.perf_counter() - t0)
+    return replace(build_report(rows, threshold, classifier.card.positive_class), seconds=time.perf_counter() - t0)
 
 
 def evaluate_folder(classifier, root: str | os.PathLike, threshold: float | None = None,
                     progress: Progress | None = None, batch_size: int = 16) -> EvaluationReport:
     """Score every film below a labelled folder (see the module docstring for the layout).
     Raises PathRefused when `root` is not a folder or holds no film."""
-    return evaluate_items(classifier, scan_folder(root), threshold, progress, batch_size)
+    return evaluate_items(classifier, scan_folder(root, classifier.card.positive_class), threshold, progress, batch_size)
 
 
 def evaluate_zip(classifier, data: bytes, threshold: float | None = None, progress: Progress | None = None,
@@ -326,18 +338,20 @@ def evaluate_zip(classifier, data: bytes, threshold: float | None = None, progre
     checked first (safety.check_zip, `limits` passed on); ZipRefused when it is refused or holds no film."""
     infos = check_zip(data, **limits)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        items = scan_zip(zf, infos, max_entry_bytes=limits.get("max_entry_bytes", MAX_ENTRY_BYTES))
+        items = scan_zip(zf, infos, max_entry_bytes=limits.get("max_entry_bytes", MAX_ENTRY_BYTES),
+                         positive_class=classifier.card.positive_class)
         if not items:
             raise ZipRefused("the archive holds no films")
         return evaluate_items(classifier, items, threshold, progress, batch_size)
 
 
-def upload_items(files: Iterable[tuple[str, bytes]], label: str | None = None) -> list[LabelledItem]:
+def upload_items(files: Iterable[tuple[str, bytes]], label: str | None = None,
+                 positive_class: str | None = None) -> list[LabelledItem]:
     """Items for uploaded (name, bytes): a name with folders (`covid/a.png`) is labelled like a folder;
     a bare name gets `label` (None: unlabelled, scored but outside the metrics). Kept in memory."""
     files = list(files)
     rels = [PurePosixPath(name.replace("\\", "/").lstrip("/")) for name, _ in files]
-    layout = _layout(rels) if any(len(r.parts) > 1 for r in rels) else [(None, None)] * len(rels)
+    layout = _layout(rels, positive_class) if any(len(r.parts) > 1 for r in rels) else [(None, None)] * len(rels)
     default = None if label is None else label.lower()
     return [LabelledItem(name, lab if lab is not None else default, src, read=partial(bytes, data))
             for (name, data), (lab, src) in zip(files, layout)]
@@ -347,13 +361,14 @@ def _is_zip_name(name: str) -> bool:
     return name.lower().endswith(".zip")
 
 
-def scan_uploads(files: Iterable[tuple[str, bytes]], label: str | None = None, **limits) -> list[LabelledItem]:
+def scan_uploads(files: Iterable[tuple[str, bytes]], label: str | None = None, positive_class: str | None = None,
+                 **limits) -> list[LabelledItem]:
     """Items for uploaded (name, bytes), all in memory: films as in upload_items; an upload named
     *.zip is checked (safety.check_zip, `limits` passed on) and its films listed as
     `<zip name>/<member>`, labelled by the zip's own folders; a refused zip becomes one item with
     the reason. Raises FilmError when there is nothing to score."""
     files = list(files)
-    items = upload_items([(n, d) for n, d in files if not _is_zip_name(n)], label)
+    items = upload_items([(n, d) for n, d in files if not _is_zip_name(n)], label, positive_class)
     for name, data in filter(lambda f: _is_zip_name(f[0]), files):
         try:
             infos = check_zip(data, **limits)
@@ -361,7 +376,7 @@ def scan_uploads(files: Iterable[tuple[str, bytes]], label: str | None = None, *
             items.append(LabelledItem(name, None, error=f"refused: {e}"))
             continue
         items += scan_zip(zipfile.ZipFile(io.BytesIO(data)), infos, prefix=name + "/",
-                          max_entry_bytes=limits.get("max_entry_bytes", MAX_ENTRY_BYTES))
+                          max_entry_bytes=limits.get("max_entry_bytes", MAX_ENTRY_BYTES), positive_class=positive_class)
     if not items:
         raise FilmError("no films were uploaded")
     return items
@@ -371,4 +386,5 @@ def evaluate_uploads(classifier, files: Iterable[tuple[str, bytes]], threshold: 
                      progress: Progress | None = None, batch_size: int = 16, label: str | None = None,
                      **limits) -> EvaluationReport:
     """Score uploaded films and zips in memory (see scan_uploads)."""
-    return evaluate_items(classifier, scan_uploads(files, label, **limits), threshold, progress, batch_size)
+    items = scan_uploads(files, label, classifier.card.positive_class, **limits)
+    return evaluate_items(classifier, items, threshold, progress, batch_size)

@@ -41,7 +41,7 @@ AUTO_WINDOW = (0.5, 99.5)  # percentiles used as black and white when nothing be
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "JPEG2000", "PPM")
 # File names taken for films when a folder, a zip or an upload is scanned (content decides the format:
 # see read_film). Extension-less files are taken too when they are DICOM (is_dicom).
-FILM_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+FILM_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")  # in the order a person reads them
 DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
 
 # Signatures of files people upload by mistake, checked when no image decoder claims the file.

@@ -6,58 +6,62 @@ import time
 import altair as alt
 import streamlit as st
 
-import ui
 from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
-from covidxr.session import (METRIC_TITLES, Batch, breakdown_rows, class_title, confusion_table, fmt_ci,
-                             fmt_num, image_rows, metric_rows, progress_text, roc_points)
+from webapp import state
+from webapp.batch import Batch, folder_batch, progress_text, upload_batch
+from webapp.films import SAMPLES, UPLOAD_TYPES, sample_films
+from webapp.model import classifier
+from webapp.roots import data_roots
+from webapp.tables import breakdown_rows, confusion_table, fmt_ci, fmt_num, image_rows, metric_rows, roc_points
+from webapp.wording import METRIC_TITLES, class_title
 
 SOURCES = ["Upload films or a .zip", "A folder on the server", "The sample films"]
 
-clf = ui.classifier()
+clf = classifier()
 card = clf.card
 st.title("Batch evaluation")
-st.caption("Films labelled by folder: one subfolder per class, `covid` positive, every other folder "
+st.caption(f"Films labelled by folder: one subfolder per class, `{card.positive_class}` positive, every other folder "
            "negative (`<source>/<class>/` is recognised too). Scores stream in; the threshold slider "
            "below recomputes every metric from the stored scores.")
 
-source = st.radio("Films to evaluate", SOURCES, horizontal=True, key="eval_source")
+source = st.radio("Films to evaluate", SOURCES, horizontal=True, key=state.EVAL_SOURCE)
 collect = None  # () -> (title, items, keep_for_review), called when the run starts
 if source == SOURCES[0]:
-    uploads = st.file_uploader("Drop films, or a .zip of a labelled folder", type=[*ui.FILM_TYPES, "zip"],
-                               accept_multiple_files=True, key="eval_upload")
+    uploads = st.file_uploader("Drop films, or a .zip of a labelled folder", type=[*UPLOAD_TYPES, "zip"],
+                               accept_multiple_files=True, key=state.EVAL_UPLOAD)
     loose_label = st.selectbox("Label of the films dropped without a folder (zips keep their folders)",
-                               [None, *card.class_names], key="eval_label",
+                               [None, *card.class_names], key=state.EVAL_LABEL,
                                format_func=lambda c: "no label (scored, not in the metrics)" if c is None
                                else class_title(c))
     if uploads:
-        collect = lambda: ui.upload_batch([(f.name, f.getvalue()) for f in uploads], loose_label)  # noqa: E731
+        collect = lambda: upload_batch([(f.name, f.getvalue()) for f in uploads], loose_label,
+                                         card.positive_class)  # noqa: E731
 elif source == SOURCES[1]:
-    roots = ui.data_roots()
+    roots = data_roots()
     if not roots:
         st.info("No server folders are enabled. The operator lists the folders this page may read in "
                 "the environment variable `COVIDXR_DATA_ROOTS` or as `data_roots` in `.streamlit/secrets.toml`.")
     else:
         st.caption("Allowed folders: " + ", ".join(f"`{r}`" for r in roots))
-        folder = st.text_input("Folder (absolute, or relative to an allowed folder)", key="eval_folder")
+        folder = st.text_input("Folder (absolute, or relative to an allowed folder)", key=state.EVAL_FOLDER)
         if folder.strip():
-            collect = lambda: ui.folder_batch(folder, roots)  # noqa: E731
+            collect = lambda: folder_batch(folder, roots, card.positive_class)  # noqa: E731
 else:
-    st.caption(f"{len(ui.sample_films())} real films shipped with the app (`samples/`); they are in the "
+    st.caption(f"{len(sample_films())} real films shipped with the app (`samples/`); they are in the "
                "training data, so they show how the page works, not how well the model works.")
-    collect = lambda: ui.folder_batch(str(ui.SAMPLES), [ui.SAMPLES])  # noqa: E731
+    collect = lambda: folder_batch(str(SAMPLES), [SAMPLES], card.positive_class)  # noqa: E731
 
-if st.button("Run evaluation", type="primary", disabled=collect is None, key="eval_run"):
+if st.button("Run evaluation", type="primary", disabled=collect is None, key=state.EVAL_RUN):
     try:
         title, items, keep = collect()
     except (PathRefused, ZipRefused, FilmError) as e:
         st.error(f"Nothing was evaluated: {e}", icon=":material/block:")
         st.stop()
-    batch = Batch(title, len(items), card.threshold, items if keep else None)
-    st.session_state["batch"] = batch
-    st.session_state.pop("eval_threshold", None)
-    for stale in ("review_open", "thumbnails"):
+    batch = Batch(title, len(items), card.threshold, card.positive_class, items if keep else None)
+    st.session_state[state.BATCH] = batch
+    for stale in (state.EVAL_THRESHOLD, state.REVIEW_OPEN, state.THUMBNAILS):  # they belong to the last batch
         st.session_state.pop(stale, None)
     bar = st.progress(0.0, text=progress_text(0, len(items), 0.0))
     t0 = time.perf_counter()
@@ -70,7 +74,7 @@ if st.button("Run evaluation", type="primary", disabled=collect is None, key="ev
     batch.done, batch.seconds = True, time.perf_counter() - t0
     bar.empty()
 
-batch: Batch | None = st.session_state.get("batch")
+batch: Batch | None = st.session_state.get(state.BATCH)
 if batch is None or not batch.rows:
     st.stop()
 
@@ -81,13 +85,13 @@ if batch.interrupted:
     st.warning(f"The evaluation was interrupted after {len(batch.rows)} of {batch.total} films; the results "
                "below cover the films scored so far.", icon=":material/pause_circle:")
 
-if "eval_threshold" not in st.session_state:
-    st.session_state["eval_threshold"] = batch.threshold
+if state.EVAL_THRESHOLD not in st.session_state:
+    st.session_state[state.EVAL_THRESHOLD] = batch.threshold
 left, right = st.columns([4, 1])
 batch.threshold = left.slider("Decision threshold (metrics recompute from the stored scores)", 0.0, 1.0,
-                              step=0.005, format="%.3f", key="eval_threshold")
-right.button("Model's threshold", key="eval_reset", help=f"{card.threshold:.3f}: {card.threshold_rule}",
-             on_click=lambda: st.session_state.update(eval_threshold=card.threshold))
+                              step=0.005, format="%.3f", key=state.EVAL_THRESHOLD)
+right.button("Model's threshold", key=state.EVAL_RESET, help=f"{card.threshold:.3f}: {card.threshold_rule}",
+             on_click=lambda: st.session_state.update({state.EVAL_THRESHOLD: card.threshold}))
 report = batch.report()
 d = report.as_dict()
 
@@ -124,7 +128,7 @@ with right:
 
 if d.get("per_source") and len(d["per_source"]) > 1:
     st.markdown("**Per source**")
-    st.dataframe(breakdown_rows(d["per_source"]), hide_index=True)
+    st.dataframe(breakdown_rows(d["per_source"], card.positive_class), hide_index=True)
 
 st.markdown("**Per image**")
 per_image = image_rows(report.rows, batch.threshold)
@@ -137,8 +141,8 @@ if report.failures:
 
 left, right = st.columns(2)
 left.download_button("Download per-image CSV", report.to_csv, file_name="covidxr_evaluation.csv",
-                     mime="text/csv", key="eval_csv", on_click="ignore")  # built on click only
+                     mime="text/csv", key=state.EVAL_CSV, on_click="ignore")  # built on click only
 right.download_button("Download full report (JSON)", lambda: json.dumps(d, indent=2),
-                      file_name="covidxr_evaluation.json", mime="application/json", key="eval_json",
+                      file_name="covidxr_evaluation.json", mime="application/json", key=state.EVAL_JSON,
                       on_click="ignore")
 st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon=":material/image_search:")

@@ -3,10 +3,11 @@ from typing import Any
 
 import streamlit as st
 
-import ui
-from covidxr.session import METRIC_TITLES, breakdown_rows, class_title, confusion_table, is_estimates, metric_rows
+from webapp.model import card as model_card
+from webapp.tables import breakdown_rows, confusion_table, is_estimates, metric_rows
+from webapp.wording import METRIC_TITLES, class_title
 
-card = ui.card()
+card = model_card()
 
 
 def title(key: str) -> str:
@@ -45,12 +46,12 @@ def show(obj: Any, depth: int = 0) -> None:
                     show(v, depth + 1)
         return
     if isinstance(obj, dict) and obj and all(is_estimates(v) for v in obj.values()):
-        st.dataframe(breakdown_rows(obj), hide_index=True)
+        st.dataframe(breakdown_rows(obj, card.positive_class), hide_index=True)
         return
     if isinstance(obj, list) and obj and all(is_estimates(v) for v in obj):
         name = next((k for k, v in obj[0].items() if isinstance(v, str)), None)  # e.g. "held_out"
         groups = {str(d.get(name, i)): d for i, d in enumerate(obj)}
-        st.dataframe(breakdown_rows(groups, key=title(name) if name else "group"), hide_index=True)
+        st.dataframe(breakdown_rows(groups, card.positive_class, key=title(name) if name else "group"), hide_index=True)
         return
     if isinstance(obj, dict) and obj and all(isinstance(v, dict) and v and v == scalars(v) for v in obj.values()):
         columns = list(dict.fromkeys(c for v in obj.values() for c in v))   # e.g. films per source and class

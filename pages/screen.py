@@ -1,18 +1,21 @@
 """Screen a film: drop films (or pick a sample) -> decision, probabilities, film and Grad-CAM side by side."""
 import streamlit as st
 
-import ui
+from webapp import state
+from webapp.films import UPLOAD_TYPES, load_film, sample_films, sample_title
+from webapp.model import classifier
+from webapp.view import show_result
 
 st.title("Screen a chest X-ray for a COVID-19 pattern")
 st.caption("Frontal (PA/AP) chest radiographs: PNG, JPEG, DICOM, BMP or TIFF. Films stay in this "
            "session's memory; nothing is stored.")
 
-ui.classifier()  # loaded when the page opens (once per server), not after the first drop
-uploads = st.file_uploader("Drop one or more films", type=ui.FILM_TYPES, accept_multiple_files=True,
-                           key="screen_upload")
-samples = ui.sample_films()
-sample = st.selectbox("…or try a sample film", [None, *samples], key="screen_sample",
-                      format_func=lambda p: "—" if p is None else ui.sample_title(p))
+classifier()  # loaded when the page opens (once per server), not after the first drop
+uploads = st.file_uploader("Drop one or more films", type=UPLOAD_TYPES, accept_multiple_files=True,
+                           key=state.SCREEN_UPLOAD)
+samples = sample_films()
+sample = st.selectbox("…or try a sample film", [None, *samples], key=state.SCREEN_SAMPLE,
+                      format_func=lambda p: "—" if p is None else sample_title(p))
 
 inputs = [(f.name, f.getvalue()) for f in uploads or []]
 if sample is not None:
@@ -24,7 +27,7 @@ if not inputs:
 
 shown: set[str] = set()
 for name, data in inputs:
-    loaded = ui.load_film(name, data)
+    loaded = load_film(name, data)
     if loaded.key in shown:  # the same film twice: once is enough (and its widgets are keyed by content)
         st.caption(f"{name} is the same film as one above.")
         continue
@@ -34,4 +37,4 @@ for name, data in inputs:
         if loaded.film is None:
             st.error(f"{name} could not be read: {loaded.error}", icon=":material/block:")
             continue
-        ui.show_result(loaded.key, loaded.film)
+        show_result(loaded.key, loaded.film)

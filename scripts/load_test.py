@@ -34,16 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.browser_util import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, SCRIPT_IDLE, UPLOADER,  # noqa: E402
-                                VERDICT_PATTERN, AppStartError, require_chromium, running_app)
+from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
+                            AppStartError, require_chromium, running_app)
 
 MAX_SESSIONS, MAX_ROUNDS = 16, 20
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SHARED_CXR = REPO.parent / "shared" / "data" / "cxr"
-FILM_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"}
 MIME = {".png": "image/png", ".dcm": "application/dicom", ".dicom": "application/dicom", ".bmp": "image/bmp",
         ".tif": "image/tiff", ".tiff": "image/tiff"}
 # What the screen page shows instead of a result; each is an error kind of its own.
@@ -67,6 +63,8 @@ def loopback_url(url: str) -> str:
 def film_pool(given: list[str], need: int) -> list[Path]:
     """Candidate films: those given, else samples/ and then the shared data, spread over sources and
     classes (round robin) so that the sessions get different films."""
+    from covidxr.films import FILM_SUFFIXES  # covidxr imports torch: not before the arguments are checked
+
     if given:
         return [Path(f) for f in given]
     groups = [sorted(p for p in d.iterdir() if p.suffix.lower() in FILM_SUFFIXES)
@@ -84,7 +82,7 @@ class Expected:
     probability: float
     label: str
     threshold: float
-    sentence: str   # the screen page's sentence for this film (covidxr.session.verdict)
+    sentence: str   # the screen page's sentence for this film (webapp.wording.verdict)
 
 
 def cli_predictions(films: list[Path], weights: Path) -> dict[Path, dict]:
@@ -96,12 +94,13 @@ def cli_predictions(films: list[Path], weights: Path) -> dict[Path, dict]:
     return {Path(r["path"]): r for r in json.loads(run.stdout)}
 
 
-def choose_films(rows: dict[Path, dict], n: int) -> list[Expected]:
-    """n films the CLI scored as chest films, those whose page sentences differ first (then the rest)."""
-    from covidxr.session import verdict  # the page's own wording
+def choose_films(rows: dict[Path, dict], n: int, positive_class: str) -> list[Expected]:
+    """n films the CLI scored as chest films, those whose page sentences differ first (then the rest).
+    `positive_class`: the model card's, whose name the CLI's label carries when the film is positive."""
+    from webapp.wording import verdict  # the page's own wording
 
     usable = [Expected(str(f), r["probability"], r["label"], r["threshold"],
-                       verdict(r["probability"], r["label"] == "covid", r["threshold"]))
+                       verdict(r["probability"], r["label"] == positive_class, r["threshold"], positive_class))
               for f, r in rows.items() if "error" not in r and r.get("chest_xray", True)]
     seen: set[str] = set()
     distinct = [e for e in usable if not (e.sentence in seen or seen.add(e.sentence))]
@@ -360,13 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     deadline = Deadline(args.timeout, args.request_timeout)
     require_chromium()
+    from covidxr.card import CardError, ModelCard
     from covidxr.classifier import DEFAULT_WEIGHTS
 
     weights = Path(args.weights or os.environ.get("COVIDXR_WEIGHTS") or DEFAULT_WEIGHTS)
     pool = film_pool(args.films, max(2 * args.sessions + 4, args.sessions))
     try:
-        films = choose_films(cli_predictions(pool, weights), args.sessions)
-    except RuntimeError as e:
+        films = choose_films(cli_predictions(pool, weights), args.sessions, ModelCard.load(weights).positive_class)
+    except (RuntimeError, CardError, OSError) as e:
         print(f"load_test: {e}", file=sys.stderr)
         return 1
     print(f"{len(films)} films, expected results from `python -m covidxr predict --weights {weights}`", file=sys.stderr)

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, require_chromium, running_app
 from tests.conftest import REPO
+from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, VERDICT_PATTERN, require_chromium,
+                            running_app)
 
 SHOTS = REPO / "docs" / "screenshots"
 SAMPLES = REPO / "samples"
@@ -64,10 +65,7 @@ def shot(page: Page, name: str, max_height: int = 2400) -> None:
 
 def wait_for_overlays(page: Page, n: int) -> None:
     """Until n Grad-CAM overlays are shown and decoded by the browser."""
-    page.wait_for_function(
-        """n => { const imgs = [...document.querySelectorAll('img[alt="Grad-CAM overlay"]')];
-                  return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
-        arg=n, timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function(OVERLAYS_READY_JS, arg=n, timeout=RESULT_TIMEOUT_MS)
 
 
 def open_first_film(page: Page) -> None:
@@ -106,7 +104,7 @@ def test_clinician_flow_in_chromium(page: Page, server: str, capsys):
     for n, film in enumerate([SAMPLES / "covid" / "0578e08b.jpg", SAMPLES / "normal" / "00001362_004.jpg"], 1):
         t0 = time.perf_counter()
         drop.set_input_files(str(film))
-        expect(page.get_by_text(re.compile(r"(Positive for|No) COVID-19 pattern.*p [=<>]")).nth(n - 1)).to_be_visible()
+        expect(page.get_by_text(re.compile(VERDICT_PATTERN)).nth(n - 1)).to_be_visible()
         wait_for_overlays(page, n)
         timings.append(time.perf_counter() - t0)
     with capsys.disabled():

@@ -193,7 +193,7 @@ def test_uploads_labels_and_a_refused_zip(classifier, labelled):
 
 
 def test_build_report_without_labelled_films_is_defined():
-    r = build_report([], 0.5, n_boot=10)
+    r = build_report([], 0.5, "covid", n_boot=10)
     d = r.as_dict()
     assert d["n"] == 0 and d["sensitivity"] is None and d["auc"] is None and d["images"] == []
     json.dumps(d, allow_nan=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from covidxr.classifier import DEFAULT_WEIGHTS
-from tests.browser_util import REPO, require_chromium
+from webapp.browser import REPO, require_chromium
 
 SCRIPT = REPO / "scripts" / "load_test.py"
 

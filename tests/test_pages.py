@@ -14,9 +14,10 @@ import pydicom
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import REPO, shared_data
 from covidxr.card import ModelCard
 from covidxr.classifier import Classifier
+from tests.conftest import REPO, shared_data
+from webapp import state
 
 APP = str(REPO / "app.py")
 SAMPLES = REPO / "samples"
@@ -90,8 +91,8 @@ def samples_zip(extra: dict[str, bytes] | None = None) -> bytes:
 
 def run_evaluation(at: AppTest, source: str = "The sample films") -> AppTest:
     at.switch_page("pages/evaluate.py").run()
-    at.radio(key="eval_source").set_value(source).run()
-    at.button(key="eval_run").click().run()
+    at.radio(key=state.EVAL_SOURCE).set_value(source).run()
+    at.button(key=state.EVAL_RUN).click().run()
     assert not at.exception
     return at
 
@@ -123,7 +124,7 @@ def test_page_switching(app, page, title):
 # ---------------------------------------------------------------- screen a film
 
 def test_sample_film_gives_decision_probabilities_and_heatmap(app, card):
-    app.selectbox(key="screen_sample").set_value(COVID_SAMPLE).run()
+    app.selectbox(key=state.SCREEN_SAMPLE).set_value(COVID_SAMPLE).run()
     assert not app.exception
     [sentence] = verdicts(app)
     assert f"threshold {card.threshold:.2f}" in sentence
@@ -148,9 +149,9 @@ def test_upload_films_including_dicom_never_shows_patient_identity(app):
 
 
 def test_opacity_slider_redraws_without_recomputing_gradcam(app, monkeypatch):
-    import ui
+    from webapp import view
 
-    calls = count_calls(monkeypatch, ui, "explain")
+    calls = count_calls(monkeypatch, view, "explain")
     app.file_uploader[0].set_value(film_upload(COVID_SAMPLE)).run()
     overlay_before = app.image[1].value
     app.slider[0].set_value(0.95).run()
@@ -192,9 +193,9 @@ def test_evaluation_metrics_and_threshold_slider_without_rescoring(app, monkeypa
     table = app.dataframe[-1].value
     assert len(table) == 6 and set(table["outcome"]) <= {"true positive", "false positive",
                                                          "true negative", "false negative"}
-    app.slider(key="eval_threshold").set_value(0.0).run()
+    app.slider(key=state.EVAL_THRESHOLD).set_value(0.0).run()
     assert (metric(app, "Sensitivity"), metric(app, "Specificity")) == ("1.000", "0.000")
-    app.slider(key="eval_threshold").set_value(1.0).run()
+    app.slider(key=state.EVAL_THRESHOLD).set_value(1.0).run()
     assert metric(app, "Specificity") == "1.000"
     assert len(calls) == scored                         # the slider never re-scored a film
     assert {d.label for d in app.get("download_button")} == {"Download per-image CSV", "Download full report (JSON)"}
@@ -202,10 +203,10 @@ def test_evaluation_metrics_and_threshold_slider_without_rescoring(app, monkeypa
 
 def test_zip_upload_lists_failed_files_and_scores_the_rest(app):
     app.switch_page("pages/evaluate.py").run()
-    app.file_uploader(key="eval_upload").set_value([
+    app.file_uploader(key=state.EVAL_UPLOAD).set_value([
         ("films.zip", samples_zip({"normal/broken.jpg": b"\xff\xd8\xff\xe0 truncated"}), "application/zip"),
         ("evil.zip", b"PK\x03\x04 not really a zip", "application/zip")]).run()
-    app.button(key="eval_run").click().run()
+    app.button(key=state.EVAL_RUN).click().run()
     assert not app.exception
     per_image, failed = app.dataframe[-2].value, app.dataframe[-1].value
     assert len(per_image) == 6
@@ -216,29 +217,29 @@ def test_zip_upload_lists_failed_files_and_scores_the_rest(app):
 
 def test_server_folder_only_inside_allowed_roots(app, monkeypatch):
     app.switch_page("pages/evaluate.py").run()
-    app.radio(key="eval_source").set_value("A folder on the server").run()
+    app.radio(key=state.EVAL_SOURCE).set_value("A folder on the server").run()
     assert any("No server folders are enabled" in i.value for i in app.info)
     monkeypatch.setenv("COVIDXR_DATA_ROOTS", str(SAMPLES))
     app.run()
     for refused in ("/etc", "../tests", "covid/../../tests"):
-        app.text_input(key="eval_folder").set_value(refused).run()
-        app.button(key="eval_run").click().run()
+        app.text_input(key=state.EVAL_FOLDER).set_value(refused).run()
+        app.button(key=state.EVAL_RUN).click().run()
         assert not app.exception
         assert any(e.value.startswith("Nothing was evaluated") for e in app.error), refused
-    app.text_input(key="eval_folder").set_value(".").run()
-    app.button(key="eval_run").click().run()
+    app.text_input(key=state.EVAL_FOLDER).set_value(".").run()
+    app.button(key=state.EVAL_RUN).click().run()
     assert len(app.dataframe[-1].value) == 6
 
 
 def test_interrupted_evaluation_keeps_the_rows_scored(app, classifier):
     from covidxr.evaluate import iter_scores, scan_folder
-    from covidxr.session import Batch
+    from webapp.batch import Batch
 
-    items = scan_folder(SAMPLES)
-    batch = Batch("samples", len(items), classifier.threshold, items)
+    items = scan_folder(SAMPLES, classifier.card.positive_class)
+    batch = Batch("samples", len(items), classifier.threshold, classifier.card.positive_class, items)
     for row in iter_scores(classifier, items[:3]):
         batch.rows.append(row)
-    app.session_state["batch"] = batch
+    app.session_state[state.BATCH] = batch
     app.switch_page("pages/evaluate.py").run()
     assert not app.exception
     assert any("interrupted after 3 of 6 films" in w.value for w in app.warning)
@@ -248,22 +249,23 @@ def test_interrupted_evaluation_keeps_the_rows_scored(app, classifier):
 # ---------------------------------------------------------------- heatmap review
 
 def test_review_shows_errors_first_and_opens_a_film_with_its_overlay(app, monkeypatch):
-    import ui
+    from webapp import view
 
     run_evaluation(app)
-    app.slider(key="eval_threshold").set_value(0.5).run()
+    app.slider(key=state.EVAL_THRESHOLD).set_value(0.5).run()
     app.switch_page("pages/review.py").run()
     assert not app.exception
     tiles = [m.value.split("**")[1] for m in app.markdown if m.value.startswith("**")]
     assert len(tiles) == 6
     rank = {"FN": 0, "FP": 1, "TP": 2, "TN": 3}
     assert [rank[t] for t in tiles] == sorted(rank[t] for t in tiles)
-    calls = count_calls(monkeypatch, ui, "explain")
+    calls = count_calls(monkeypatch, view, "explain")
     assert not any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)  # nothing computed yet
-    app.button(key=next(b.key for b in app.button if b.key.startswith("review_open_"))).click().run()
+    opens = [b.key for b in app.button if b.key.startswith(f"{state.REVIEW_OPEN}_")]
+    app.button(key=opens[0]).click().run()
     assert not app.exception
     assert len(calls) == 1 and any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)
-    app.multiselect(key="review_outcomes").set_value(["TN"]).run()
+    app.multiselect(key=state.REVIEW_OUTCOMES).set_value(["TN"]).run()
     assert {m.value.split("**")[1] for m in app.markdown if m.value.startswith("**")} <= {"TN"}
 
 

@@ -1,5 +1,6 @@
-"""Running the real app and driving it in Debian's Chromium: shared by the browser, privacy and load tests
-and by scripts/load_test.py (so it imports neither pytest nor covidxr).
+"""Drives the app in Debian's Chromium for the load script and the browser tests: starts the real server
+and holds the Playwright constants and page scripts both use. It imports neither pytest, nor Streamlit, nor
+covidxr, so that scripts/load_test.py runs without the test suite.
 
 `running_app()` starts `streamlit run app.py` on a loopback port in its own process group and stops it by
 that group; the Playwright bits are plain constants and page scripts usable from the sync and async APIs.
@@ -25,7 +26,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking"
                  "--disable-sync", "--disable-gpu", "--disable-quic", "--no-first-run"]
 START_TIMEOUT_S = 180
 UPLOADER = '[data-testid="stFileUploader"] input[type=file]'
-# The screen page's decision sentence (covidxr.session.verdict), e.g. "No COVID-19 pattern detected (p = 0.12, ...".
+# The screen page's decision sentence (webapp.wording.verdict), e.g. "No COVID-19 pattern detected (p = 0.12, ...".
 VERDICT_PATTERN = r"(Positive for|No) COVID-19 pattern.*p [=<>]"
 # The app root while no script run is going on; clicks that land mid-run can be dropped with the old element.
 SCRIPT_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'

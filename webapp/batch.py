@@ -1,0 +1,96 @@
+"""One session's batch evaluation: what to evaluate, the rows as they stream in, the progress text. No Streamlit.
+
+The page runs the batch (covidxr.evaluate.iter_scores) and keeps a Batch in the session; everything
+the results show is built from its stored rows, so moving the threshold never re-scores a film.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covidxr import evaluate
+from covidxr.evaluate import LabelledItem, scan_folder, scan_uploads
+from covidxr.safety import resolve_inside
+
+KEEP_UPLOAD_BYTES = 128 << 20  # a batch's uploads are kept for the review page up to this size per session
+
+
+@dataclass
+class Batch:
+    """The last batch evaluation of one session: rows are appended as they stream in, so an
+    interrupted run keeps what was scored; the report is built once per row count and moved to
+    other thresholds without re-scoring (and without redoing the bootstrap)."""
+    title: str                      # what was evaluated, for the page
+    total: int                      # films found
+    threshold: float                # the threshold in use on the pages (the slider)
+    positive_class: str             # the model card's: which label the metrics count as positive
+    items: list | None = None       # evaluate.LabelledItem per row, to re-read a film for review; None if not kept
+    rows: list = field(default_factory=list)      # evaluate.Row, in item order
+    done: bool = False
+    seconds: float | None = None
+    _report: Any = field(default=None, repr=False)
+    _report_rows: int = field(default=-1, repr=False)
+
+    @property
+    def interrupted(self) -> bool:
+        return not self.done and len(self.rows) < self.total
+
+    def report(self) -> evaluate.EvaluationReport:
+        """The report of the rows so far at `threshold`."""
+        if self._report is None or self._report_rows != len(self.rows):
+            self._report, self._report_rows = evaluate.build_report(list(self.rows), self.threshold,
+                                                                          self.positive_class), len(self.rows)
+        return self._report.at(self.threshold)
+
+    def scored(self) -> list[tuple[int, Any]]:
+        """(index, row) for the rows that have a probability (not the failures)."""
+        return [(i, r) for i, r in enumerate(self.rows) if r.probability is not None]
+
+
+def folder_batch(folder: str, roots: list[Path], positive_class: str) -> tuple[str, list[LabelledItem], bool]:
+    """(title, items, keep) for a server folder, refused unless it lies inside `roots` (and, by
+    scan_folder, when it holds no film); the films are re-read from disk for review, so they are
+    always "kept"."""
+    path = resolve_inside(folder, roots)
+    return str(path), scan_folder(path, positive_class), True
+
+
+def upload_batch(files: list[tuple[str, bytes]], label: str | None,
+                 positive_class: str) -> tuple[str, list[LabelledItem], bool]:
+    """(title, items, keep) for uploaded films and zips, read in memory; a refused zip becomes one
+    failed item with its reason. The bytes are kept for review only when the upload is small."""
+    items = scan_uploads(files, label, positive_class)
+    size = sum(len(d) for _, d in files)
+    title = ", ".join(n for n, _ in files) if len(files) <= 3 else f"{len(files)} uploaded files"
+    return title, items, size <= KEEP_UPLOAD_BYTES
+
+
+# ---------------------------------------------------------------- progress
+
+def eta_seconds(done: int, total: int, elapsed_s: float) -> float | None:
+    """Seconds left at the rate so far; None before the first film gives a rate."""
+    if done <= 0 or total <= 0 or elapsed_s <= 0:
+        return None
+    return max(0.0, (total - done) * elapsed_s / done)
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(math.ceil(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def progress_text(done: int, total: int, elapsed_s: float) -> str:
+    """"Scored 12 of 40 films · about 8 s left" for the batch progress bar."""
+    text = f"Scored {done} of {total} films"
+    eta = eta_seconds(done, total, elapsed_s)
+    if eta is not None and done < total:
+        text += f" · about {fmt_duration(eta)} left"
+    return text

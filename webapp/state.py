@@ -1,0 +1,65 @@
+"""Every key this app keeps in `st.session_state`, and `user_state` for the per-session objects.
+
+Streamlit keeps `st.session_state` per browser session: two clinicians never see each other's films,
+heatmaps or batches. Widget keys live here too, since a widget's value is read and written under its
+key (the tests drive the widgets by these keys). Per-film and per-row widgets get their key from a
+function of the film's content key or the row's index, so that each keeps its own value.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import streamlit as st
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------- per-session objects
+BATCH = "batch"                # webapp.batch.Batch: the session's last batch evaluation
+FILMS = "films"                # LRU of decoded films, by content and name
+EXPLANATIONS = "explanations"  # LRU of Grad-CAM explanations, by content
+THUMBNAILS = "thumbnails"      # LRU of the review gallery's thumbnails, by film path
+REVIEW_OPEN = "review_open"    # the batch row opened large on the review page
+
+# ---------------------------------------------------------------- widgets: Screen a film
+SCREEN_UPLOAD = "screen_upload"
+SCREEN_SAMPLE = "screen_sample"
+
+# ---------------------------------------------------------------- widgets: Batch evaluation
+EVAL_SOURCE = "eval_source"
+EVAL_UPLOAD = "eval_upload"
+EVAL_LABEL = "eval_label"
+EVAL_FOLDER = "eval_folder"
+EVAL_RUN = "eval_run"
+EVAL_THRESHOLD = "eval_threshold"
+EVAL_RESET = "eval_reset"
+EVAL_CSV = "eval_csv"
+EVAL_JSON = "eval_json"
+
+# ---------------------------------------------------------------- widgets: Heatmap review
+REVIEW_OUTCOMES = "review_outcomes"
+REVIEW_SORT = "review_sort"
+REVIEW_PAGE = "review_page"
+REVIEW_CLOSE = "review_close"
+
+
+def review_open_button(row: int) -> str:
+    """The gallery's Open button of a batch row."""
+    return f"{REVIEW_OPEN}_{row}"
+
+
+# ---------------------------------------------------------------- widgets: one result (webapp.view)
+
+def opacity_slider(film_key: str) -> str:
+    """The heatmap opacity of one film (by content), so that each shown film keeps its own."""
+    return f"opacity_{film_key}"
+
+
+def overlay_download(film_key: str) -> str:
+    return f"download_{film_key}"
+
+
+def user_state(name: str, factory: Callable[[], T]) -> T:
+    """This session's own object under `name`, created on first use."""
+    if name not in st.session_state:
+        st.session_state[name] = factory()
+    return st.session_state[name]
