@@ -53,7 +53,7 @@ def split_state(state: dict[str, torch.Tensor], n_networks: int, n_classes: int)
 
 
 def stored_in_half(tensor: torch.Tensor) -> bool:
-    """The classifiers' convolution kernels are stored in float16: that halves model.pt. On v7's 1,018
+    """The classifiers' convolution kernels are stored in float16: that halves model.pt. On the shipped model's 1,018
     validation films it moved the calibrated probability by 0.0004 on average (at most 0.013) and changed
     no decision; training calibrates on the rounded networks (as_stored). BatchNorm, biases and the head
     stay float32."""

@@ -1,4 +1,12 @@
-"""Shared test helpers. Real data lies beside the clone in ../shared (CI has it there too)."""
+"""Shared test helpers. Real data lies beside the clone in ../shared (CI has it there too).
+
+Tiers (markers, set here by what a test needs, so that no test file can forget one):
+  browser  serves the app and drives Debian's Chromium (tests/test_browser.py, test_load.py, test_privacy.py)
+  model    loads the shipped model (uses the `classifier` fixture, or runs the app's pages)
+  slow     takes more than about a second on its own (SLOW below, measured with --durations)
+A developer's fast tier: `./run.sh test -m "not slow and not browser"` (under a minute);
+`.ci/run` runs everything.
+"""
 from __future__ import annotations
 
 import os
@@ -8,6 +16,36 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+BROWSER_FILES = {"test_browser.py", "test_load.py", "test_privacy.py"}
+MODEL_FILES = {"test_pages.py", "test_cli.py", "test_bench.py", "test_same_answers.py", "test_concurrency.py"}
+# Files whose tests (or module fixtures) take seconds: training steps, many films, subprocesses.
+SLOW_FILES = {"test_train.py", "test_bench.py", "test_cli.py", "test_pages.py", "test_concurrency.py",
+              "test_same_answers.py", "test_ood_report.py", "test_generalisation.py"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--screenshots", action="store_true",
+                     help=f"the browser test saves each page's screenshot to {SCREENSHOTS.relative_to(REPO)}/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.path.name
+        if name in BROWSER_FILES:
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)
+        if name in MODEL_FILES or "classifier" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)
+        if name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def screenshots(request: pytest.FixtureRequest) -> Path | None:
+    """Where the browser test saves page screenshots: docs/screenshots/ with --screenshots, else nowhere."""
+    return SCREENSHOTS if request.config.getoption("--screenshots") else None
 
 
 def shared_data(*parts: str) -> Path:

@@ -2,7 +2,8 @@
 
 Drops a real film on the uploader and waits for the probability and the heatmap (printing the time
 from drop to result), runs a small batch on the evaluation page, opens a film on the review page,
-and saves a screenshot of each page to docs/screenshots/ (the README shows them).
+and takes a screenshot of each page; with `--screenshots` it saves them to docs/screenshots/ (the
+README shows them), so that an ordinary test run leaves the working tree as it found it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from tests.conftest import REPO
 from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, VERDICT_PATTERN, require_chromium,
                             running_app)
 
-SHOTS = REPO / "docs" / "screenshots"
 SAMPLES = REPO / "samples"
 RESULT_TIMEOUT_MS = 300_000  # generous: on a loaded 2-core box torch alone can take a minute to import
 VIEWPORT = {"width": 1440, "height": 1400}
@@ -52,14 +52,15 @@ def page(server):
         browser.close()
 
 
-def shot(page: Page, name: str, max_height: int = 2400) -> None:
-    """The whole page (Streamlit scrolls inside its main block, so the viewport grows to fit it)."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
+def shot(page: Page, folder: Path | None, name: str, max_height: int = 2400) -> None:
+    """The whole page (Streamlit scrolls inside its main block, so the viewport grows to fit it), saved
+    in `folder` when one is given."""
     height = page.get_by_test_id("stMainBlockContainer").evaluate("el => el.scrollHeight")
     height = min(max(height + 80, VIEWPORT["height"]), max_height)
     page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
     page.wait_for_timeout(800)  # let images and charts repaint at the new size
-    page.screenshot(path=str(SHOTS / name))
+    png = page.screenshot(path=None if folder is None else str(folder / name))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
     page.set_viewport_size(VIEWPORT)
 
 
@@ -94,7 +95,7 @@ def samples_zip() -> bytes:
     return buf.getvalue()
 
 
-def test_clinician_flow_in_chromium(page: Page, server: str, capsys):
+def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path | None, capsys):
     page.goto(server)
     drop = uploader(page, "Drop one or more films")
     drop.wait_for(state="attached")       # the screen page loads the model before it shows the uploader
@@ -114,7 +115,7 @@ def test_clinician_flow_in_chromium(page: Page, server: str, capsys):
         page.get_by_role("button", name="Download overlay (PNG)").first.click()
     png = Path(download.value.path()).read_bytes()
     assert png.startswith(b"\x89PNG") and download.value.suggested_filename == "0578e08b_gradcam.png"
-    shot(page, "screen.png", max_height=1500)
+    shot(page, screenshots, "screen.png", max_height=1500)
 
     nav(page, "Batch evaluation", "Batch evaluation")
     uploader(page, "Drop films, or a .zip").set_input_files(
@@ -126,14 +127,14 @@ def test_clinician_flow_in_chromium(page: Page, server: str, capsys):
     expect(page.get_by_test_id("stMetric").filter(has_text="Sensitivity")).to_be_visible()
     expect(page.get_by_text("6 labelled films scored", exact=False)).to_be_visible()
     expect(page.locator('[data-testid="stVegaLiteChart"], [data-testid="stArrowVegaLiteChart"]').first).to_be_visible()
-    shot(page, "evaluate.png")
+    shot(page, screenshots, "evaluate.png")
 
     nav(page, "Heatmap review", "Heatmap review")
     open_first_film(page)
     wait_for_overlays(page, 1)
-    shot(page, "review.png")
+    shot(page, screenshots, "review.png")
 
     nav(page, "Model card", "Model card")
     expect(page.get_by_role("heading", name="Architecture")).to_be_visible()
     expect(page.get_by_role("heading", name="Known limits")).to_be_visible()
-    shot(page, "model_card.png")
+    shot(page, screenshots, "model_card.png")
