@@ -151,14 +151,14 @@ class Classifier:
         return to_tensor([p.image for p in prepared], self.card.mean, self.card.std).to(
             memory_format=torch.channels_last)
 
+    def network_features(self, inputs: Sequence[FilmInputs]) -> list[torch.Tensor]:
+        """Each network's pooled features (n, d) of its own view of the films."""
+        return [net.features(self.tensor([x.networks[i] for x in inputs])) for i, net in enumerate(self.nets)]
+
     def forward(self, inputs: Sequence[FilmInputs]) -> tuple[torch.Tensor, torch.Tensor]:
         """The networks' mean logits and the first network's pooled features (the gate's)."""
-        logits, features = [], None
-        for i, net in enumerate(self.nets):
-            f = net.features(self.tensor([x.networks[i] for x in inputs]))
-            features = f if features is None else features
-            logits.append(net.head(f))
-        return torch.stack(logits).mean(0), features
+        features = self.network_features(inputs)
+        return torch.stack([net.head(f) for net, f in zip(self.nets, features)]).mean(0), features[0]
 
     def features(self, films: Sequence[Film], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """The gate's inputs for films: the first network's pooled features (n, d) and the lung
