@@ -1,6 +1,6 @@
 """The model: its networks, their lung segmenter and the gate, as the card describes them.
 
-A film's way through predict(): read (films.py) -> prepare every network's input in one pass
+A film's way through predict(): read (films/) -> prepare every network's input in one pass
 (preprocess.py) -> the networks' logits, averaged -> the decision at the card's operating point ->
 the gate (ood.py), which says whether the film is a frontal chest radiograph at all.
 

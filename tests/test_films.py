@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from covidxr import films
-from covidxr.films import WORK_SIDE, Film, FilmError, film_summary, read_film
+from covidxr.films import WORK_SIDE, Film, FilmError, _common, _dicom, film_summary, read_film
 from tests.bad_inputs import dicom_bytes, encode, film_array
 from tests.conftest import shared_data
 
@@ -184,7 +184,7 @@ def test_path_input_names_the_film_and_missing_path_is_a_film_error(tmp_path):
 def test_file_size_limit_is_checked_before_reading(tmp_path, monkeypatch):
     data = encode(film_array(), "PNG")
     (tmp_path / "a.png").write_bytes(data)
-    monkeypatch.setattr(films, "MAX_BYTES", len(data) - 1)
+    monkeypatch.setattr(_common, "MAX_BYTES", len(data) - 1)  # the limit lives with the check that reads it
     for source in (data, tmp_path / "a.png"):
         with pytest.raises(FilmError, match="too large"):
             read_film(source)
@@ -304,7 +304,7 @@ def test_dicom_facts_are_an_allow_list_without_identity():
     data = dicom_bytes(ramp16(), BitsStored=12, HighBit=11, ViewPosition="PA", BodyPartExamined="CHEST",
                        PatientBirthDate="19400305", InstitutionName="Saint Nowhere", AccessionNumber="ACC777")
     film = read_film(data)
-    allowed = set(films._DICOM_FACTS) | {"transfer_syntax", "sop_class", "display", "colour", "colour_share"}
+    allowed = set(_dicom._DICOM_FACTS) | {"transfer_syntax", "sop_class", "display", "colour", "colour_share"}
     assert set(film.facts) <= allowed
     text = repr(film) + repr(film_summary(film))
     for secret in ("Test^Corpus", "CORPUS-0001", "19400305", "Saint Nowhere", "ACC777"):
@@ -330,7 +330,7 @@ def test_every_shared_dicom_reads_with_its_header_facts(row):
     assert film.format == "DICOM" and film.pixels.dtype == np.float32
     assert (film.height, film.width) == (int(row["Rows"]), int(row["Columns"]))
     assert max(film.pixels.shape) <= WORK_SIDE and 0 <= film.pixels.min() < film.pixels.max() <= 1
-    expected_shape = films._target(film.width, film.height)[::-1]
+    expected_shape = _common._target(film.width, film.height)[::-1]
     assert film.pixels.shape == expected_shape
     assert film.facts["modality"] == row["Modality"]
     assert film.facts["photometric"] == row["PhotometricInterpretation"]
