@@ -101,7 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import STAGES, main
+    from .training.stages import STAGES, main
 
     card = main(Path(args.data), Path(args.out), Path(args.lungs) if args.lungs else None, Path(args.work),
                 tuple(args.stages.split(",")) if args.stages else STAGES, threads=args.threads or 2)
@@ -137,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default="weights", help="where to write model.pt and model_card.json")
     st.add_argument("--lungs", default=None, help="lung masks (default: <data>/../lungs)")
     st.add_argument("--work", default=".cache/train", help="cache and checkpoints; rerun to resume")
-    st.add_argument("--stages", default=None, help="comma-separated (default: every stage of covidxr.train.STAGES); "
+    st.add_argument("--stages", default=None, help="comma-separated (default: every stage of covidxr.training.stages.STAGES); "
                     "also 'card' (rewrite the card from stored results) and 'ood'")
     st.add_argument("--threads", type=int, default=None)
     st.set_defaults(run=cmd_train)

@@ -6,6 +6,8 @@ films, told turned from upright there but not on films the network had not learn
 heavily diseased, low-contrast upright films, the very ones whose score must not be withheld. Whether
 a film is upright is a question about the whole film's layout (shoulders, heart, diaphragm, dark
 lungs), which a few convolutions answer at 64 px, apart from what the classifier learnt.
+
+This module is what inference needs; the net is trained by covidxr.training.orientation.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .preprocess import lung_input
@@ -57,53 +58,6 @@ def turned_probability(net: OrientNet, inputs: Sequence[np.ndarray]) -> np.ndarr
     with torch.inference_mode():
         x = torch.from_numpy(np.stack(inputs).astype(np.float32))[:, None]
         return 1.0 - torch.softmax(net(x), -1)[:, 0].numpy().astype(np.float64)
-
-
-def examples(films_pixels: Sequence[np.ndarray], size: int = ORIENT_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Each film upright (label 0) and turned every wrong way (labels 1..4); turned at full resolution
-    before the squash, as a turned upload would be."""
-    x, y = [], []
-    for pixels in films_pixels:
-        for label, turn in enumerate([lambda a: a, *ORIENTATIONS.values()]):
-            x.append(orientation_input(np.ascontiguousarray(turn(pixels)), size))
-            y.append(label)
-    return np.stack(x).astype(np.float32), np.asarray(y, np.int64)
-
-
-def jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Small rotations, scalings and shifts plus noise: films are not all framed alike."""
-    n = len(x)
-    angle = (torch.rand(n, generator=gen) - 0.5) * 2 * np.deg2rad(10)
-    scale = 0.9 + 0.25 * torch.rand(n, generator=gen)
-    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.16
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    return (out + 0.03 * torch.randn(out.shape, generator=gen)).clamp(0, 1)
-
-
-def fit(x: np.ndarray, y: np.ndarray, epochs: int = 12, batch: int = 128, lr: float = 3e-3, seed: int = 0) -> OrientNet:
-    """Train an OrientNet on `examples()`; upright weighs as much as all the turned classes together,
-    so that a false alarm costs what a miss does."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    net = OrientNet(x.shape[-1])
-    xt, yt = torch.from_numpy(x)[:, None], torch.from_numpy(y)
-    weight = torch.full((1 + len(ORIENTATIONS),), 1.0)
-    weight[0] = len(ORIENTATIONS)
-    steps = epochs * max(1, len(x) // batch)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    net.train()
-    for _ in range(steps):
-        idx = torch.randint(len(xt), (batch,), generator=gen)
-        loss = F.cross_entropy(net(jitter(xt[idx], gen)), yt[idx], weight=weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
 
 
 def threshold_at(upright_scores: np.ndarray, quantile: float) -> float:

@@ -21,7 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 from covidxr import Classifier, ModelCard, read_film  # noqa: E402
 from covidxr.explain import explain, lung_mass  # noqa: E402
-from covidxr.train import KAGGLE, POOLS, RECIPE_MEMBERS, SPLITS, load_manifest, lung_val_split, patient_split  # noqa: E402
+from covidxr.training.data import load_manifest, patient_split  # noqa: E402
+from covidxr.training.experiments import KAGGLE, POOLS, RECIPE_NETWORKS, SPLITS  # noqa: E402
+from covidxr.training.segmenter import lung_val_split  # noqa: E402
 
 
 def fmt(v, ci=None) -> str:
@@ -66,7 +68,7 @@ def tables(card: ModelCard) -> list[str]:
                 "| held-out source | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for r in networks:
             out.append(f"| {r['held_out']} | " + " | ".join(fmt(one_number(n, r)) for n in r["members"]) + " |")
-    shipped = " + ".join(RECIPE_MEMBERS.values())
+    shipped = " + ".join(RECIPE_NETWORKS.values())
     for split, what in SPLITS.items():
         rows = [r for r in m.get("ablations", []) if r.get("split", "kaggle_only") == split]
         if split == "without_kaggle":  # the shipped recipe on this split is the Kaggle LOSO fold
@@ -113,7 +115,7 @@ def lung_attention(clf: Classifier, data: Path, lungs: Path) -> dict:
     with open(lungs / "MANIFEST.csv", newline="") as f:
         every = list(csv.DictReader(f))
     unseen_mask = {r["film"] for r, v in zip(every, lung_val_split(len(every))) if v}
-    rows = [r for r in every if r["film"] in val and r["label"] == "covid"]
+    rows = [r for r in every if r["film"] in val and r["label"] == clf.card.positive_class]
     masked, raw, fresh, empty = [], [], [], 0
     for r in rows:
         film = read_film(data / r["film"])

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from covidxr import train
 from covidxr.card import CardError, ModelCard, sha256_file
 from covidxr.classifier import DEFAULT_WEIGHTS, Classifier
+from covidxr.training.experiments import FINAL, NETWORKS
+from covidxr.training.recipe import VIEWS
 
 
 @pytest.fixture
@@ -31,17 +32,17 @@ def test_shipped_card_matches_its_files():
 def test_the_card_estimates_generalisation_with_the_shipped_recipe():
     """The LOSO rows must describe the recipe that made the weights, not an older one."""
     card = ModelCard.load(DEFAULT_WEIGHTS)
-    assert {r["adversary"] for r in card.metrics["leave_one_source_out"]} == {train.FINAL.adversary}
-    assert bool(card.training["source_adversary"]) == bool(train.FINAL.adversary)
-    assert ("JPEG" in card.training["augmentation"]) == train.FINAL.jpeg
+    assert {r["adversary"] for r in card.metrics["leave_one_source_out"]} == {FINAL.adversary}
+    assert bool(card.training["source_adversary"]) == bool(FINAL.adversary)
+    assert ("JPEG" in card.training["augmentation"]) == FINAL.jpeg
     assert {(r["variant"], r["attention"]) for r in card.metrics["leave_one_source_out"]} == \
-        {("+".join(train.MEMBERS.values()), train.FINAL.attention)}  # every network's fold, combined
-    assert all([m["variant"] for m in r["members"]] == list(train.MEMBERS.values())
+        {("+".join(NETWORKS.values()), FINAL.attention)}  # every network's fold, combined
+    assert all([m["variant"] for m in r["members"]] == list(NETWORKS.values())
                for r in card.metrics["leave_one_source_out"])
-    assert train.FINAL.variant == train.MEMBERS[""]  # the first network is FINAL's own
-    assert card.blank_outside_lungs == train.VARIANTS[train.FINAL.variant]["blank"]
-    assert [m["variant"] for m in card.training["networks"]] == list(train.MEMBERS.values())
-    assert bool(card.training["lung_attention_penalty"]) == bool(train.FINAL.attention)
+    assert FINAL.variant == NETWORKS[""]  # the first network is FINAL's own
+    assert card.views == [VIEWS[v] for v in NETWORKS.values()]  # what each network was trained on
+    assert [m["variant"] for m in card.training["networks"]] == list(NETWORKS.values())
+    assert bool(card.training["lung_attention_penalty"]) == bool(FINAL.attention)
 
 
 def test_tampered_weights_are_refused(weights_copy: Path):
@@ -94,3 +95,17 @@ def test_invalid_card_values_are_refused(weights_copy: Path, field, value, messa
     (weights_copy / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(CardError, match=message):
         ModelCard.load(weights_copy)
+
+
+def test_a_card_written_before_networks_loads_through_the_shim(weights_copy: Path):
+    """Older cards described the first network by top-level fields and the others in `members`."""
+    shipped = ModelCard.load(weights_copy)
+    card = json.loads((weights_copy / "model_card.json").read_text())
+    first, *others = card.pop("networks")
+    card.update(blank_outside_lungs=first["view"]["blank_outside_lungs"],
+                members=[{"name": n["name"], "variant": n["variant"],
+                          "view": {k: v for k, v in n["view"].items() if k != "lung_mask"}} for n in others])
+    (weights_copy / "model_card.json").write_text(json.dumps(card))
+    old = ModelCard.load(weights_copy)
+    assert old.views == shipped.views and [n.name for n in old.networks] == [n.name for n in shipped.networks]
+    assert not hasattr(old, "members") and not hasattr(old, "blank_outside_lungs")
