@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from covidxr import Classifier, ModelCard, read_film  # noqa: E402
-from covidxr.explain import explain, lung_mass  # noqa: E402
-from covidxr.training.data import load_manifest, patient_split  # noqa: E402
-from covidxr.training.experiments import KAGGLE, POOLS, RECIPE_NETWORKS, SPLITS  # noqa: E402
-from covidxr.training.segmenter import lung_val_split  # noqa: E402
+from covidxr import Classifier, ModelCard, read_film
+from covidxr.explain import explain, lung_mass
+from covidxr.training.data import load_manifest, patient_split
+from covidxr.training.experiments import KAGGLE, POOLS, RECIPE_NETWORKS, SPLITS
+from covidxr.training.segmenter import lung_val_split
 
 
 def fmt(v, ci=None) -> str:

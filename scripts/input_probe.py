@@ -23,20 +23,18 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import generalisation  # noqa: E402
-from covidxr.card import ModelCard, Network  # noqa: E402
-from covidxr.classifier import DEFAULT_WEIGHTS, Classifier  # noqa: E402
-from covidxr.metrics import auc  # noqa: E402
-from covidxr.model import CovidNet, LungNet  # noqa: E402
-from covidxr.training.cache import build_cache  # noqa: E402
-from covidxr.training.data import load_manifest, patient_split  # noqa: E402
-from covidxr.training.experiments import FINAL, KAGGLE, SPLITS, fold_recipe, run_fold  # noqa: E402
-from covidxr.training.loop import fit, infer, positive_probability  # noqa: E402
-from covidxr.training.recipe import VIEWS, Recipe  # noqa: E402
-from covidxr.training.segmenter import train_lungs  # noqa: E402
+import generalisation  # this script's own folder, first on its sys.path
+from covidxr.card import ModelCard, Network
+from covidxr.classifier import DEFAULT_WEIGHTS, Classifier
+from covidxr.metrics import auc
+from covidxr.model import CovidNet, LungNet
+from covidxr.training.cache import build_cache
+from covidxr.training.data import load_manifest, patient_split
+from covidxr.training.experiments import FINAL, KAGGLE, SPLITS, fold_recipe, run_fold
+from covidxr.training.loop import fit, infer, positive_probability
+from covidxr.training.recipe import VIEWS, Recipe
+from covidxr.training.segmenter import train_lungs
 
 
 def probe_classifier(recipe: Recipe, net: CovidNet, lungs: LungNet, template: ModelCard) -> Classifier:
