@@ -9,11 +9,13 @@ probability that `python -m covidxr predict --json` gives for that film (distinc
 chosen so that their displayed probabilities differ where the pool allows).
 
     python scripts/load_test.py [--sessions 4] [--rounds 3] [--timeout 300] [--json out.json]
-                                [--url http://127.0.0.1:8501] [--weights weights] [--films F ...]
+                                [--url http://127.0.0.1:8501 [--server-pid PID ...]] [--weights weights]
+                                [--films F ...]
 
 Without --url it starts `streamlit run app.py` on a free loopback port with --weights and stops it by
 its process group at the end; with --url the app must already run on this machine (loopback only)
-with the same weights. Bounded: at most 16 sessions and 20 rounds, and the whole run (server start
+with the same weights; behind a proxy (deploy/nginx.conf) give the proxy's URL, and --server-pid with
+the replicas' process ids to count their CPU time too. Bounded: at most 16 sessions and 20 rounds, and the whole run (server start
 included) stops by itself after --timeout seconds. Exit status 0 when every round gave the right
 result, 1 otherwise, 2 for bad arguments.
 """
@@ -144,6 +146,12 @@ class Deadline:
         return (min(left, self.step_s) if step else left) * 1000
 
 
+def cpu_total(pids: list[int]) -> float | None:
+    """CPU seconds of all these processes together (the replicas behind a proxy); None if none is known."""
+    found = [c for c in map(cpu_seconds, pids) if c is not None]
+    return sum(found) if found and len(found) == len(pids) else None
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU seconds of a process (all its threads) so far, from /proc; None if unknown."""
     try:
@@ -221,7 +229,7 @@ class Phase:
 
 
 async def drive(url: str, films: list[Expected], rounds: int, deadline: Deadline,
-                server_pid: int | None) -> tuple[list[Round], Phase]:
+                server_pids: list[int]) -> tuple[list[Round], Phase]:
     """All sessions at once after one warm-up page (which loads the model if the server has not)."""
     from playwright.async_api import async_playwright
 
@@ -235,10 +243,10 @@ async def drive(url: str, films: list[Expected], rounds: int, deadline: Deadline
             await warm.close()
             phase = Phase(warmup_s=time.perf_counter() - t0)
             out: list[Round] = []
-            cpu0, load0, t0 = cpu_seconds(server_pid), os.getloadavg()[0], time.perf_counter()
+            cpu0, load0, t0 = cpu_total(server_pids), os.getloadavg()[0], time.perf_counter()
             await asyncio.gather(*(session(browser, url, i, e, rounds, deadline, out)
                                    for i, e in enumerate(films, 1)))
-            phase.wall_s, cpu1 = time.perf_counter() - t0, cpu_seconds(server_pid)
+            phase.wall_s, cpu1 = time.perf_counter() - t0, cpu_total(server_pids)
             phase.server_cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
             phase.loadavg = (load0, os.getloadavg()[0])
             return sorted(out, key=lambda r: (r.session, r.round)), phase
@@ -331,6 +339,8 @@ class Report:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="the running app on loopback, e.g. http://127.0.0.1:8501 (default: start one)")
+    p.add_argument("--server-pid", type=int, nargs="+", default=[], metavar="PID",
+                   help="with --url: the server process(es) whose CPU time to report, e.g. every replica behind a proxy")
     p.add_argument("--sessions", type=int, default=4, help=f"concurrent browser sessions (1-{MAX_SESSIONS})")
     p.add_argument("--rounds", type=int, default=3, help=f"uploads per session (1-{MAX_ROUNDS})")
     p.add_argument("--timeout", type=float, default=300, help="seconds for the whole run, server start included")
@@ -371,13 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{len(films)} films, expected results from `python -m covidxr predict --weights {weights}`", file=sys.stderr)
     with ExitStack() as stack:
-        url, server_pid = args.url, None
+        url, server_pids = args.url, list(args.server_pid)
         if url is None:
             log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="covidxr-load-"))) / "server.log"
             env = {**os.environ, "COVIDXR_WEIGHTS": str(weights), "COVIDXR_THREADS": os.environ.get("COVIDXR_THREADS", "1")}
             try:
                 app = stack.enter_context(running_app(log, env=env, start_timeout_s=deadline.left_ms(step=False) / 1000))
-                url, server_pid = app.url, app.proc.pid
+                url, server_pids = app.url, [app.proc.pid]
             except AppStartError as e:
                 print(f"load_test: the app did not start: {e}", file=sys.stderr)
                 return 1
@@ -385,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         from playwright.async_api import Error as PlaywrightError
 
         try:
-            results, phase = asyncio.run(drive(url, films, args.rounds, deadline, server_pid))
+            results, phase = asyncio.run(drive(url, films, args.rounds, deadline, server_pids))
         except (TimeoutError, PlaywrightError) as e:
             print(f"load_test: warm-up did not finish: {e}", file=sys.stderr)
             return 1

@@ -15,6 +15,16 @@ if [[ "${1:-}" == "--browser" ]] && { [[ ! -x /usr/bin/chromium ]] || ! command 
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium strace
 fi
 
+# nginx: the reverse proxy of deploy/nginx.conf, which tests/test_proxy.py runs as its own instance (--browser), or
+# to deploy (--proxy). Where systemd runs, Debian starts its default site on port 80: see docs/operations.md.
+if [[ "${1:-}" == "--browser" || "${1:-}" == "--proxy" ]] && [[ ! -x /usr/sbin/nginx ]]; then
+    echo "setup: installing Debian's nginx" >&2
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv with $($PYTHON --version)" >&2
     "$PYTHON" -m venv .venv
