@@ -3,7 +3,7 @@
     import covidxr
     model = covidxr.load()                                  # the shipped weights, checked against their model card
     film = covidxr.read_film("film.dcm")                    # PNG, JPEG, DICOM ...
-    pred = model.predict([film])[0]                         # pred.probability, pred.positive, pred.ood.is_chest
+    pred = model.predict([film])[0]                         # pred.probability, pred.positive, pred.ood.is_chest, .reasons, .warnings
     heat = covidxr.explain(model, film).heatmap             # Grad-CAM of the COVID-19 class, on the film
     report = covidxr.evaluate_folder(model, "labelled/")    # covid/ positive, other folders negative; report.as_dict()
 
@@ -18,10 +18,11 @@ from .classifier import DEFAULT_WEIGHTS, Classifier, Prediction, set_threads
 from .evaluate import EvaluationReport, evaluate_folder
 from .explain import Explanation, explain
 from .films import FILM_SUFFIXES, Film, FilmError, read_film
-from .ood import OODResult
+from .gate import Verdict
+from .ood import OODResult  # the gate's Verdict under its former name
 
 __all__ = ["CardError", "Classifier", "EvaluationReport", "Explanation", "FILM_SUFFIXES", "Film", "FilmError",
-           "ModelCard", "OODResult", "Prediction", "evaluate_folder", "explain", "load", "read_film", "set_threads"]
+           "ModelCard", "OODResult", "Prediction", "Verdict", "evaluate_folder", "explain", "load", "read_film", "set_threads"]
 __version__ = "1.0.0"
 
 

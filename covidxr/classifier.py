@@ -2,7 +2,7 @@
 
 A film's way through predict(): read (films/) -> prepare every network's input in one pass
 (preprocess.py) -> the networks' logits, averaged -> the decision at the card's operating point ->
-the gate (ood.py), which says whether the film is a frontal chest radiograph at all.
+the gate (gate.py, with ood.py's statistics), which says whether the film is a frontal chest radiograph at all.
 
 One Classifier is safe to share between threads (a Streamlit server's sessions): predict() only
 reads the networks, and Grad-CAM hooks live on pooled private copies of them (see explain.py).
@@ -20,7 +20,8 @@ import torch
 from .card import CardError, ModelCard, Network, decision_label
 from .films import Film
 from .model import CovidNet, LungNet, fold_batchnorm
-from .ood import OODDetector, OODResult
+from .gate import ChildLook, GateRules, Verdict
+from .ood import OODDetector
 from .preprocess import FilmInputs, Prepared, lung_input, prepare_film, to_tensor
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -100,8 +101,9 @@ class Prediction:
     class_probabilities: dict[str, float]
     lung_fraction: float                # share of the film found to be lung (0: none found)
     box: tuple[float, float, float, float]  # lung box with its margin (top, bottom, left, right), fractions
-    ood: OODResult | None = None        # the gate's verdict (None: the card has no gate)
+    ood: Verdict | None = None          # the gate's verdict (covidxr.gate; None: the card has no gate)
     extra: dict = field(default_factory=dict)
+    site: str | None = None             # the site profile whose operating point decided (None: the shipped one)
 
 
 class Classifier:
@@ -113,6 +115,10 @@ class Classifier:
         if len(self.nets) != len(card.networks):
             raise CardError(f"the card names {len(card.networks)} networks, the weights hold {len(self.nets)}")
         self.ood = OODDetector.load(directory, card) if card.ood.get("file") else None
+        self.gate_rules = GateRules.from_card(card.ood.get("gate"))
+        child = card.ood.get("paediatric")
+        self.child_look = ChildLook.load(directory, child) if self.ood and child else None
+        self.site = None  # a covidxr.site.SiteProfile: set only on the copy with_site() returns
 
     @classmethod
     def from_dir(cls, directory: str | Path = DEFAULT_WEIGHTS, threads: int | None = None) -> "Classifier":
@@ -132,9 +138,22 @@ class Classifier:
         lungs = fold_batchnorm(lungs).to(memory_format=torch.channels_last)
         return cls(card, nets, lungs, directory)
 
+    def with_site(self, profile) -> "Classifier":
+        """This model deciding at a site profile's operating point (covidxr.site): a shallow copy sharing the
+        networks; SiteError when the profile was made for another base model. None: the shipped point."""
+        import copy
+
+        from .site import SiteError
+
+        if profile is not None and profile.base_sha256 != self.card.weights_sha256:
+            raise SiteError(f"site profile {profile.name!r} was made for another base model")
+        clf = copy.copy(self)
+        clf.site = profile
+        return clf
+
     @property
     def threshold(self) -> float:
-        return self.card.threshold
+        return self.card.threshold if self.site is None else self.site.threshold
 
     def lung_probability(self, films: Sequence[Film]) -> list[np.ndarray]:
         return lung_probability(self.lungs, films, self.card.lung_input_size)
@@ -171,18 +190,31 @@ class Classifier:
             fracs += [x.lung_fraction for x in inputs]
         return np.concatenate(feats), np.asarray(fracs, np.float32)
 
-    def decide(self, film: Film, inputs: FilmInputs, logits: torch.Tensor, features: torch.Tensor) -> Prediction:
-        """The decision at the card's operating point, and the gate's verdict on the film."""
+    def decide(self, film: Film, inputs: FilmInputs, logits: torch.Tensor, features: torch.Tensor,
+               lung_prob: np.ndarray | None = None) -> Prediction:
+        """The decision at the card's operating point, and the gate's verdict on the film. `lung_prob`: the
+        segmenter's map of the whole film (`segment` of inputs.overview), computed here when not given."""
         c = self.card
-        probs = torch.softmax(logits.float() / c.temperature, -1).tolist()
+        if self.site is None:
+            probs = torch.softmax(logits.float() / c.temperature, -1).tolist()
+        else:  # the site profile's probability and threshold (covidxr.site)
+            probs = self.site.class_probabilities(logits.detach().double().numpy()[None],
+                                                  features.detach().double().numpy()[None],
+                                                  c.temperature, c.positive_index)[0].tolist()
         p = probs[c.positive_index]
-        positive = p >= c.threshold
-        ood = self.ood.check(features.numpy(), inputs.lung_fraction, film, inputs.overview) if self.ood else None
+        positive = p >= self.threshold
+        ood = None
+        if self.ood:
+            if lung_prob is None:
+                (lung_prob,) = segment(self.lungs, [inputs.overview])
+            ood = self.ood.check(features.numpy(), inputs.lung_fraction, film, inputs.overview, lung_prob,
+                                 self.gate_rules, self.child_look)
         return Prediction(
             name=film.name, probability=float(p), positive=bool(positive),
-            label=decision_label(positive, c.positive_class), threshold=c.threshold,
+            label=decision_label(positive, c.positive_class), threshold=self.threshold,
             class_probabilities=dict(zip(c.class_names, map(float, probs))),
-            lung_fraction=inputs.lung_fraction, box=inputs.box, ood=ood)
+            lung_fraction=inputs.lung_fraction, box=inputs.box, ood=ood,
+            site=None if self.site is None else self.site.name)
 
     def predict(self, films: Sequence[Film], batch_size: int = 16) -> list[Prediction]:
         out: list[Prediction] = []
@@ -191,5 +223,6 @@ class Classifier:
             inputs = self.prepare(chunk)
             with torch.inference_mode():
                 logits, feats = self.forward(inputs)
-            out += [self.decide(f, x, lg, ft) for f, x, lg, ft in zip(chunk, inputs, logits, feats)]
+            maps = segment(self.lungs, [x.overview for x in inputs]) if self.ood else [None] * len(chunk)
+            out += [self.decide(f, x, lg, ft, m) for f, x, lg, ft, m in zip(chunk, inputs, logits, feats, maps)]
         return out

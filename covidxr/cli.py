@@ -1,4 +1,4 @@
-"""`python -m covidxr predict|evaluate|train`: JSON out, meaningful exit codes, no tracebacks for bad input.
+"""`python -m covidxr predict|evaluate|train|site`: JSON out, meaningful exit codes, no tracebacks for bad input.
 
 Exit codes: 0 every film scored; 2 some input could not be read (the rest are still scored);
 1 the tool itself could not run (missing or tampered weights, bad arguments).
@@ -18,7 +18,78 @@ EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 def _classifier(args: argparse.Namespace):
     from .classifier import Classifier
 
-    return Classifier.from_dir(args.weights, threads=args.threads)
+    return _with_site(Classifier.from_dir(args.weights, threads=args.threads), args)
+
+
+# --- site profiles (covidxr.site): `site fit`, and `--site` on predict/evaluate -------------------------------
+
+
+def _with_site(clf, args: argparse.Namespace):
+    """The classifier at the site profile's operating point when `--site` names one (else unchanged)."""
+    if not getattr(args, "site", None):
+        return clf
+    from .site import SiteProfile
+
+    return clf.with_site(SiteProfile.load(args.site, clf.card))
+
+
+def cmd_site_fit(args: argparse.Namespace) -> int:
+    import io
+    import zipfile
+
+    from .classifier import Classifier
+    from .evaluate import scan_folder, scan_zip
+    from .safety import PathRefused, ZipRefused, check_zip
+    from .site import ROUGH_PER_CLASS, TooFewFilms, collect, fit_profile
+
+    clf = Classifier.from_dir(args.weights, threads=args.threads)
+    pos = clf.card.positive_class
+    src = Path(args.folder)
+    zf = None
+    try:
+        if src.is_file() and src.suffix.lower() == ".zip":
+            data = src.read_bytes()
+            infos = check_zip(data)
+            zf = zipfile.ZipFile(io.BytesIO(data))
+            items = scan_zip(zf, infos, prefix=f"{src}!", positive_class=pos)
+        else:
+            items = scan_folder(src, pos)
+    except (PathRefused, ZipRefused, zipfile.BadZipFile, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rread {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    try:
+        got = collect(clf, items, progress=progress)
+    finally:
+        if zf is not None:
+            zf.close()
+    try:
+        profile = fit_profile(got.data, clf.card, args.name or Path(args.out).resolve().name)
+    except TooFewFilms as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    profile.save(args.out)
+    f = profile.figures
+    def num(v) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    for what in ("shipped", "adapted"):
+        r = f[what]
+        lo, hi = r["ci"].get("auc") or (None, None)
+        print(f"{what:8s} AUC {num(r['auc'])} (95% CI {num(lo)}-{num(hi)})  sensitivity {num(r['sensitivity'])}  "
+              f"specificity {num(r['specificity'])}", file=sys.stderr)
+    print(f"method {profile.method}, threshold {profile.threshold:.3f}, {f['folds']} folds by {f['folds_by']}; "
+          f"{len(got.skipped)} films left out (unreadable, unlabelled or not a chest film)", file=sys.stderr)
+    if profile.rough:
+        print(f"warning: fewer than {ROUGH_PER_CLASS} films of a class: the estimate is rough", file=sys.stderr)
+    print(json.dumps({"site": profile.name, "out": str(Path(args.out)), "method": profile.method,
+                      "threshold": profile.threshold, "films": profile.films, "rough_estimate": profile.rough,
+                      "cross_validated": {k: {m: f[k][m] for m in ("auc", "sensitivity", "specificity", "ci")}
+                                          for k in ("shipped", "adapted")}}, indent=1))
+    return EXIT_OK
 
 
 def _read(path: str):
@@ -31,18 +102,29 @@ def _read(path: str):
         return None, str(e)
 
 
-def prediction_row(path: str, pred) -> dict:
-    row = {"path": path, "probability": round(pred.probability, 6), "label": pred.label,
-           "threshold": pred.threshold, "class_probabilities": {k: round(v, 6) for k, v in pred.class_probabilities.items()}}
-    if pred.ood is not None:
-        row["chest_xray"] = bool(pred.ood.is_chest)
-        if not pred.ood.is_chest:
-            row["warning"] = "does not look like a frontal chest radiograph: " + "; ".join(pred.ood.reasons)
+def prediction_row(path: str, pred, include_non_chest: bool = False) -> dict:
+    """One `predict --json` object. A film the gate refuses (chest_xray false) has null probability, label
+    and class_probabilities unless `include_non_chest`; its reasons say why."""
+    verdict = pred.ood
+    withheld = verdict is not None and not verdict.is_chest and not include_non_chest
+    row = {"path": path, "probability": None if withheld else round(pred.probability, 6),
+           "label": None if withheld else pred.label, "threshold": pred.threshold,
+           "class_probabilities": None if withheld else {k: round(v, 6) for k, v in pred.class_probabilities.items()}}
+    if getattr(pred, "site", None):  # scored with a site profile (--site)
+        row["site"] = pred.site
+    if verdict is not None:
+        row.update(verdict.as_dict())
+        if not verdict.is_chest:
+            row["warning"] = "does not look like a frontal chest radiograph: " + "; ".join(verdict.reasons)
     return row
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     clf = _classifier(args)
+    if args.engine != "local":  # covidxr.engines: the films scored on a Ray cluster
+        from .engines.cli import predict_with
+
+        return predict_with(clf, args)
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     if heat_dir:
         from .explain import explain, heatmap_image
@@ -59,17 +141,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if heat_dir:
             ex = explain(clf, film)
             pred = ex.prediction
-            heatmap_image(ex.heatmap, film.width, film.height).save(heat_dir / f"{Path(path).stem}.png")
+            if pred.ood is None or pred.ood.is_chest or args.include_non_chest:  # none for a refused image
+                heatmap_image(ex.heatmap, film.width, film.height).save(heat_dir / f"{Path(path).stem}.png")
         else:
             pred = clf.predict([film])[0]
-        rows.append(prediction_row(path, pred))
+        rows.append(prediction_row(path, pred, args.include_non_chest))
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         for r in rows:
-            if "error" not in r:
+            if "error" in r:
+                continue
+            extra = "".join(f"  [warning: {w}]" for w in r.get("warnings", []))
+            if r["probability"] is None:
+                print(f"{r['path']}: not scored, {r['warning']}")
+            else:
                 flag = f"  [{r['warning']}]" if "warning" in r else ""
-                print(f"{r['path']}: {r['label']} (p = {r['probability']:.3f}, threshold {r['threshold']:.3f}){flag}")
+                print(f"{r['path']}: {r['label']} (p = {r['probability']:.3f}, threshold {r['threshold']:.3f}){flag}{extra}")
     return EXIT_UNREADABLE if failed else EXIT_OK
 
 
@@ -81,8 +169,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\rscored {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    report = evaluate_folder(clf, args.folder, threshold=args.threshold, progress=progress)
+    if args.engine != "local" or args.results:  # covidxr.engines: streamed to --results, resumable, Ray
+        from .engines.cli import evaluate_with
+
+        report = evaluate_with(clf, args, progress)
+    else:
+        report = evaluate_folder(clf, args.folder, threshold=args.threshold, progress=progress,
+                                 include_non_chest=args.include_non_chest)
     result = report.as_dict()
+    if getattr(clf, "site", None) is not None:  # scored with a site profile (--site)
+        result = {"site": clf.site.name, **result}
     text = json.dumps(result, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -95,8 +191,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         v = result.get(k)
         lo, hi = ci.get(k) or (None, None)
         if v is not None:
-            print(f"{k:12s} {v:.3f}  (95% CI {lo:.3f}-{hi:.3f})", file=sys.stderr)
-    print(f"films scored {result['n']}, unreadable {result['n_errors']}", file=sys.stderr)
+            interval = "too few films for an interval" if lo is None or hi is None else f"95% CI {lo:.3f}-{hi:.3f}"
+            print(f"{k:12s} {v:.3f}  ({interval})", file=sys.stderr)
+    left_out = "included in the metrics" if args.include_non_chest else "left out of the metrics"
+    print(f"films scored {result['n']}, unreadable {result['n_errors']}, not a frontal chest radiograph "
+          f"{result['n_not_chest']} ({left_out})", file=sys.stderr)
     return EXIT_UNREADABLE if result["n_errors"] else EXIT_OK
 
 
@@ -114,6 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     from .classifier import DEFAULT_WEIGHTS
+    from .engines.cli import add_arguments as engine_arguments
 
     p = argparse.ArgumentParser(prog="python -m covidxr", description="COVID-19 chest X-ray screening (research aid, "
                                 "not a diagnosis).")
@@ -125,13 +225,29 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.add_argument("--json", action="store_true", help="print a JSON array, one object per file")
     sp.add_argument("--heatmap-dir", metavar="DIR", help="write each film's Grad-CAM map as DIR/<stem>.png (8-bit gray)")
+    sp.add_argument("--include-non-chest", action="store_true", help="also score films the gate judges not a frontal "
+                    "chest radiograph (their rows still say chest_xray: false)")
+    sp.add_argument("--site", metavar="SITE_DIR", help="decide at this site profile's operating point (site fit)")
+    engine_arguments(sp)
     sp.set_defaults(run=cmd_predict)
     se = sub.add_parser("evaluate", parents=[common], help="evaluate a labelled folder (one subfolder per class)")
     se.add_argument("folder")
     se.add_argument("--json", metavar="OUT", help="write the report here (default: stdout)")
     se.add_argument("--csv", metavar="OUT", help="also write the per-image table as CSV")
     se.add_argument("--threshold", type=float, default=None, help="override the model card's threshold")
+    se.add_argument("--include-non-chest", action="store_true", help="count films the gate judges not a frontal "
+                    "chest radiograph in the metrics (default: left out, counted as n_not_chest and listed)")
+    se.add_argument("--site", metavar="SITE_DIR", help="score with this site profile (site fit)")
+    engine_arguments(se)
     se.set_defaults(run=cmd_evaluate)
+    ss = sub.add_parser("site", help="site profiles: validate and recalibrate on a hospital's own labelled films")
+    ssub = ss.add_subparsers(dest="site_command", required=True)
+    sf = ssub.add_parser("fit", parents=[common], help="fit a site profile on a labelled folder or .zip "
+                         "(covid/ positive, other folders negative), cross-validated")
+    sf.add_argument("folder", metavar="DIR")
+    sf.add_argument("--out", required=True, metavar="SITE_DIR", help="where to write site.json and site.npz")
+    sf.add_argument("--name", default=None, help="the profile's name (default: SITE_DIR's name)")
+    sf.set_defaults(run=cmd_site_fit)
     st = sub.add_parser("train", help="train the model and write weights + model card")
     st.add_argument("--data", required=True, help="folder with MANIFEST.csv (../shared/data/cxr)")
     st.add_argument("--out", default="weights", help="where to write model.pt and model_card.json")
@@ -155,6 +271,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except CardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as e:  # a site profile refused (covidxr.site.SiteError); anything else goes on up
+        from .site import SiteError
+
+        if not isinstance(e, SiteError):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -7,6 +7,12 @@ optional MANIFEST.csv with `path,source` columns gives sources as well.
 
 Scoring streams: films are read and scored a small batch at a time, so memory stays flat however
 many there are; a film that cannot be read becomes a row with its reason, and the rest are scored.
+
+The gate (covidxr.gate) judges every film as predict() does: a film it refuses (not a frontal chest
+radiograph) keeps its row, with `chest_xray` false and its reasons, but gets no probability or
+prediction and stays out of the metrics, counted as `n_not_chest` and listed as `not_chest`. With
+`include_non_chest=True` such films are scored and counted in the metrics like the others (their rows
+still say `chest_xray: false`).
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ from .metrics import BinaryReport, OperatingPoint, binary_report
 from .safety import MAX_ENTRY_BYTES, PathRefused, ZipRefused, check_zip, link_escapes, read_entry
 
 MANIFEST = "MANIFEST.csv"
+CSV_COLUMNS = ["path", "label", "source", "probability", "prediction", "error", "chest_xray", "reasons", "details",
+               "warnings"]
 _SKIPPED_PARTS = ("__MACOSX",)
 
 Progress = Callable[[int, int], None]
@@ -54,17 +62,38 @@ class Row:
     prediction: str | None = None      # the decision at the threshold in use (decision_label)
     error: str | None = None
     truth: bool | None = None          # is the label the positive class? None when unlabelled
+    chest_xray: bool | None = None     # the gate's verdict; None when the film failed or no gate ran
+    reasons: tuple[str, ...] = ()      # why the gate refused it, most decisive first
+    details: str | None = None         # the gate's numbers
+    warnings: tuple[str, ...] = ()     # shown with the score, do not withhold it (e.g. a child's film)
 
     @property
     def positive(self) -> bool | None:
         """The truth: is this a film of the positive class? None when unlabelled."""
         return self.truth
 
+    @property
+    def refused(self) -> bool:
+        """The gate judged it not a frontal chest radiograph."""
+        return self.chest_xray is False
+
     def as_dict(self) -> dict:
         if self.error is not None:
             return {"path": self.path, "label": self.label, "source": self.source, "error": self.error}
         return {"path": self.path, "label": self.label, "source": self.source,
-                "probability": self.probability, "prediction": self.prediction}
+                "probability": self.probability, "prediction": self.prediction, "chest_xray": self.chest_xray,
+                "reasons": list(self.reasons), "details": self.details, "warnings": list(self.warnings)}
+
+    def csv_dict(self) -> dict:
+        d = self.as_dict()
+        for k in ("reasons", "warnings"):
+            if k in d:
+                d[k] = "; ".join(d[k])
+        return d
+
+    def withheld(self) -> "Row":
+        """This row without its score (a refused film's, when refused films are left out)."""
+        return replace(self, probability=None, prediction=None)
 
 
 def decision(probability: float, threshold: float, positive_class: str) -> str:
@@ -210,41 +239,64 @@ def _read(item: LabelledItem) -> tuple[Film | None, str | None]:
         return None, f"could not be read: {e}"
 
 
-def _predict(classifier, films: list) -> list[tuple[float | None, str | None]]:
-    """(probability, error) per film; if a batch fails, each film is tried alone to isolate the culprit."""
+def _predict(classifier, films: list) -> list[tuple[object | None, str | None]]:
+    """(prediction, error) per film; if a batch fails, each film is tried alone to isolate the culprit."""
     if not films:
         return []
     try:
-        return [(p.probability, None) for p in classifier.predict(films, batch_size=len(films))]
+        return [(p, None) for p in classifier.predict(films, batch_size=len(films))]
     except Exception as e:  # noqa: BLE001 - one film the network cannot take must not sink the batch
         if len(films) == 1:
             return [(None, f"could not be scored: {e}")]
     return [_predict(classifier, [f])[0] for f in films]
 
 
+def scored_row(item: LabelledItem, pred, error: str | None, threshold: float, positive_class: str,
+               include_non_chest: bool = False) -> Row:
+    """The row of one item from its prediction (covidxr.classifier.Prediction) or its error. A film the
+    gate refuses gets no probability unless `include_non_chest`."""
+    truth_ = truth(item.label, positive_class)
+    if pred is None:
+        return Row(item.path, item.label, item.source, None, None, error, truth_)
+    verdict = getattr(pred, "ood", None)
+    chest = None if verdict is None else bool(verdict.is_chest)
+    p = pred.probability if chest is not False or include_non_chest else None
+    return Row(item.path, item.label, item.source, p, None if p is None else decision(p, threshold, positive_class),
+               None, truth_, chest, tuple(getattr(verdict, "reasons", ()) or ()),
+               getattr(verdict, "details", None) or None, tuple(getattr(verdict, "warnings", ()) or ()))
+
+
 def iter_scores(classifier, items: Sequence[LabelledItem], batch_size: int = 16, progress: Progress | None = None,
-                threshold: float | None = None) -> Iterator[Row]:
+                threshold: float | None = None, include_non_chest: bool = False) -> Iterator[Row]:
     """One Row per item, in order, reading and scoring `batch_size` films at a time (only one
     batch of decoded films is ever held). `progress(done, total)` is called before the first
-    batch and after each one. `threshold` None: the classifier's."""
+    batch and after each one. `threshold` None: the classifier's. A film the gate refuses gets no
+    probability unless `include_non_chest`."""
     threshold = classifier.threshold if threshold is None else threshold
-    positive_class = classifier.card.positive_class
     total = len(items)
     if progress:
         progress(0, total)
     for start in range(0, total, batch_size):
         batch = items[start:start + batch_size]
-        read = [_read(it) for it in batch]
-        results: list[tuple[float | None, str | None]] = [(None, err) for _, err in read]
-        ok = [i for i, (film, _) in enumerate(read) if film is not None]
-        for i, r in zip(ok, _predict(classifier, [read[i][0] for i in ok])):
-            results[i] = r
-        del read  # the decoded films go before the rows are handed out
-        for it, (p, err) in zip(batch, results):
-            yield Row(it.path, it.label, it.source, p, None if p is None else decision(p, threshold, positive_class), err,
-                      truth(it.label, positive_class))
+        yield from score_batch(classifier, batch, threshold, include_non_chest)
         if progress:
             progress(start + len(batch), total)
+
+
+def score_batch(classifier, items: Sequence[LabelledItem], threshold: float | None = None,
+                include_non_chest: bool = False) -> list[Row]:
+    """One batch of items -> their Rows, in order: read, score together, judge by the gate. The one
+    per-batch step of every engine (iter_scores here, covidxr.engines' Ray actors), so rows agree."""
+    threshold = classifier.threshold if threshold is None else threshold
+    positive_class = classifier.card.positive_class
+    read = [_read(it) for it in items]
+    results: list[tuple[object | None, str | None]] = [(None, err) for _, err in read]
+    ok = [i for i, (film, _) in enumerate(read) if film is not None]
+    for i, r in zip(ok, _predict(classifier, [read[i][0] for i in ok])):
+        results[i] = r
+    del read  # the decoded films go before the rows are handed out
+    return [scored_row(it, pred, err, threshold, positive_class, include_non_chest)
+            for it, (pred, err) in zip(items, results)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,6 +311,7 @@ class EvaluationReport:
     metrics: BinaryReport
     positive_class: str                # the decision's class (the model card's), as the rows name it
     seconds: float | None = None       # wall time of the scoring, when known
+    include_non_chest: bool = False    # films the gate refused are in the metrics (else left out, listed)
 
     @property
     def n(self) -> int:
@@ -277,6 +330,15 @@ class EvaluationReport:
     def failures(self) -> list[Row]:
         return [r for r in self.rows if r.error is not None]
 
+    @property
+    def not_chest(self) -> list[Row]:
+        """The films the gate judged not frontal chest radiographs (out of the metrics by default)."""
+        return [r for r in self.rows if r.error is None and r.refused]
+
+    @property
+    def n_not_chest(self) -> int:
+        return len(self.not_chest)
+
     def metrics_at(self, threshold: float) -> OperatingPoint:
         return self.metrics.metrics_at(threshold)
 
@@ -286,27 +348,35 @@ class EvaluationReport:
         return replace(self, threshold=float(threshold), rows=rows, metrics=self.metrics.at(threshold))
 
     def as_dict(self) -> dict:
-        """The JSON report: n, n_errors, threshold, sensitivity, specificity, accuracy, ppv, npv, auc,
-        ece, ci {metric: [low, high]}, confusion {tp, fp, tn, fn}, roc {fpr, tpr, thresholds},
-        reliability, per_source, images [{path, label, source, probability, prediction} or
-        {path, label, source, error}]. Plain JSON types only; undefined metrics are null."""
+        """The JSON report: n, n_errors, n_unlabelled, n_not_chest, not_chest [paths], include_non_chest,
+        threshold, sensitivity, specificity, accuracy, ppv, npv, auc, ece, ci {metric: [low, high]},
+        confusion {tp, fp, tn, fn}, roc {fpr, tpr, thresholds}, reliability, per_source, seconds, images
+        [{path, label, source, probability, prediction, chest_xray, reasons, details, warnings} or
+        {path, label, source, error}]; a refused film's probability and prediction are null unless
+        include_non_chest. Plain JSON types only; undefined metrics are null."""
         m = self.metrics.as_dict()
-        return {"n": m.pop("n"), "n_errors": self.n_errors, "n_unlabelled": self.n_unlabelled, **m,
-                "seconds": self.seconds, "images": [r.as_dict() for r in self.rows]}
+        return {"n": m.pop("n"), "n_errors": self.n_errors, "n_unlabelled": self.n_unlabelled,
+                "n_not_chest": self.n_not_chest, "not_chest": [r.path for r in self.not_chest],
+                "include_non_chest": self.include_non_chest, **m,
+                "seconds": None if self.seconds is None else round(float(self.seconds), 3),
+                "images": [r.as_dict() for r in self.rows]}
 
     def to_csv(self) -> str:
-        """The per-image table: path, label, source, probability, prediction, error."""
+        """The per-image table: path, label, source, probability, prediction, error, chest_xray, reasons,
+        details, warnings (reasons and warnings joined by "; ")."""
         out = io.StringIO()
-        w = csv.DictWriter(out, ["path", "label", "source", "probability", "prediction", "error"], lineterminator="\n")
+        w = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
         w.writeheader()
-        w.writerows(r.as_dict() for r in self.rows)
+        w.writerows(r.csv_dict() for r in self.rows)
         return out.getvalue()
 
 
 def build_report(rows: Iterable[Row], threshold: float, positive_class: str, n_boot: int | None = None,
-                 seed: int = 0) -> EvaluationReport:
+                 seed: int = 0, include_non_chest: bool = False, seconds: float | None = None) -> EvaluationReport:
     """Metrics over the labelled, scored rows; predictions restated at `threshold`. Sources enter
-    the per-source breakdown when any row has one (rows without are grouped as "unknown")."""
+    the per-source breakdown when any row has one (rows without are grouped as "unknown"). Films the
+    gate refused lose their score and stay out of the metrics unless `include_non_chest`."""
+    rows = [r.withheld() if r.refused and not include_non_chest else r for r in rows]
     rows = [r if r.probability is None else replace(r, prediction=decision(r.probability, threshold, positive_class))
             for r in rows]
     scored = [r for r in rows if r.probability is not None and r.label is not None]
@@ -314,26 +384,30 @@ def build_report(rows: Iterable[Row], threshold: float, positive_class: str, n_b
     kw = {} if n_boot is None else {"n_boot": n_boot}
     metrics = binary_report([r.positive for r in scored], [r.probability for r in scored], threshold,
                             sources=sources, seed=seed, **kw)
-    return EvaluationReport(float(threshold), rows, metrics, positive_class)
+    return EvaluationReport(float(threshold), rows, metrics, positive_class, seconds, include_non_chest)
 
 
 def evaluate_items(classifier, items: Sequence[LabelledItem], threshold: float | None = None,
-                   progress: Progress | None = None, batch_size: int = 16) -> EvaluationReport:
+                   progress: Progress | None = None, batch_size: int = 16,
+                   include_non_chest: bool = False) -> EvaluationReport:
     threshold = classifier.threshold if threshold is None else float(threshold)
     t0 = time.perf_counter()
-    rows = list(iter_scores(classifier, items, batch_size, progress, threshold))
-    return replace(build_report(rows, threshold, classifier.card.positive_class), seconds=time.perf_counter() - t0)
+    rows = list(iter_scores(classifier, items, batch_size, progress, threshold, include_non_chest))
+    return build_report(rows, threshold, classifier.card.positive_class, include_non_chest=include_non_chest,
+                        seconds=time.perf_counter() - t0)
 
 
 def evaluate_folder(classifier, root: str | os.PathLike, threshold: float | None = None,
-                    progress: Progress | None = None, batch_size: int = 16) -> EvaluationReport:
+                    progress: Progress | None = None, batch_size: int = 16,
+                    include_non_chest: bool = False) -> EvaluationReport:
     """Score every film below a labelled folder (see the module docstring for the layout).
     Raises PathRefused when `root` is not a folder or holds no film."""
-    return evaluate_items(classifier, scan_folder(root, classifier.card.positive_class), threshold, progress, batch_size)
+    return evaluate_items(classifier, scan_folder(root, classifier.card.positive_class), threshold, progress, batch_size,
+                          include_non_chest)
 
 
 def evaluate_zip(classifier, data: bytes, threshold: float | None = None, progress: Progress | None = None,
-                 batch_size: int = 16, **limits) -> EvaluationReport:
+                 batch_size: int = 16, include_non_chest: bool = False, **limits) -> EvaluationReport:
     """Score a zip of a labelled folder, read in memory (nothing is written to disk). The archive is
     checked first (safety.check_zip, `limits` passed on); ZipRefused when it is refused or holds no film."""
     infos = check_zip(data, **limits)
@@ -342,7 +416,7 @@ def evaluate_zip(classifier, data: bytes, threshold: float | None = None, progre
                          positive_class=classifier.card.positive_class)
         if not items:
             raise ZipRefused("the archive holds no films")
-        return evaluate_items(classifier, items, threshold, progress, batch_size)
+        return evaluate_items(classifier, items, threshold, progress, batch_size, include_non_chest)
 
 
 def upload_items(files: Iterable[tuple[str, bytes]], label: str | None = None,
@@ -384,7 +458,7 @@ def scan_uploads(files: Iterable[tuple[str, bytes]], label: str | None = None, p
 
 def evaluate_uploads(classifier, files: Iterable[tuple[str, bytes]], threshold: float | None = None,
                      progress: Progress | None = None, batch_size: int = 16, label: str | None = None,
-                     **limits) -> EvaluationReport:
+                     include_non_chest: bool = False, **limits) -> EvaluationReport:
     """Score uploaded films and zips in memory (see scan_uploads)."""
     items = scan_uploads(files, label, classifier.card.positive_class, **limits)
-    return evaluate_items(classifier, items, threshold, progress, batch_size)
+    return evaluate_items(classifier, items, threshold, progress, batch_size, include_non_chest)

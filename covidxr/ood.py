@@ -1,4 +1,6 @@
-"""Is this a frontal chest radiograph? The check that stands between an odd upload and a score.
+"""The gate's statistics: how far a film's image features lie from the training films', and whether it is upright.
+
+The gate itself (every piece of evidence, the order of the reasons, the verdict) is covidxr.gate.
 
 A classifier trained on chest films still returns a confident COVID-19 probability for a knee, a
 photo or a page of text. Two kinds of evidence say "this is not what the model was made for":
@@ -24,22 +26,13 @@ import numpy as np
 
 from .card import CardError, ModelCard, sha256_file
 from .films import Film
+from .gate import GateRules, Verdict, check as gate_check
 from .orientation import ORIENT_SIZE, OrientNet, from_arrays, orientation_input, state_arrays, threshold_at, turned_probability
 
 OOD_FILE = "ood.npz"
 ORIENT_PREFIX = "orient_net."  # the orientation net's state, stored in the same .npz
-LUNG_FRACTION_RANGE = (0.08, 0.75)       # share of the image a frontal chest film's lungs plausibly cover
-RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG"}  # computed, digital, direct and film radiography
-CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
-LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 
-
-@dataclass
-class OODResult:
-    is_chest: bool
-    distance: float             # feature distance (about 1 for a typical training film)
-    reasons: list[str]          # why it is not, in words for the clinician; empty when is_chest
-    turned: float | None = None  # the orientation net's P(rotated or inverted); None without one
+OODResult = Verdict  # the gate's verdict under its former name (covidxr.OODResult)
 
 
 def ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
@@ -135,9 +128,13 @@ class OODDetector:
         return (f"Mahalanobis distance of the pooled classifier features (Ledoit-Wolf shrinkage "
                 f"{self.shrinkage:.3f}, {len(self.variances)} components + isotropic rest, fit on "
                 f"{self.n_fit} training films); threshold = {self.quantile:.1%} quantile on "
-                f"{self.n_calibration} held-out real films; lung share outside "
-                f"{LUNG_FRACTION_RANGE}, colour, or DICOM tags of another modality, body part or a "
-                f"lateral view also mark a film as not a frontal chest radiograph" + orient)
+                f"{self.n_calibration} held-out real films" + orient)
+
+    def gate_rule(self, rules: GateRules | None = None) -> str:
+        """The whole gate's rule in words, for the model card (the feature statistics' own in `rule`)."""
+        from .gate import rule_text
+
+        return rule_text(self, rules or GateRules())
 
     def save(self, directory: str | Path, name: str = OOD_FILE) -> tuple[str, str]:
         """Write the statistics as .npz; returns (file name, sha256) for the model card."""
@@ -151,9 +148,11 @@ class OODDetector:
                  n_calibration=np.int64(self.n_calibration), **orient)
         return name, sha256_file(path)
 
-    def card_entry(self, name: str, sha256: str) -> dict:
-        """The model card's `ood` section for this detector."""
-        return {"file": name, "sha256": sha256, "threshold": self.threshold, "rule": self.rule}
+    def card_entry(self, name: str, sha256: str, rules: GateRules | None = None) -> dict:
+        """The model card's `ood` section for this detector and the gate's rules."""
+        rules = rules or GateRules()
+        return {"file": name, "sha256": sha256, "threshold": self.threshold, "rule": self.gate_rule(rules),
+                "gate": rules.as_dict()}
 
     @classmethod
     def load(cls, directory: str | Path, card: ModelCard) -> "OODDetector":
@@ -189,40 +188,7 @@ class OODDetector:
         return det
 
     def check(self, features_1d: np.ndarray, lung_fraction: float, film: Film,
-              overview: np.ndarray | None = None) -> OODResult:
-        """Every reason, from features, lungs and file facts, that this is not a frontal chest film."""
-        dist = float(self.distance(features_1d)[0])
-        reasons = []
-        if not dist <= self.threshold:
-            reasons.append(f"its image features are unlike the chest radiographs the model was "
-                           f"trained on (distance {dist:.2f}, limit {self.threshold:.2f})")
-        turned = self.turned_probability(film, overview)
-        if turned is not None and turned > self.orient_threshold:
-            reasons.append("it looks rotated or inverted (a frontal chest film is read upright, "
-                           "not turned or in negative)")
-        reasons += lung_reasons(lung_fraction) + fact_reasons(film.facts)
-        return OODResult(is_chest=not reasons, distance=dist, reasons=reasons, turned=turned)
-
-
-def lung_reasons(lung_fraction: float) -> list[str]:
-    lo, hi = LUNG_FRACTION_RANGE
-    if lung_fraction <= 0:
-        return ["no lungs were found in it"]
-    if not lo <= lung_fraction <= hi:
-        return [f"the lungs found cover {lung_fraction:.0%} of the image, implausible for a chest film"]
-    return []
-
-
-def fact_reasons(facts: dict[str, str]) -> list[str]:
-    """Reasons from what the file says about itself; absent or blank facts are unknown, not failures."""
-    get = lambda k: str(facts.get(k) or "").strip().upper()  # noqa: E731
-    reasons = []
-    if get("colour") == "YES":
-        reasons.append("it is a colour image")
-    if get("modality") and get("modality") not in RADIOGRAPH_MODALITIES:
-        reasons.append(f"its DICOM modality is {get('modality')}, not a radiograph (CR/DX)")
-    if get("body_part") and not any(p in get("body_part") for p in CHEST_BODY_PARTS):
-        reasons.append(f"its DICOM body part is {get('body_part')}, not chest")
-    if get("view") in LATERAL_VIEWS:
-        reasons.append(f"its DICOM view is {get('view')}, a lateral film, not frontal")
-    return reasons
+              overview: np.ndarray | None = None, lung_prob: np.ndarray | None = None,
+              rules: GateRules | None = None, child_look=None) -> Verdict:
+        """The gate's verdict (covidxr.gate) with these statistics; `rules` default to the shipped ones."""
+        return gate_check(self, rules or GateRules(), features_1d, lung_fraction, film, overview, lung_prob, child_look)

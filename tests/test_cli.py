@@ -89,8 +89,10 @@ def test_evaluate_contract(tmp_path, classifier):
     assert rc == 2 and r["n"] == 6 and r["n_errors"] == 1 and len(r["images"]) == 7
     assert set(r["confusion"]) == {"tp", "fp", "tn", "fn"} and sum(r["confusion"].values()) == 6
     for k in ("sensitivity", "specificity", "accuracy", "auc"):
-        assert isinstance(r[k], float) and len(r["ci"][k]) == 2
+        ci = r["ci"][k]  # the AUC's may be null: too few films for an interval (metrics.py)
+        assert isinstance(r[k], float) and ((ci is None and k == "auc") or len(ci) == 2)
     assert sum(1 for i in r["images"] if i["label"] == "covid") == 3
+    assert all(i["chest_xray"] is True for i in r["images"] if "error" not in i) and r["n_not_chest"] == 0
 
 
 def test_missing_weights_is_a_clear_error(tmp_path, capsys):
@@ -101,3 +103,63 @@ def test_missing_weights_is_a_clear_error(tmp_path, capsys):
 def test_help_lists_the_commands():
     p = subprocess.run([sys.executable, "-m", "covidxr", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0 and all(c in p.stdout for c in ("predict", "evaluate", "train"))
+
+
+# ------------------------------------------------------------------ the gate in predict and evaluate rows
+
+HIP = shared_data("dicom", "other", "nema-wg04_RG2_JPLL_CR_hip.dcm")
+
+
+def test_predict_rows_carry_the_gates_verdict_and_no_score_for_a_refused_film(classifier, capsys):
+    good = real_films(1)[0]
+    rc = cli.main(["predict", str(good), str(HIP), "--json", "--weights", str(classifier.directory)])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    film, hip = rows
+    assert film["chest_xray"] is True and film["reasons"] == [] and film["details"].startswith("feature distance")
+    assert 0 <= film["probability"] <= 1 and film["warnings"] == [] and "warning" not in film
+    assert hip["chest_xray"] is False and hip["reasons"][0] == "DICOM body part is HIP, not chest"
+    assert hip["probability"] is None and hip["label"] is None and hip["class_probabilities"] is None
+    assert hip["warning"].startswith("does not look like a frontal chest radiograph: DICOM body part is HIP")
+    rc = cli.main(["predict", str(HIP), "--json", "--include-non-chest", "--weights", str(classifier.directory)])
+    (hip,) = json.loads(capsys.readouterr().out)
+    assert rc == 0 and hip["chest_xray"] is False and 0 <= hip["probability"] <= 1 and hip["label"] in ("covid", "non-covid")
+
+
+def test_predict_text_output_says_a_refused_film_was_not_scored(classifier, capsys):
+    rc = cli.main(["predict", str(HIP), "--weights", str(classifier.directory)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "not scored, does not look like a frontal chest radiograph: DICOM body part is HIP" in out
+    assert "p = " not in out
+
+
+def test_evaluate_leaves_refused_films_out_unless_asked(tmp_path, classifier, capsys):
+    for label, src in (("covid", "hannover-mhh/covid"), ("normal", "kaggle-radiography-db-224px/normal")):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        for f in sorted((shared_data() / "cxr" / src).glob("*.jpg"))[:2]:
+            (tmp_path / "set" / label / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "set" / "normal" / "hip.dcm").write_bytes(HIP.read_bytes())
+    out, csv_out = tmp_path / "eval.json", tmp_path / "rows.csv"
+    rc = cli.main(["evaluate", str(tmp_path / "set"), "--json", str(out), "--csv", str(csv_out),
+                   "--weights", str(classifier.directory)])
+    err = capsys.readouterr().err
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["n"] == 4 and r["n_not_chest"] == 1 and r["not_chest"][0].endswith("hip.dcm")
+    assert sum(r["confusion"].values()) == 4 and isinstance(r["seconds"], float) and r["seconds"] > 0
+    assert "not a frontal chest radiograph 1 (left out of the metrics)" in err
+    hip = next(i for i in r["images"] if i["path"].endswith("hip.dcm"))
+    assert hip["chest_xray"] is False and hip["probability"] is None and hip["prediction"] is None
+    assert all(i["chest_xray"] is True for i in r["images"] if i is not hip)
+    import csv
+
+    table = list(csv.DictReader(csv_out.read_text().splitlines()))
+    assert list(table[0])[6:] == ["chest_xray", "reasons", "details", "warnings"]
+    hip_row = next(t for t in table if t["path"].endswith("hip.dcm"))
+    assert hip_row["chest_xray"] == "False" and hip_row["probability"] == "" and hip_row["prediction"] == ""
+    assert hip_row["reasons"].startswith("DICOM body part is HIP, not chest; ") and "feature distance" in hip_row["details"]
+    rc = cli.main(["evaluate", str(tmp_path / "set"), "--json", str(out), "--include-non-chest",
+                   "--weights", str(classifier.directory)])
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["n"] == 5 and r["n_not_chest"] == 1 and r["include_non_chest"] is True
+    hip = next(i for i in r["images"] if i["path"].endswith("hip.dcm"))
+    assert hip["chest_xray"] is False and 0 <= hip["probability"] <= 1

@@ -213,6 +213,18 @@ def test_dicom_without_voi_uses_percentile_window():
     assert film.facts["display"].startswith("auto window")
 
 
+def test_dicom_age_reaches_the_facts_but_no_date_does():
+    """The gate warns on children; the age comes from PatientAge, else birth and study dates, and the
+    dates themselves (identifying) are not kept."""
+    a = ramp16()
+    aged = read_film(dicom_bytes(a, BitsStored=12, HighBit=11, PatientAge="007Y"))
+    dated = read_film(dicom_bytes(a, BitsStored=12, HighBit=11, PatientBirthDate="20100301", StudyDate="20200301"))
+    unknown = read_film(dicom_bytes(a, BitsStored=12, HighBit=11))
+    assert aged.facts["age_years"] == "7.0" and dated.facts["age_years"] == "10.0"
+    assert "age_years" not in unknown.facts
+    assert not any("2010" in v or "2020" in v for v in dated.facts.values())
+
+
 def test_dicom_rescale_then_window_are_applied():
     a = ramp16(bits=11)
     film = read_film(dicom_bytes(a, BitsStored=11, HighBit=10, RescaleSlope=2, RescaleIntercept=-1000,

@@ -1,4 +1,5 @@
-"""The "is this a frontal chest radiograph?" check: the statistics, their file, and real inputs."""
+"""The gate's statistics (feature distance, orientation net), their file, and the gate on real inputs.
+The gate's own rules (reasons, their order, lung fields, DICOM tags, ages) are in tests/test_gate.py."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +13,8 @@ from PIL import Image
 from tests.conftest import REPO, shared_data
 from covidxr.card import CardError, ModelCard
 from covidxr.films import read_film
-from covidxr.ood import OODDetector, fact_reasons, ledoit_wolf, lung_reasons
+from covidxr.classifier import segment
+from covidxr.ood import OODDetector, ledoit_wolf
 from covidxr.orientation import ORIENTATIONS
 
 
@@ -62,7 +64,7 @@ def test_save_load_round_trip(tmp_path: Path):
     det = OODDetector.fit(synthetic(300), components=8).calibrate(synthetic(100, seed=7))
     name, sha = det.save(tmp_path)
     entry = det.card_entry(name, sha)
-    assert set(entry) == {"file", "sha256", "threshold", "rule"} and "Ledoit-Wolf" in entry["rule"]
+    assert set(entry) == {"file", "sha256", "threshold", "rule", "gate"} and "Ledoit-Wolf" in entry["rule"]
     with np.load(tmp_path / name, allow_pickle=False) as z:  # plain arrays only
         assert z["basis"].shape == (8, 48)
     back = OODDetector.load(tmp_path, card_with(entry))
@@ -84,17 +86,6 @@ def test_load_refuses_a_tampered_or_missing_file(tmp_path: Path):
         OODDetector.load(tmp_path, card_with({**entry, "file": "absent.npz"}))
     with pytest.raises(CardError, match="threshold"):
         OODDetector.load(tmp_path, card_with({"file": name, "sha256": sha}))
-
-
-def test_reasons_from_file_facts_and_lungs():
-    assert fact_reasons({}) == [] and fact_reasons({"modality": "", "body_part": " "}) == []
-    assert fact_reasons({"modality": "CR", "body_part": "CHEST", "view": "PA", "colour": "no"}) == []
-    assert fact_reasons({"modality": "dx", "body_part": "Thorax"}) == []
-    assert len(fact_reasons({"colour": "yes", "modality": "MR", "body_part": "HIP", "view": "LL"})) == 4
-    assert "MR" in fact_reasons({"modality": "MR"})[0]
-    assert lung_reasons(0.3) == []
-    assert "no lungs" in lung_reasons(0.0)[0]
-    assert lung_reasons(0.02) and lung_reasons(0.9)
 
 
 # ------------------------------------------------------------------ with the shipped model
@@ -120,7 +111,9 @@ def detector(classifier) -> OODDetector:
 def checked(classifier, detector, data: bytes, name: str):
     film = read_film(data, name=name)
     features, fractions = classifier.features([film])
-    result = detector.check(features[0], float(fractions[0]), film)
+    (inputs,) = classifier.prepare([film])
+    (lung_prob,) = segment(classifier.lungs, [inputs.overview])
+    result = detector.check(features[0], float(fractions[0]), film, inputs.overview, lung_prob, classifier.gate_rules)
     if classifier.ood is not None:  # the app's path: predict() runs the same check
         assert classifier.predict([film])[0].ood.reasons == result.reasons
     return result
@@ -145,7 +138,7 @@ def test_colour_photo_is_not_a_chest_film(classifier, detector):
     photo = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
     r = checked(classifier, detector, photo.read_bytes(), "china.jpg")
     print("\ncolour photo:", r)
-    assert not r.is_chest and "it is a colour image" in r.reasons
+    assert not r.is_chest and "it is a colour image, not a radiograph" in r.reasons
 
 
 def test_mr_dicom_is_not_a_chest_film(classifier, detector):
@@ -157,7 +150,7 @@ def test_real_chest_films_pass(classifier, detector):
     paths = sorted((REPO / "samples").glob("*/*.jpg")) + real_paths(4, 3)
     results = {f"{p.parent.name}/{p.name}": checked(classifier, detector, p.read_bytes(), p.name) for p in paths}
     for name, r in results.items():
-        print(f"\n{name}: distance {r.distance:.2f} {r.reasons}", end="")
+        print(f"\n{name}: {r.details} {r.reasons}", end="")
     assert all(r.is_chest for r in results.values())
 
 

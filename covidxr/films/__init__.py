@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ._common import (AUTO_WINDOW, COLOUR_LEVEL, COLOUR_SHARE, MAX_BYTES, MAX_PIXELS, MIN_SIDE, WORK_SIDE,
                       Film, FilmError, _check_bytes, _read_path)
-from ._dicom import _read_dicom, _read_dicom_without_header
+from ._dicom import _read_dicom, _read_dicom_without_header, dicom_age_years
 from ._pillow import PIL_FORMATS, _read_pillow
 from ._sniff import _not_an_image
 
@@ -39,7 +39,7 @@ from ._sniff import _not_an_image
 FILM_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")  # in the order a person reads them
 DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
 
-__all__ = ["read_film", "Film", "FilmError", "film_summary", "is_dicom", "FILM_SUFFIXES", "DICOM_MAGIC",
+__all__ = ["read_film", "Film", "FilmError", "film_summary", "is_dicom", "dicom_age_years", "FILM_SUFFIXES", "DICOM_MAGIC",
            "DICOM_MAGIC_AT", "WORK_SIDE", "MIN_SIDE", "MAX_PIXELS", "MAX_BYTES", "COLOUR_LEVEL", "COLOUR_SHARE",
            "AUTO_WINDOW", "PIL_FORMATS"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import MutableSequence
+from datetime import date
 
 import numpy as np
 
@@ -73,6 +74,11 @@ def _ends_early(ds, size: int) -> bool:
 def _dicom_facts(ds, syntax) -> dict[str, str]:
     facts = {key: _clean(_tag(ds, keyword)) for key, keyword in _DICOM_FACTS.items()}
     facts["transfer_syntax"] = syntax.name
+    # The patient's age, for the gate's "not validated on children" warning; the dates it may come from
+    # (birth date, study date) are identifying and are not kept.
+    age = dicom_age_years(_clean(_tag(ds, "PatientAge")), _clean(_tag(ds, "PatientBirthDate")),
+                          _clean(_tag(ds, "StudyDate")))
+    facts["age_years"] = "" if age is None else f"{age:.1f}"
     sop_class = _tag(ds, "SOPClassUID")
     facts["sop_class"] = _clean(getattr(sop_class, "name", sop_class))
     return {key: value for key, value in facts.items() if value}
@@ -197,3 +203,26 @@ def _apply_window(x: np.ndarray, c: float, w: float, function: str) -> np.ndarra
     if function == "LINEAR_EXACT":
         return np.clip((x - c) / w + 0.5, 0.0, 1.0)
     return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
+
+
+def dicom_age_years(patient_age: str | None = None, birth_date: str | None = None,
+                    study_date: str | None = None) -> float | None:
+    """A patient's age in years from DICOM PatientAge ("045Y", "006M", "010W", "003D"), else from
+    PatientBirthDate and StudyDate (YYYYMMDD); None when neither says."""
+    s = str(patient_age or "").strip().upper()
+    if len(s) >= 2 and s[:-1].isdigit() and s[-1] in "YMWD":
+        return int(s[:-1]) / {"Y": 1, "M": 12, "W": 52.1775, "D": 365.25}[s[-1]]
+    if s.replace(".", "", 1).isdigit():  # a bare number: years, as some exporters write it
+        return float(s)
+
+    def day(v: str | None) -> date | None:
+        v = str(v or "").strip()[:8]
+        try:
+            return date(int(v[:4]), int(v[4:6]), int(v[6:8])) if len(v) == 8 and v.isdigit() else None
+        except ValueError:
+            return None
+
+    born, seen = day(birth_date), day(study_date)
+    if born and seen and seen >= born:
+        return (seen - born).days / 365.25
+    return None
