@@ -1,4 +1,7 @@
-"""covidxr: the clinician app. Process-wide set-up, navigation and the disclaimer; each page lives in pages/."""
+"""covidxr: the clinician app. Process-wide set-up, navigation and the disclaimer; each page lives in pages/.
+
+Served by `python -m webapp.serve` (what `./run.sh app` runs): see webapp/serve.py for why.
+"""
 import streamlit as st
 
 from webapp.uploads import keep_uploads_in_memory
@@ -6,17 +9,18 @@ from webapp.wording import DISCLAIMER
 
 keep_uploads_in_memory()  # before any page can receive an upload
 
-st.set_page_config(page_title="covidxr · chest X-ray COVID-19 screening", page_icon=":material/radiology:",
-                   layout="wide")
+# Emoji, not ":material/...:" icons: Streamlit fetches a material page icon (the tab's favicon) from
+# fonts.gstatic.com on every page load, an outbound call from a clinical tool (and an error offline);
+# an emoji becomes an inline data: URL. tests/test_browser.py checks that every request stays on the app's origin.
+st.set_page_config(page_title="covidxr · chest X-ray COVID-19 screening", page_icon="🩻", layout="wide")
 
 # Every url_path differs from its file's name on purpose: when a page's hash equals that of a file in
-# pages/, Streamlit 1.67's AppTest runs the file alone, skipping this script (and the disclaimer).
+# a pages folder, Streamlit 1.67's AppTest runs the file alone, skipping this script (and the disclaimer).
 page = st.navigation([
-    st.Page("pages/screen.py", title="Screen a film", icon=":material/radiology:", default=True,
-            url_path="screen-a-film"),
-    st.Page("pages/evaluate.py", title="Batch evaluation", icon=":material/analytics:", url_path="batch-evaluation"),
-    st.Page("pages/review.py", title="Heatmap review", icon=":material/image_search:", url_path="heatmap-review"),
-    st.Page("pages/model_card.py", title="Model card", icon=":material/description:", url_path="model-card"),
+    st.Page("pages/screen.py", title="Screen a film", icon="🩻", default=True, url_path="screen-a-film"),
+    st.Page("pages/evaluate.py", title="Batch evaluation", icon="📊", url_path="batch-evaluation"),
+    st.Page("pages/review.py", title="Heatmap review", icon="🔎", url_path="heatmap-review"),
+    st.Page("pages/model_card.py", title="Model card", icon="📄", url_path="model-card"),
 ])
-st.sidebar.warning(DISCLAIMER, icon=":material/medical_information:")
+st.sidebar.warning(DISCLAIMER, icon="⚕️")
 page.run()

@@ -9,7 +9,7 @@ case "${1:-}" in
     app)
         shift
         scripts/setup.sh
-        exec .venv/bin/streamlit run app.py "$@"
+        exec .venv/bin/python -m webapp.serve "$@"   # streamlit run app.py (webapp/serve.py says why)
         ;;
     test)
         shift

@@ -90,10 +90,10 @@ class Ours:
 
     def explain(self, film) -> tuple[float, object]:
         """The app's single-film path: one Grad-CAM pass gives the prediction and the map."""
-        from covidxr import explain
+        from covidxr.explain import explain, overlay
 
-        e = explain.explain(self.clf, film)
-        return e.prediction.probability, explain.overlay(film.pixels, e.heatmap)
+        e = explain(self.clf, film)
+        return e.prediction.probability, overlay(film.pixels, e.heatmap)
 
     def nets(self) -> dict[str, tuple]:
         """name -> (module, single-film input shape), for FLOP counting and forward timing."""
@@ -156,15 +156,15 @@ class Baseline:
     def explain(self, film) -> tuple[float, object]:
         """One Grad-CAM pass: probability and map; the map is laid on the whole film, then overlaid."""
         import torch
-        from covidxr import explain
+        from covidxr.explain import overlay, place
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         cam = self.cam()
         with torch.inference_mode(False), torch.enable_grad():
             heat = cam(input_tensor=self.tensor([film]), targets=[ClassifierOutputTarget(0)])[0]
             probability = torch.softmax(cam.outputs.detach()[0], -1)[0].item()
-        heat = explain.place(heat, (0.0, 1.0, 0.0, 1.0), film.pixels.shape)
-        return probability, explain.overlay(film.pixels, heat)
+        heat = place(heat, (0.0, 1.0, 0.0, 1.0), film.pixels.shape)
+        return probability, overlay(film.pixels, heat)
 
     def nets(self) -> dict[str, tuple]:
         return {"classifier": (self.net, (1, 3, BASELINE_SIZE, BASELINE_SIZE))}

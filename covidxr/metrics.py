@@ -16,6 +16,7 @@ import numpy as np
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 N_BOOT = 1000
+MIN_CLASS_FOR_AUC_CI = 10  # fewer films of either class: the AUC gets no interval ("too few films for an interval")
 ECE_BINS = 10
 _BOOT_CHUNK_CELLS = 4_000_000  # bootstrap replicates are drawn in chunks of about this many cells
 PROPORTIONS = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
@@ -38,12 +39,17 @@ class Confusion:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its 95% interval."""
+    """A point estimate with its 95% interval; low and high are None when no honest interval exists
+    (too few films, or a bootstrap that collapses to one value): serialised as a null CI."""
     value: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
 
-    def ci(self) -> list[float]:
+    @property
+    def has_interval(self) -> bool:
+        return self.low is not None and self.high is not None
+
+    def ci(self) -> list[float | None]:
         return [self.low, self.high]
 
 
@@ -55,7 +61,8 @@ def _finite(x: float | None) -> float | None:
 def _estimates(named: dict[str, "Estimate | None"]) -> dict:
     """{name: value, ..., "ci": {name: [low, high] or None}}: the shape every report serialises to."""
     out: dict = {k: (None if e is None else _finite(e.value)) for k, e in named.items()}
-    out["ci"] = {k: (None if e is None else [_finite(e.low), _finite(e.high)]) for k, e in named.items()}
+    out["ci"] = {k: (None if e is None or not e.has_interval else [_finite(e.low), _finite(e.high)])
+                 for k, e in named.items()}
     return out
 
 
@@ -269,9 +276,26 @@ def _percentile_ci(values: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def auc_ci(y_true: Sequence, scores: Sequence, n_boot: int = N_BOOT, seed: int = 0) -> Estimate | None:
-    """AUC with a percentile bootstrap 95% CI; positives and negatives resampled separately
-    (stratified), so every replicate keeps the class sizes and has an AUC."""
+def newcombe_auc_ci(value: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[float, float]:
+    """Newcombe's (2006, Stat Med 25:559, method 5) score-type interval for an AUC: the AUCs theta whose
+    distance to the estimate is within z standard errors, with the variance taken at theta itself
+    (as Wilson's interval does for a proportion), so it never collapses to a point at 0 or 1."""
+    theta = np.linspace(0.0, 1.0, 20001)
+    n_star = max(1.0, (n_pos + n_neg) / 2.0 - 1.0)
+    var = theta * (1 - theta) / (n_pos * n_neg) * (1 + (n_star - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
+    inside = theta[(theta - value) ** 2 <= z * z * var]
+    return (float(inside.min()), float(inside.max())) if inside.size else (value, value)
+
+
+def auc_ci(y_true: Sequence, scores: Sequence, n_boot: int = N_BOOT, seed: int = 0,
+           min_class: int = MIN_CLASS_FOR_AUC_CI) -> Estimate | None:
+    """AUC with a 95% CI: a percentile bootstrap with positives and negatives resampled separately
+    (stratified, so every replicate keeps the class sizes and has an AUC).
+
+    With fewer than `min_class` films of either class, or when every replicate gives the same AUC
+    (perfectly separated small sets: the bootstrap cannot see beyond the films it has and would
+    claim "1.000-1.000"), the interval is Newcombe's score-type interval instead, which stays honest
+    on few films (AUC 1.0 on 10 + 10 films: 0.82-1.00)."""
     y, s = _as_arrays(y_true, scores)
     pos, neg = s[y == 1], s[y == 0]
     if pos.size == 0 or neg.size == 0:
@@ -279,10 +303,14 @@ def auc_ci(y_true: Sequence, scores: Sequence, n_boot: int = N_BOOT, seed: int =
     order = np.argsort(neg, kind="stable")
     neg_sorted = neg[order]
     value = float(_auc_counts(pos, neg_sorted, np.ones((1, pos.size)), np.ones((1, neg.size)))[0])
+    if min(pos.size, neg.size) < min_class:
+        return Estimate(value, *newcombe_auc_ci(value, pos.size, neg.size))
     rng = np.random.default_rng(seed)
     reps = [_auc_counts(pos, neg_sorted, _multiplicities(rng, pos.size, b), _multiplicities(rng, neg.size, b))
             for b in _boot_chunks(pos.size + neg.size, n_boot)]
     low, high = _percentile_ci(np.concatenate(reps))
+    if high - low < 1e-12:  # degenerate: every resample ranks the films the same way
+        return Estimate(value, *newcombe_auc_ci(value, pos.size, neg.size))
     return Estimate(value, low, high)
 
 

@@ -10,12 +10,13 @@ from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
 from webapp import state
-from webapp.batch import Batch, folder_batch, progress_text, upload_batch
+from webapp.batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from webapp.films import SAMPLES, UPLOAD_TYPES, sample_films
 from webapp.model import classifier
 from webapp.roots import data_roots
-from webapp.tables import breakdown_rows, confusion_table, fmt_ci, fmt_num, image_rows, metric_rows, roc_points
-from webapp.wording import METRIC_TITLES, class_title
+from webapp.tables import (breakdown_rows, confusion_table, fmt_metric, fmt_metric_ci, image_rows, metric_rows,
+                           refused_rows, roc_points, score_column)
+from webapp.wording import DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold
 
 SOURCES = ["Upload films or a .zip", "A folder on the server", "The sample films"]
 
@@ -26,6 +27,7 @@ st.caption(f"Films labelled by folder: one subfolder per class, `{card.positive_
            "negative (`<source>/<class>/` is recognised too). Scores stream in; the threshold slider "
            "below recomputes every metric from the stored scores.")
 
+state.restore_form(state.EVAL_FORM)  # the form as the user left it on another page
 source = st.radio("Films to evaluate", SOURCES, horizontal=True, key=state.EVAL_SOURCE)
 collect = None  # () -> (title, items, keep_for_review), called when the run starts
 if source == SOURCES[0]:
@@ -52,16 +54,18 @@ else:
     st.caption(f"{len(sample_films())} real films shipped with the app (`samples/`); they are in the "
                "training data, so they show how the page works, not how well the model works.")
     collect = lambda: folder_batch(str(SAMPLES), [SAMPLES], card.positive_class)  # noqa: E731
+state.remember_form(state.EVAL_FORM)
 
 if st.button("Run evaluation", type="primary", disabled=collect is None, key=state.EVAL_RUN):
     try:
         title, items, keep = collect()
     except (PathRefused, ZipRefused, FilmError) as e:
-        st.error(f"Nothing was evaluated: {e}", icon=":material/block:")
+        st.error(f"Nothing was evaluated: {e}", icon="🚫")
         st.stop()
+    items = interleave(items, key=lambda it: it.label)  # classes spread out: partial results stay balanced
     batch = Batch(title, len(items), card.threshold, card.positive_class, items if keep else None)
     st.session_state[state.BATCH] = batch
-    for stale in (state.EVAL_THRESHOLD, state.REVIEW_OPEN, state.THUMBNAILS):  # they belong to the last batch
+    for stale in (state.EVAL_THRESHOLD, state.REVIEW_OPEN, state.REVIEW_DIALOG, state.THUMBNAILS):  # they belong to the last batch
         st.session_state.pop(stale, None)
     bar = st.progress(0.0, text=progress_text(0, len(items), 0.0))
     t0 = time.perf_counter()
@@ -69,7 +73,7 @@ if st.button("Run evaluation", type="primary", disabled=collect is None, key=sta
     def progress(done: int, total: int) -> None:
         bar.progress(done / total if total else 1.0, text=progress_text(done, total, time.perf_counter() - t0))
 
-    for row in iter_scores(clf, items, batch_size=8, progress=progress):
+    for row in iter_scores(clf, items, batch_size=8, progress=progress, include_non_chest=True):  # kept, never shown
         batch.rows.append(row)  # kept even if the run is interrupted (a click elsewhere stops the script)
     batch.done, batch.seconds = True, time.perf_counter() - t0
     bar.empty()
@@ -83,31 +87,47 @@ st.divider()
 st.subheader(f"Results · {batch.title}")
 if batch.interrupted:
     st.warning(f"The evaluation was interrupted after {len(batch.rows)} of {batch.total} films; the results "
-               "below cover the films scored so far.", icon=":material/pause_circle:")
+               "below cover the films scored so far.", icon="⏸️")
 
 if state.EVAL_THRESHOLD not in st.session_state:
-    st.session_state[state.EVAL_THRESHOLD] = batch.threshold
+    st.session_state[state.EVAL_THRESHOLD] = 100.0 * batch.threshold
 left, right = st.columns([4, 1])
-batch.threshold = left.slider("Decision threshold (metrics recompute from the stored scores)", 0.0, 1.0,
-                              step=0.005, format="%.3f", key=state.EVAL_THRESHOLD)
-right.button("Model's threshold", key=state.EVAL_RESET, help=f"{card.threshold:.3f}: {card.threshold_rule}",
-             on_click=lambda: st.session_state.update({state.EVAL_THRESHOLD: card.threshold}))
+batch.threshold = left.slider("Operating point (%): metrics recompute from the stored scores", 0.0, 100.0,
+                              step=0.5, format="%.1f%%", key=state.EVAL_THRESHOLD) / 100.0
+right.button("Model's operating point", key=state.EVAL_RESET,
+             help=f"{fmt_threshold(card.threshold)}: {card.threshold_rule}",
+             on_click=lambda: st.session_state.update({state.EVAL_THRESHOLD: 100.0 * card.threshold}))
+
+refused = batch.refused()
+if refused:
+    st.warning(f"{len(refused)} film{'s' if len(refused) > 1 else ''} judged **{NOT_CHEST}**: no score is shown "
+               "for them, and the metrics leave them out unless you include them below.", icon="🚫")
+    st.dataframe(refused_rows(r for _, r in refused), hide_index=True)
+    batch.include_refused = st.checkbox(
+        "Include the refused films in the metrics", key=state.EVAL_INCLUDE_REFUSED,
+        disabled=not batch.can_include_refused(),
+        help="For measuring the input check itself; a refused film's score is not valid for the model. "
+             + ("" if batch.can_include_refused() else "The engine keeps no score for refused films."))
 report = batch.report()
 d = report.as_dict()
 
-st.caption(f"{d['n']} labelled films scored · {report.n_unlabelled} without a label · {report.n_errors} failed"
-           + (f" · {batch.seconds:.1f} s" if batch.seconds else "")
-           + f" · threshold {batch.threshold:.3f}" + (" (the model's)" if batch.threshold == card.threshold else ""))
+at_model = abs(batch.threshold - card.threshold) < 1e-9
+st.caption(f"{d['n']} labelled films scored · {len(refused)} not a chest film "
+           f"({'in' if batch.include_refused else 'left out of'} the metrics) · {report.n_unlabelled} without a "
+           f"label · {report.n_errors} failed" + (f" · {batch.seconds:.1f} s" if batch.seconds else "")
+           + f" · operating point {fmt_threshold(batch.threshold)}" + (" (the model's)" if at_model else ""))
 cols = st.columns(4)
 for col, name in zip(cols, ("sensitivity", "specificity", "accuracy", "auc")):
-    col.metric(METRIC_TITLES[name], fmt_num(d.get(name)))
-    col.caption(f"95% CI {fmt_ci(d['ci'].get(name))}")
+    col.metric(METRIC_TITLES[name], fmt_metric(name, d.get(name)), help=METRIC_HELP[name])
+    ci = fmt_metric_ci(name, d["ci"].get(name))
+    col.caption(f"95% CI {ci}" if ci != "—" or d.get(name) is None else "95% CI: too few films for an interval")
 
 left, right = st.columns(2)
 with left:
     st.markdown("**Confusion matrix**")
     st.dataframe(confusion_table(d["confusion"], card.positive_class))
-    st.markdown("**All metrics (95% CI: Wilson for proportions, bootstrap for AUC and ECE)**")
+    st.markdown("**All metrics (95% CI: Wilson for proportions, bootstrap for AUC and ECE)**",
+                help="\n\n".join(f"**{METRIC_TITLES[k]}**: {v}" for k, v in METRIC_HELP.items()))
     st.dataframe(metric_rows(d), hide_index=True)
 with right:
     points = roc_points(d.get("roc"))
@@ -119,9 +139,10 @@ with right:
             order="i:Q")  # the points' own order: ties in fpr keep their rising tpr
         chance = alt.Chart(alt.Data(values=[{"fpr": 0, "tpr": 0}, {"fpr": 1, "tpr": 1}])).mark_line(
             strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
-        here = alt.Chart(alt.Data(values=[{"fpr": fpr, "tpr": tpr, "threshold": batch.threshold}])).mark_point(
-            size=140, filled=True, color="#d62728").encode(x="fpr:Q", y="tpr:Q", tooltip=["threshold:Q"])
-        st.markdown(f"**ROC curve** (AUC {fmt_num(d.get('auc'))}; red: the operating point)")
+        here = alt.Chart(alt.Data(values=[{"fpr": fpr, "tpr": tpr, "operating point": fmt_threshold(batch.threshold)}])
+                         ).mark_point(size=140, filled=True, color="#d62728").encode(
+            x="fpr:Q", y="tpr:Q", tooltip=["operating point:N"])
+        st.markdown(f"**ROC curve** (AUC {fmt_metric('auc', d.get('auc'))}; red: the operating point)")
         st.altair_chart(chance + curve + here, width="stretch")
     else:
         st.info("A ROC curve needs labelled films of both classes.")
@@ -131,10 +152,13 @@ if d.get("per_source") and len(d["per_source"]) > 1:
     st.dataframe(breakdown_rows(d["per_source"], card.positive_class), hide_index=True)
 
 st.markdown("**Per image**")
-per_image = image_rows(report.rows, batch.threshold)
-st.dataframe(per_image, hide_index=True, column_config={"probability": st.column_config.NumberColumn(format="%.3f")},
+per_image = image_rows(report.rows, batch.threshold, card.positive_class)
+score = score_column(card.positive_class)
+st.dataframe(per_image, hide_index=True, column_config={score: st.column_config.NumberColumn(format="%.1f%%")},
              column_order=[c for c in (per_image[0] if per_image else {}) if c != "source"
                            or any(r["source"] for r in per_image)])
+st.caption(DECISION_CAPTION.format(pos=card.positive_class, title=class_title(card.positive_class))
+           + f" A film judged {NOT_CHEST} gets no score; the outcome column gives the reasons.")
 if report.failures:
     st.markdown(f"**Failed files ({len(report.failures)})**")
     st.dataframe([{"film": r.path, "reason": r.error} for r in report.failures], hide_index=True)
@@ -142,7 +166,8 @@ if report.failures:
 left, right = st.columns(2)
 left.download_button("Download per-image CSV", report.to_csv, file_name="covidxr_evaluation.csv",
                      mime="text/csv", key=state.EVAL_CSV, on_click="ignore")  # built on click only
-right.download_button("Download full report (JSON)", lambda: json.dumps(d, indent=2),
+right.download_button("Download full report (JSON)",
+                      lambda: json.dumps({**d, "operating_point": fmt_threshold(batch.threshold)}, indent=2),
                       file_name="covidxr_evaluation.json", mime="application/json", key=state.EVAL_JSON,
                       on_click="ignore")
-st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon=":material/image_search:")
+st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon="🔎")

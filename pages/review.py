@@ -1,55 +1,94 @@
-"""Heatmap review: the last batch as a gallery, false negatives and false positives first; a film
-opens large with its overlay (Grad-CAM computed on open, then cached for the session)."""
+"""Heatmap review: the last batch as a gallery of heatmap thumbnails, false negatives and false positives
+first; "Open" shows a film large in a dialog where the user is, with previous/next through the errors.
+A film the gate refused is listed with its reasons and never a score."""
 import streamlit as st
 
 from webapp import state
 from webapp.batch import Batch
 from webapp.films import load_item, thumbnail
 from webapp.model import classifier
-from webapp.review import OUTCOMES, outcome, review_items
-from webapp.view import show_result
-from webapp.wording import OUTCOME_TITLES, fmt_p
+from webapp.review import ERRORS, OUTCOMES, REFUSED, neighbours, outcome, review_items
+from webapp.view import heat_thumbnail, show_result
+from webapp.wording import (NOT_CHEST, OUTCOME_TITLES, class_title, fmt_pct, fmt_threshold, is_refused,
+                            review_explanation, row_reasons)
 
 PER_PAGE = 12
 COLUMNS = 4
+ALL = (*OUTCOMES, "?", REFUSED)
 
 st.title("Heatmap review")
 batch: Batch | None = st.session_state.get(state.BATCH)
-if batch is None or not batch.scored():
+entries = [] if batch is None else [(i, r) for i, r in enumerate(batch.rows)
+                                    if r.error is None and (r.probability is not None or is_refused(r))]
+if not entries:
     st.info("No batch yet: run one on the Batch evaluation page, then review its heatmaps here.")
-    st.page_link("pages/evaluate.py", label="Go to Batch evaluation", icon=":material/analytics:")
+    st.page_link("pages/evaluate.py", label="Go to Batch evaluation", icon="📊")
     st.stop()
 
-classifier()
-st.caption(f"{batch.title} · {len(batch.scored())} films scored · outcomes at threshold {batch.threshold:.3f} "
+card = classifier().card
+st.caption(f"{batch.title} · {len(entries)} films · outcomes at operating point {fmt_threshold(batch.threshold)} "
            "(set on the Batch evaluation page)")
-scored = batch.scored()
-pairs = [(r.probability, r.positive) for _, r in scored]
-present = [o for o in (*OUTCOMES, "?") if o in {it.outcome for it in review_items(pairs, batch.threshold)}]
-left, right = st.columns([3, 1])
-shown = left.multiselect("Outcomes", [*OUTCOMES, "?"], default=present, key=state.REVIEW_OUTCOMES,
-                         format_func=lambda o: f"{o} · {OUTCOME_TITLES[o]}" if o != "?" else OUTCOME_TITLES[o])
-order = right.radio("Sort by confidence", ["Most confident first", "Least confident first"], key=state.REVIEW_SORT)
+pairs = [(r.probability, r.positive, is_refused(r)) for _, r in entries]
+present = [o for o in ALL if o in {it.outcome for it in review_items(pairs, batch.threshold)}]
+left, mid, right = st.columns([3, 1, 1])
+shown = left.multiselect("Outcomes", list(ALL), default=present, key=state.REVIEW_OUTCOMES,
+                         format_func=lambda o: OUTCOME_TITLES[o] if o in ("?", REFUSED) else f"{o} · {OUTCOME_TITLES[o]}")
+order = mid.radio("Sort by confidence", ["Most confident first", "Least confident first"], key=state.REVIEW_SORT)
+heatmaps = right.toggle("Heatmap thumbnails", value=True, key=state.REVIEW_HEATMAPS,
+                        help="Each tile shows where the model looked (computed once per film). Coloured for "
+                             "films called positive, muted slate below the operating point.")
 items = review_items(pairs, batch.threshold, shown, most_confident_first=order.startswith("Most"))
-index = [scored[it.index][0] for it in items]  # position of each shown film in the batch's rows
+index = [entries[it.index][0] for it in items]   # batch row of each shown film
+outcome_of = {entries[it.index][0]: it.outcome for it in review_items(pairs, batch.threshold)}
 
-opened = st.session_state.get(state.REVIEW_OPEN)  # a batch row index, stable under filtering and sorting
-if opened is not None and opened < len(batch.rows):
-    row = batch.rows[opened]
-    with st.container(border=True):
-        st.subheader(row.path)
-        verdict = OUTCOME_TITLES[outcome(row.positive, row.probability >= batch.threshold)]
-        st.caption(f"{verdict} · label: {row.label or 'none'}" + (f" · source: {row.source}" if row.source else ""))
-        if batch.items is None:
-            st.info("The films of this upload were not kept (too large to hold in memory); evaluate a server "
-                    "folder to review its heatmaps.")
-        else:
-            loaded = load_item(batch.items[opened])
-            if loaded.film is None:
-                st.error(f"{row.path} could not be read again: {loaded.error}", icon=":material/block:")
-            else:
-                show_result(loaded.key, loaded.film, threshold=batch.threshold)
-        st.button("Close", key=state.REVIEW_CLOSE, on_click=lambda: st.session_state.pop(state.REVIEW_OPEN, None))
+
+def describe(i: int) -> tuple[str, str | None]:
+    """(title line, explanation) of batch row i at the current operating point."""
+    row, o = batch.rows[i], outcome_of[i]
+    if o == REFUSED:
+        return f"{NOT_CHEST}", row_reasons(row) or None
+    title = f"{OUTCOME_TITLES[o]} · {class_title(card.positive_class)} {fmt_pct(row.probability, batch.threshold)}"
+    return title, review_explanation(o, row.label, card.positive_class)
+
+
+@st.dialog("Review a film", width="large", on_dismiss=lambda: st.session_state.pop(state.REVIEW_DIALOG, None))
+def film_dialog() -> None:
+    i = st.session_state.get(state.REVIEW_DIALOG)
+    if i is None or i >= len(batch.rows):
+        return
+    row = batch.rows[i]
+    errors = [k for k in index if outcome_of.get(k) in ERRORS]
+    sequence = errors if i in errors else index
+    prev, nxt = neighbours(sequence, i)
+    where = f"{sequence.index(i) + 1} of {len(sequence)} {'errors' if sequence is errors else 'films'}" \
+        if i in sequence else ""
+    title, why = describe(i)
+    st.subheader(row.path)
+    st.caption(" · ".join(x for x in (where, f"label: {row.label or 'none'}",
+                                      f"source: {row.source}" if row.source else "") if x))
+    if why:
+        (st.info if outcome_of[i] == REFUSED else st.warning)(why, icon="ℹ️")
+    back, fwd, close = st.columns(3)
+    back.button("◀ Previous", key=state.REVIEW_PREV, disabled=prev is None, width="stretch",
+                on_click=lambda: st.session_state.update({state.REVIEW_DIALOG: prev}))
+    fwd.button("Next ▶", key=state.REVIEW_NEXT, disabled=nxt is None, width="stretch",
+               on_click=lambda: st.session_state.update({state.REVIEW_DIALOG: nxt}))
+    if close.button("Close", key=state.REVIEW_CLOSE, width="stretch"):
+        st.session_state.pop(state.REVIEW_DIALOG, None)
+        st.rerun()
+    if batch.items is None:
+        st.info("The films of this upload were not kept (too large to hold in memory); evaluate a server "
+                "folder to review its heatmaps.")
+        return
+    loaded = load_item(batch.items[i])
+    if loaded.film is None:
+        st.error(f"{row.path} could not be read again: {loaded.error}", icon="🚫")
+    else:
+        show_result(loaded.key, loaded.film, threshold=batch.threshold)
+
+
+if st.session_state.get(state.REVIEW_DIALOG) is not None:
+    film_dialog()
 
 if not items:
     st.info("No film has the selected outcomes.")
@@ -62,9 +101,17 @@ for r0 in range(start, min(start + PER_PAGE, len(items)), COLUMNS):
     for col, k in zip(st.columns(COLUMNS), range(r0, min(r0 + COLUMNS, start + PER_PAGE, len(items)))):
         i, row = index[k], batch.rows[index[k]]
         with col.container(border=True):
-            if batch.items is not None and (thumb := thumbnail(batch.items[i])) is not None:
-                st.image(thumb, width="stretch", alt=row.path)
-            st.markdown(f"**{items[k].outcome}** · p {fmt_p(items[k].probability)}")
+            if batch.items is not None:
+                refused = items[k].outcome == REFUSED
+                thumb = (heat_thumbnail(batch.items[i], row.probability >= batch.threshold)
+                         if heatmaps and not refused else thumbnail(batch.items[i]))
+                if thumb is not None:
+                    st.image(thumb, width="stretch", alt=f"{row.path} (heatmap)" if heatmaps and not refused
+                             else row.path)
+            title, why = describe(i)
+            st.markdown(f"**{items[k].outcome}** · {title}")
+            if why:
+                st.caption(why)
             st.caption(row.path)
             st.button("Open", key=state.review_open_button(i), width="stretch",
-                      on_click=lambda i=i: st.session_state.update({state.REVIEW_OPEN: i}))
+                      on_click=lambda i=i: st.session_state.update({state.REVIEW_DIALOG: i}))

@@ -18,8 +18,8 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.conftest import REPO
-from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, VERDICT_PATTERN, require_chromium,
-                            running_app)
+from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, SCRIPT_IDLE, VERDICT_PATTERN,
+                            require_chromium, running_app)
 
 SAMPLES = REPO / "samples"
 RESULT_TIMEOUT_MS = 300_000  # generous: on a loaded 2-core box torch alone can take a minute to import
@@ -39,17 +39,62 @@ def server(tmp_path_factory, classifier):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def traffic() -> dict[str, list[str]]:
+    """Every request the browser made and every console error, for the whole module."""
+    return {"requests": [], "failed": [], "console_errors": [], "bad_responses": []}
+
+
+@pytest.fixture(scope="module")
+def page(server, traffic):
     require_chromium()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport=VIEWPORT)
         pg = context.new_page()
+        pg.on("request", lambda r: traffic["requests"].append(r.url))
+        pg.on("requestfailed", lambda r: traffic["failed"].append(f"{r.url} ({r.failure})"))
+        pg.on("response", lambda r: traffic["bad_responses"].append(r.url) if r.status >= 400 else None)
+        pg.on("console", lambda m: traffic["console_errors"].append(m.text) if m.type == "error" else None)
         pg.set_default_timeout(RESULT_TIMEOUT_MS)
         expect.set_options(timeout=RESULT_TIMEOUT_MS)  # the drop-to-result time is printed, not asserted
         yield pg
         context.close()
         browser.close()
+
+
+def outside(urls: list[str], origin: str) -> list[str]:
+    """Requests that leave the app's own origin (data: and blob: URLs stay in the page)."""
+    return [u for u in urls if not (u.startswith(origin + "/") or u == origin or u.startswith(("data:", "blob:")))]
+
+
+def base_path_probes(urls: list[str], origin: str) -> list[str]:
+    """Streamlit's own probes on a deep link: its frontend first tries the page's path as the server's base
+    path (`/batch-evaluation/_stcore/health`, `.../host-config`), which Streamlit answers 404 on purpose,
+    then connects at the root. Same origin, part of Streamlit, not of this app."""
+    probe = re.compile(re.escape(origin) + r"/[a-z0-9-]+/_stcore/(health|host-config)$")
+    return [u for u in urls if probe.match(u)]
+
+
+def test_first_deep_link_after_a_server_start_opens_the_page_with_no_outbound_call(page: Page, server: str,
+                                                                                    traffic):
+    """Runs first, on a fresh server: the first navigation ever is a deep link to a page that is not the default."""
+    page.goto(f"{server}/batch-evaluation")
+    expect(page.get_by_role("heading", level=1).filter(has_text="Batch evaluation")).to_be_visible()
+    page.wait_for_selector(SCRIPT_IDLE)
+    page.wait_for_timeout(1500)                      # a "Page not found" dialog would have arrived by now
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    page.goto(f"{server}/model-card")                # a reload: a new session on a warm server
+    expect(page.get_by_role("heading", name="What to expect at your hospital")).to_be_visible()
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+    assert traffic["requests"], "no request was recorded"
+    assert outside(traffic["requests"], server) == [], "requests left the app's origin"
+    assert traffic["failed"] == []
+    probes = base_path_probes(traffic["bad_responses"], server)
+    assert traffic["bad_responses"] == probes       # nothing else answered with an error
+    assert all("404" in e for e in traffic["console_errors"]) and len(traffic["console_errors"]) <= len(probes)
+    for kind in traffic.values():                   # the flow below, from the root URL, must be spotless
+        kind.clear()
 
 
 def shot(page: Page, folder: Path | None, name: str, max_height: int = 2400) -> None:
@@ -69,11 +114,11 @@ def wait_for_overlays(page: Page, n: int) -> None:
     page.wait_for_function(OVERLAYS_READY_JS, arg=n, timeout=RESULT_TIMEOUT_MS)
 
 
-def open_first_film(page: Page) -> None:
-    """The gallery's first Open button (an st.button; the Outcomes filter's dropdown arrow is also a
-    button named "Open", so the locator goes through the stButton container)."""
-    page.get_by_test_id("stButton").get_by_role("button", name="Open").first.click()
-    expect(page.get_by_role("button", name="Close")).to_be_visible()
+def open_film(page: Page, n: int = 0) -> None:
+    """The gallery's n-th Open button (an st.button; the Outcomes filter's dropdown arrow is also a
+    button named "Open", so the locator goes through the stButton container); the film opens in a dialog."""
+    page.get_by_test_id("stButton").get_by_role("button", name="Open").nth(n).click()
+    expect(page.get_by_role("dialog").get_by_test_id("stButton").get_by_role("button", name="Close")).to_be_visible()
 
 
 def nav(page: Page, link: str, title: str) -> None:
@@ -95,7 +140,7 @@ def samples_zip() -> bytes:
     return buf.getvalue()
 
 
-def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path | None, capsys):
+def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path | None, capsys, traffic):
     page.goto(server)
     drop = uploader(page, "Drop one or more films")
     drop.wait_for(state="attached")       # the screen page loads the model before it shows the uploader
@@ -115,6 +160,14 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
         page.get_by_role("button", name="Download overlay (PNG)").first.click()
     png = Path(download.value.path()).read_bytes()
     assert png.startswith(b"\x89PNG") and download.value.suggested_filename == "0578e08b_gradcam.png"
+    from PIL import Image
+    report_ready = Image.open(io.BytesIO(png))
+    assert report_ready.height > report_ready.width * 0.5 and report_ready.getpixel((5, report_ready.height - 5)) == (
+        255, 255, 255)                              # the text panel below the overlay (decision, model, disclaimer)
+    # the heatmap has its colour scale beside it, and the summary line is there to copy
+    expect(page.get_by_role("img", name="Heatmap colour scale").first).to_be_visible()
+    expect(page.get_by_text("low → high attention for the COVID-19 class").first).to_be_visible()
+    expect(page.get_by_test_id("stCode").first).to_contain_text("operating point")
     shot(page, screenshots, "screen.png", max_height=1500)
 
     nav(page, "Batch evaluation", "Batch evaluation")
@@ -130,11 +183,26 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
     shot(page, screenshots, "evaluate.png")
 
     nav(page, "Heatmap review", "Heatmap review")
-    open_first_film(page)
-    wait_for_overlays(page, 1)
+    thumbs = page.locator('img[alt$="(heatmap)"]')
+    expect(thumbs).to_have_count(6)                  # heatmap thumbnails in the gallery
     shot(page, screenshots, "review.png")
+    page.mouse.wheel(0, 2000)                        # the user scrolled down: the film opens where they are
+    open_film(page, 5)
+    dialog = page.get_by_role("dialog")
+    wait_for_overlays(page, 1)
+    box, view = dialog.bounding_box(), page.viewport_size
+    assert box and box["y"] < view["height"] and box["y"] + min(box["height"], 200) > 0
+    before = dialog.get_by_role("heading", level=3).first.inner_text()
+    step = dialog.get_by_test_id("stButton").get_by_role("button", name="◀ Previous")
+    if step.is_enabled():
+        step.click()
+        expect(dialog.get_by_role("heading", level=3).first).not_to_have_text(before)
+    dialog.get_by_test_id("stButton").get_by_role("button", name="Close").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
 
     nav(page, "Model card", "Model card")
-    expect(page.get_by_role("heading", name="Architecture")).to_be_visible()
+    expect(page.get_by_role("heading", name="Who it must not be used on")).to_be_visible()
     expect(page.get_by_role("heading", name="Known limits")).to_be_visible()
     shot(page, screenshots, "model_card.png")
+    assert traffic["requests"] and outside(traffic["requests"], server) == [], "requests left the app's origin"
+    assert traffic["failed"] == [] and traffic["bad_responses"] == [] and traffic["console_errors"] == []

@@ -70,7 +70,33 @@ def test_auc_ci_seeded_and_sensible():
     assert a.low < a.value < a.high
     assert a.high - a.low < 0.2
     perfect = m.auc_ci([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1])
-    assert (perfect.value, perfect.low, perfect.high) == (1.0, 1.0, 1.0)
+    assert perfect.value == 1.0 and perfect.high == 1.0 and perfect.low < 0.6   # 2 + 2 films: a wide interval
+
+
+def test_auc_ci_never_claims_a_collapsed_interval():
+    # 20 films, perfectly separated: the bootstrap would say "1.000-1.000"; Newcombe's interval does not
+    y, s = [1] * 10 + [0] * 10, list(np.linspace(0.6, 0.9, 10)) + list(np.linspace(0.1, 0.4, 10))
+    e = m.auc_ci(y, s)
+    assert e.value == 1.0 and e.has_interval and e.high == 1.0 and 0.75 < e.low < 0.9
+    report = m.binary_report(y, s, 0.5).as_dict()
+    assert report["auc"] == 1.0 and report["ci"]["auc"] == [e.low, 1.0]
+    # 9 COVID-19 films against many others: Newcombe's interval, wider than the bootstrap's would be
+    few = m.auc_ci([1] * 9 + [0] * 40, np.linspace(0, 1, 49))
+    assert few.has_interval and few.low <= few.value < few.high  # the positives score lowest: AUC 0.0
+
+
+def test_newcombe_interval_matches_the_published_example_shape():
+    """Newcombe (2006): the interval holds the estimate, narrows as films are added, and reaches 1.0
+    only at an AUC of 1.0."""
+    lo10, hi10 = m.newcombe_auc_ci(0.8, 10, 10)
+    lo100, hi100 = m.newcombe_auc_ci(0.8, 100, 100)
+    assert lo10 < lo100 < 0.8 < hi100 < hi10 < 1.0
+    assert m.newcombe_auc_ci(1.0, 10, 10)[1] == 1.0 and m.newcombe_auc_ci(0.0, 10, 10)[0] == 0.0
+    # enough films of each class and overlap: a real interval around the value
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(30), np.zeros(30)]
+    mixed = m.auc_ci(y, np.r_[rng.normal(1, 1, 30), rng.normal(0, 1, 30)].clip(-5, 5))
+    assert mixed.has_interval and mixed.low < mixed.value < mixed.high
 
 
 def test_roc_points():

@@ -7,6 +7,7 @@ uploads here go through the same widget a clinician uses. The model is loaded on
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from covidxr.card import ModelCard
 from covidxr.classifier import Classifier
 from tests.conftest import REPO, shared_data
 from webapp import state
+from webapp.wording import fmt_threshold
 
 APP = str(REPO / "app.py")
 SAMPLES = REPO / "samples"
@@ -59,7 +61,7 @@ def texts(at: AppTest) -> list[str]:
 
 
 def verdicts(at: AppTest) -> list[str]:
-    return [e.value for e in [*at.success, *at.error] if "COVID-19 pattern" in e.value]
+    return [e.value for e in [*at.success, *at.error, *at.warning] if "COVID-19 pattern:" in e.value]
 
 
 def count_calls(monkeypatch, owner, name: str) -> list:
@@ -127,14 +129,31 @@ def test_sample_film_gives_decision_probabilities_and_heatmap(app, card):
     app.selectbox(key=state.SCREEN_SAMPLE).set_value(COVID_SAMPLE).run()
     assert not app.exception
     [sentence] = verdicts(app)
-    assert f"threshold {card.threshold:.2f}" in sentence
-    assert sentence.startswith(("Positive for COVID-19 pattern (p ", "No COVID-19 pattern detected (p "))
+    assert f"(operating point {fmt_threshold(card.threshold)})" in sentence and "p =" not in sentence
+    assert sentence.startswith(("Positive for COVID-19 pattern: ", "No COVID-19 pattern: "))
     probabilities = app.dataframe[0].value
     assert len(probabilities) == len(card.class_names)
-    assert probabilities["probability"].sum() == pytest.approx(1.0, abs=0.01)
+    assert probabilities["probability (%)"].sum() == pytest.approx(100.0, abs=1)
     captions = [c for img in app.image for c in img.captions]
     assert "Film" in captions and any(c.startswith("Grad-CAM") for c in captions)
+    assert any("low → high attention for the COVID-19 class" in c.value for c in app.caption)   # the colour scale
     assert [d.label for d in app.get("download_button")] == ["Download overlay (PNG)"]
+    [summary] = [c.value for c in app.code]                                           # a line to copy
+    assert COVID_SAMPLE.name in summary and fmt_threshold(card.threshold) in summary and card.name in summary
+
+
+def test_a_negative_with_another_finding_gets_a_warning_not_a_green_tick(app):
+    child = SAMPLES / "pneumonia" / "person1000_virus_1681.jpg"
+    picker = app.selectbox(key=state.SCREEN_SAMPLE)
+    assert any("(child: the model is not validated on children)" in o for o in picker.options)
+    picker.set_value(child).run()
+    assert not app.exception
+    assert any("not validated on children" in w.value for w in app.warning)           # visible, not small print
+    [sentence] = verdicts(app)
+    if sentence.startswith("No COVID-19 pattern"):
+        assert not app.success                                                        # no green tick
+        assert any("The model sees other pneumonia" in w.value and w.value.endswith(": review.") for w in app.warning)
+        assert any("muted" in c for img in app.image for c in img.captions)           # the map denies no finding
 
 
 def test_upload_films_including_dicom_never_shows_patient_identity(app):
@@ -176,9 +195,14 @@ def test_not_a_chest_radiograph_is_flagged_and_its_score_withheld(app, card):
     assert card.ood, "the shipped model card names no out-of-distribution check"
     app.file_uploader[0].set_value(film_upload(NOT_CHEST_DICOM, "application/dicom")).run()
     assert not app.exception
-    assert any("not look like a frontal chest radiograph" in w.value for w in app.warning)
-    assert verdicts(app) == []                          # no decision shown as if it were valid
+    [refusal] = [e.value for e in app.error if e.value.startswith("Not a frontal chest radiograph: ")]
+    assert "No COVID-19 score is given" in refusal
+    assert verdicts(app) == [] and not app.expander     # no decision, no "show the score anyway"
+    shown = [t for t in texts(app) if not t.startswith("Details: ")]   # the gate's numbers have their own line
+    assert not any(re.search(r"\d%", t) for t in shown)                   # no score anywhere on the page
+    assert any(c.value.startswith("Details: ") for c in app.caption)
     assert not any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)
+    assert not app.get("download_button") and not app.code
 
 
 # ---------------------------------------------------------------- batch evaluation
@@ -189,16 +213,52 @@ def test_evaluation_metrics_and_threshold_slider_without_rescoring(app, monkeypa
     scored = len(calls)
     assert scored >= 1
     assert {m.label for m in app.metric} == {"Sensitivity", "Specificity", "Accuracy", "AUC"}
+    assert all(m.help for m in app.metric)                                   # each metric explained
     assert sum("95% CI" in c.value for c in app.caption) == 4
+    auc_ci = [c.value for c in app.caption if "95% CI" in c.value][-1]        # 3 + 3 films: Newcombe's interval,
+    assert not re.search(r"1\.000?\s*[-–]\s*1\.000?", auc_ci)               # never a collapsed "1.000-1.000"
     table = app.dataframe[-1].value
     assert len(table) == 6 and set(table["outcome"]) <= {"true positive", "false positive",
                                                          "true negative", "false negative"}
+    assert set(table["decision"]) <= {"covid", "non-covid"}                  # the exports' words, on the page
+    assert any("`non-covid`" in c.value for c in app.caption)
     app.slider(key=state.EVAL_THRESHOLD).set_value(0.0).run()
-    assert (metric(app, "Sensitivity"), metric(app, "Specificity")) == ("1.000", "0.000")
-    app.slider(key=state.EVAL_THRESHOLD).set_value(1.0).run()
-    assert metric(app, "Specificity") == "1.000"
+    assert (metric(app, "Sensitivity"), metric(app, "Specificity")) == ("100%", "0%")
+    app.slider(key=state.EVAL_THRESHOLD).set_value(100.0).run()
+    assert metric(app, "Specificity") == "100%"
     assert len(calls) == scored                         # the slider never re-scored a film
     assert {d.label for d in app.get("download_button")} == {"Download per-image CSV", "Download full report (JSON)"}
+
+
+def test_batch_form_is_kept_when_leaving_the_page_and_coming_back(app, monkeypatch):
+    monkeypatch.setenv("COVIDXR_DATA_ROOTS", str(SAMPLES))
+    app.switch_page("pages/evaluate.py").run()
+    app.radio(key=state.EVAL_SOURCE).set_value("A folder on the server").run()
+    app.text_input(key=state.EVAL_FOLDER).set_value("covid").run()
+    app.switch_page("pages/model_card.py").run()
+    app.switch_page("pages/evaluate.py").run()
+    assert not app.exception
+    assert app.radio(key=state.EVAL_SOURCE).value == "A folder on the server"
+    assert app.text_input(key=state.EVAL_FOLDER).value == "covid"
+
+
+def test_batch_leaves_a_refused_film_out_of_the_metrics_and_shows_no_score(app):
+    app.switch_page("pages/evaluate.py").run()
+    app.selectbox(key=state.EVAL_LABEL).set_value("normal").run()
+    app.file_uploader(key=state.EVAL_UPLOAD).set_value([film_upload(NORMAL_SAMPLE), film_upload(COVID_SAMPLE),
+                                                        film_upload(NOT_CHEST_DICOM, "application/dicom")]).run()
+    app.button(key=state.EVAL_RUN).click().run()
+    assert not app.exception
+    assert any("1 film judged **not a frontal chest radiograph**" in w.value for w in app.warning)
+    per_image = app.dataframe[-1].value
+    refused = per_image[per_image["film"] == NOT_CHEST_DICOM.name]
+    assert list(refused["decision"]) == ["not a frontal chest radiograph"]
+    assert refused.iloc[0]["COVID-19 score (%)"] is None or refused["COVID-19 score (%)"].isna().all()
+    assert any("2 labelled films scored" in c.value and "left out of the metrics" in c.value for c in app.caption)
+    app.checkbox(key=state.EVAL_INCLUDE_REFUSED).check().run()
+    assert any("3 labelled films scored" in c.value for c in app.caption)
+    json_text = app.session_state[state.BATCH].report().as_dict()
+    assert json_text["seconds"] is not None and json_text["seconds"] > 0
 
 
 def test_zip_upload_lists_failed_files_and_scores_the_rest(app):
@@ -210,9 +270,9 @@ def test_zip_upload_lists_failed_files_and_scores_the_rest(app):
     assert not app.exception
     per_image, failed = app.dataframe[-2].value, app.dataframe[-1].value
     assert len(per_image) == 6
-    assert list(failed["film"]) == ["films.zip/films/normal/broken.jpg", "evil.zip"]
+    assert sorted(failed["film"]) == ["evil.zip", "films.zip/films/normal/broken.jpg"]  # classes interleaved
     assert failed["reason"].str.len().min() > 0
-    assert "refused" in failed["reason"].iloc[1]
+    assert "refused" in failed.set_index("film").loc["evil.zip", "reason"]
 
 
 def test_server_folder_only_inside_allowed_roots(app, monkeypatch):
@@ -248,23 +308,32 @@ def test_interrupted_evaluation_keeps_the_rows_scored(app, classifier):
 
 # ---------------------------------------------------------------- heatmap review
 
-def test_review_shows_errors_first_and_opens_a_film_with_its_overlay(app, monkeypatch):
+def test_review_shows_errors_first_and_opens_a_film_in_a_dialog(app, monkeypatch):
     from webapp import view
 
     run_evaluation(app)
-    app.slider(key=state.EVAL_THRESHOLD).set_value(0.5).run()
+    app.slider(key=state.EVAL_THRESHOLD).set_value(50.0).run()
+    calls = count_calls(monkeypatch, view, "explain")
     app.switch_page("pages/review.py").run()
     assert not app.exception
     tiles = [m.value.split("**")[1] for m in app.markdown if m.value.startswith("**")]
     assert len(tiles) == 6
     rank = {"FN": 0, "FP": 1, "TP": 2, "TN": 3}
     assert [rank[t] for t in tiles] == sorted(rank[t] for t in tiles)
-    calls = count_calls(monkeypatch, view, "explain")
-    assert not any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)  # nothing computed yet
+    assert len(calls) == 6                                # heatmap thumbnails, one Grad-CAM per film
+    if "FP" in tiles:                                     # a false positive explains itself
+        assert any(c.value.startswith("The model called this COVID-19 pattern; the label says") for c in app.caption)
     opens = [b.key for b in app.button if b.key.startswith(f"{state.REVIEW_OPEN}_")]
     app.button(key=opens[0]).click().run()
     assert not app.exception
-    assert len(calls) == 1 and any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)
+    assert len(calls) == 6                                # the dialog reuses the tile's heatmap
+    assert any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)
+    first = app.session_state[state.REVIEW_DIALOG]
+    if not app.button(key=state.REVIEW_NEXT).disabled:
+        app.button(key=state.REVIEW_NEXT).click().run()
+        assert not app.exception and app.session_state[state.REVIEW_DIALOG] != first
+    app.button(key=state.REVIEW_CLOSE).click().run()
+    assert state.REVIEW_DIALOG not in app.session_state
     app.multiselect(key=state.REVIEW_OUTCOMES).set_value(["TN"]).run()
     assert {m.value.split("**")[1] for m in app.markdown if m.value.startswith("**")} <= {"TN"}
 
@@ -277,11 +346,19 @@ def test_review_without_a_batch_points_to_evaluation(app):
 
 # ---------------------------------------------------------------- model card
 
-def test_model_card_page_renders_the_card(app, card):
+def test_model_card_page_is_for_clinicians_first(app, card):
     app.switch_page("pages/model_card.py").run()
     assert not app.exception
     shown = " ".join(texts(app))
-    assert card.name in shown and f"{card.threshold:.3f}" in shown and card.threshold_rule in shown
-    assert "not a diagnosis" in card.intended_use.lower() and card.intended_use in shown
-    assert {"Architecture", "Decision threshold", "Training data and sources", "Performance",
-            "Known limits"} <= {h.value for h in app.header}
+    assert card.name in shown and fmt_threshold(card.threshold) in shown and card.threshold_rule in shown
+    assert card.intended_use in shown
+    headers = [h.value for h in app.header]
+    assert headers[:3] == ["Who it must not be used on", "What to expect at your hospital", "How it decides"]
+    assert headers.index("What to expect at your hospital") < headers.index("Headline figures (optimistic)")
+    folds = sorted((f for f in card.metrics["leave_one_source_out"] if f.get("auc") is not None), key=lambda f: f["auc"])
+    unseen, same_source = f"{folds[0]['auc']:.3f}", f"{card.metrics['validation']['auc']:.3f}"
+    assert unseen in shown and shown.index(unseen) < shown.index("Headline figures")
+    assert "Batch evaluation" in shown and "children" in app.error[0].value.lower()
+    assert "Adversary" not in shown and "Best step" not in shown and "0.900" not in shown
+    assert all(h.value.strip() for h in [*app.header, *app.subheader])       # no empty heading
+    assert [e.label for e in app.expander][:1] == ["Architecture and input"]

@@ -16,31 +16,83 @@ from webapp import batch, images, lru, review, tables, wording
 
 
 @pytest.mark.parametrize("p, positive, expected", [
-    (0.93, True, "Positive for COVID-19 pattern (p = 0.93, threshold 0.41)"),
-    (0.12, False, "No COVID-19 pattern detected (p = 0.12, threshold 0.41)"),
-    (0.9991, True, "Positive for COVID-19 pattern (p > 0.99, threshold 0.41)"),
-    (0.0001, False, "No COVID-19 pattern detected (p < 0.01, threshold 0.41)"),
+    (0.93, True, "Positive for COVID-19 pattern: 93% (operating point 41%)"),
+    (0.12, False, "No COVID-19 pattern: 12% (operating point 41%)"),
+    (0.9991, True, "Positive for COVID-19 pattern: > 99% (operating point 41%)"),
+    (0.0001, False, "No COVID-19 pattern: < 1% (operating point 41%)"),
+    (0.405, False, "No COVID-19 pattern: 40.5% (operating point 41%)"),   # near the operating point: one decimal
 ])
-def test_verdict_says_decision_probability_and_threshold(p, positive, expected):
+def test_verdict_says_decision_percentage_and_operating_point(p, positive, expected):
     assert wording.verdict(p, positive, 0.41, "covid") == expected
 
 
-def test_verdict_does_not_round_certainty_to_one():
-    assert "1.00" not in wording.verdict(0.996, True, 0.5, "covid")
-    assert "0.00" not in wording.verdict(0.004, False, 0.5, "covid")
+def test_verdict_never_reads_as_a_p_value_nor_rounds_certainty_to_100():
+    for p in (0.996, 0.004, 0.5):
+        sentence = wording.verdict(p, p >= 0.5, 0.5, "covid")
+        assert "p =" not in sentence and "p <" not in sentence and "p >" not in sentence
+    assert "100%" not in wording.verdict(0.996, True, 0.5, "covid")
+    assert "0%" not in wording.verdict(0.004, False, 0.5, "covid").replace("50%", "")
 
 
-def test_not_chest_notice_only_for_rejected_films():
-    assert wording.not_chest_notice(None, "covid") is None
-    assert wording.not_chest_notice(SimpleNamespace(is_chest=True, distance=1.0, reasons=[]), "covid") is None
-    msg = wording.not_chest_notice(SimpleNamespace(is_chest=False, distance=9.0, reasons=["no lungs found"]), "covid")
-    assert "not look like a frontal chest radiograph" in msg and "no lungs found" in msg and "withheld" in msg
+def test_the_operating_point_is_printed_one_way():
+    assert wording.fmt_threshold(0.14885684973717933) == "14.9%"
+    assert wording.fmt_threshold(0.15) == "15%" and wording.fmt_threshold(0.5) == "50%"
+    assert wording.operating_point(0.41) == "operating point 41%"
+    line = wording.summary_line("a.png", 0.98, True, 0.149, "covid", {"covid": 0.98}, "m (weights abc)", "2026-01-01")
+    assert "(operating point 14.9%)" in line and "research screening aid" in line and line.startswith("a.png · ")
+
+
+def test_a_negative_with_another_finding_gets_no_green_tick():
+    probs = {"covid": 0.01, "normal": 0.01, "pneumonia": 0.98}
+    assert wording.tone(False, probs, "covid") == "review"
+    assert wording.other_finding_sentence(probs, "covid") == "The model sees other pneumonia (98%): review."
+    assert wording.tone(False, {"covid": 0.05, "normal": 0.9, "pneumonia": 0.05}, "covid") == "negative"
+    assert wording.tone(False, {"covid": 0.05, "normal": 0.55, "pneumonia": 0.4}, "covid") == "negative"
+    assert wording.tone(True, probs, "covid") == "positive"
+    # class names come from the card: the normal class never counts as a finding, any other class does
+    assert wording.abnormal_classes(["covid", "no_finding", "tb", "pneumonia"], "covid") == ["tb", "pneumonia"]
+    assert wording.other_finding({"covid": 0.1, "no_finding": 0.2, "tb": 0.7}, "covid") == ("tb", 0.7)
+    line = wording.summary_line("x", 0.01, False, 0.15, "covid", probs, "m", "d")
+    assert "other pneumonia (98%): review" in line
+
+
+def test_refusal_puts_the_decisive_reason_first_and_the_numbers_apart():
+    assert wording.refusal(None, "covid") is None
+    assert wording.refusal(SimpleNamespace(is_chest=True, reasons=[]), "covid") is None
+    old_style = SimpleNamespace(is_chest=False, reasons=[
+        "its DICOM body part is HIP, not chest",
+        "its image features are unlike the chest radiographs the model was trained on (distance 2.19, limit 1.87)"])
+    r = wording.refusal(old_style, "covid")
+    assert r.headline.startswith("Not a frontal chest radiograph: its DICOM body part is HIP, not chest.")
+    assert "No COVID-19 score is given" in r.headline
+    assert r.reasons == ["Its image features are unlike the chest radiographs the model was trained on."]
+    assert r.details == "distance 2.19, limit 1.87" and "2.19" not in r.text()
+    new_style = SimpleNamespace(is_chest=False, reasons=["looks like a lateral view"], details="d=3.1",
+                                warnings=["not validated on children"])
+    r = wording.refusal(new_style, "covid")
+    assert r.details == "d=3.1" and r.warnings == ["not validated on children"]
+    assert "not look like" not in r.text() and "looks like a lateral view" in r.headline
+    assert wording.gate_warnings(SimpleNamespace(is_chest=True, warnings=["child"])) == ["child"]
+    assert wording.gate_warnings(SimpleNamespace(is_chest=True)) == [] and wording.gate_warnings(None) == []
+
+
+def test_a_false_positive_explains_itself():
+    assert wording.review_explanation("FP", "normal", "covid") == (
+        "The model called this COVID-19 pattern; the label says no finding.")
+    assert "label says COVID-19" in wording.review_explanation("FN", "covid", "covid")
+    assert wording.review_explanation("TP", "covid", "covid") is None
+
+
+def test_metrics_as_percentages_with_intervals():
+    assert wording.fmt_rate(0.9) == "90%" and wording.fmt_rate(0.9123) == "91.2%" and wording.fmt_rate(None) == "—"
+    assert wording.fmt_rate_ci([0.812, 0.951]) == "81.2–95.1%" and wording.fmt_rate_ci([None, None]) == "—"
+    assert set(wording.METRIC_HELP) >= {"ppv", "npv", "ece", "auc", "sensitivity", "specificity"}
 
 
 def test_class_rows_most_likely_first_with_titles():
     rows = tables.class_rows({"covid": 0.2, "normal": 0.7, "pneumonia": 0.1})
     assert [r["class"] for r in rows] == ["no finding", "COVID-19", "other pneumonia"]
-    assert [r["probability"] for r in rows] == [0.7, 0.2, 0.1]
+    assert [r["probability (%)"] for r in rows] == [70.0, 20.0, 10.0]
 
 
 def test_file_key_is_content_based():
@@ -122,10 +174,11 @@ REPORT = {"sensitivity": 0.9, "specificity": None, "auc": 0.95, "n": 10,
 
 def test_metric_rows_and_estimates_show_ci_or_dash():
     rows = tables.metric_rows(REPORT)
-    assert rows == [{"metric": "Sensitivity", "value": "0.900", "95% CI": "0.600–0.980"},
+    assert rows == [{"metric": "Sensitivity", "value": "90%", "95% CI": "60–98%"},
                     {"metric": "Specificity", "value": "—", "95% CI": "—"},
                     {"metric": "AUC", "value": "0.950", "95% CI": "0.900–0.990"}]
     assert tables.fmt_estimate(REPORT, "auc") == "0.950 (0.900–0.990)"
+    assert tables.fmt_estimate(REPORT, "sensitivity") == "90% (60–98%)"
     assert tables.fmt_estimate(REPORT, "specificity") == "—"
     assert tables.is_estimates(REPORT) and not tables.is_estimates({"n": 3}) and not tables.is_estimates([1])
 
@@ -134,7 +187,7 @@ def test_breakdown_rows_one_row_per_group():
     groups = {"hannover": {**REPORT, "n_pos": 10, "n_neg": 0}, "nih": {"n": 4, "auc": None, "ci": {}}}
     rows = tables.breakdown_rows(groups, "covid")
     assert rows[0] == {"source": "hannover", "films": 10, "COVID-19": 10, "other": 0,
-                       "Sensitivity": "0.900 (0.600–0.980)", "Specificity": "—", "AUC": "0.950 (0.900–0.990)"}
+                       "Sensitivity": "90% (60–98%)", "Specificity": "—", "AUC": "0.950 (0.900–0.990)"}
     assert rows[1] == {"source": "nih", "films": 4, "AUC": "—"}
 
 
@@ -154,6 +207,25 @@ def test_image_rows_skip_failures_and_follow_threshold():
     assert [(r["film"], r["outcome"]) for r in tables.image_rows(rows, 0.5)] == [("a", "true positive"),
                                                                                  ("b", "false positive")]
     assert [r["outcome"] for r in tables.image_rows(rows, 0.8)] == ["false negative", "true negative"]
+    # the decision in the exports' words (covid / non-covid), the score as a percentage
+    assert [(r["decision"], r["COVID-19 score (%)"]) for r in tables.image_rows(rows, 0.65)] == [
+        ("covid", 70.0), ("non-covid", 60.0)]
+
+
+def refused_row(path, label, p=0.9, reasons=("its DICOM body part is HIP, not chest (distance 3.0, limit 1.9)",)):
+    """A row as the gate's evaluate.Row will carry it (chest_xray False and its reasons)."""
+    return SimpleNamespace(path=path, label=label, source=None, probability=p, error=None, chest_xray=False,
+                           reasons=list(reasons), positive=label == "covid", prediction=None)
+
+
+def test_refused_films_show_no_score_anywhere_in_the_tables():
+    rows = [row("a", "covid", 0.7), refused_row("hip.dcm", "normal")]
+    table = tables.image_rows(rows, 0.5)
+    assert table[1]["COVID-19 score (%)"] is None and table[1]["decision"] == "not a frontal chest radiograph"
+    assert table[1]["outcome"] == "its DICOM body part is HIP, not chest"          # reasons in words, no numbers
+    assert tables.refused_rows(rows) == [{"film": "hip.dcm", "label": "normal",
+                                          "reasons": "its DICOM body part is HIP, not chest"}]
+    assert "90" not in str(table[1]) and "0.9" not in str(table[1])
 
 
 def test_batch_report_moves_threshold_without_rebuilding_and_knows_interruption(monkeypatch):
@@ -175,6 +247,43 @@ def test_batch_report_moves_threshold_without_rebuilding_and_knows_interruption(
     assert len(built) == 2                              # new rows: a new report
     b.done = True
     assert not b.interrupted and [i for i, _ in b.scored()] == [0, 1, 2, 3, 4]
+    b.seconds = 1.5
+    assert b.report().as_dict()["seconds"] == 1.5      # the JSON download carries the run's time
+
+
+def test_batch_metrics_leave_refused_films_out_unless_included():
+    from dataclasses import replace
+
+    from covidxr.evaluate import Row
+
+    rows = [Row("a", "covid", None, 0.9, None, None, True, True), Row("b", "normal", None, 0.1, None, None, False, True),
+            Row("dog.jpg", "normal", None, 0.95, None, None, False, False, ("a photograph",))]
+    b = batch.Batch("t", total=3, threshold=0.5, positive_class="covid")
+    b.rows.extend(rows)
+    assert [i for i, _ in b.refused()] == [2] and [i for i, _ in b.scored()] == [0, 1]
+    left_out = b.report()
+    assert left_out.metrics.n == 2 and left_out.metrics.specificity.value == 1.0
+    assert len(left_out.rows) == 3 and left_out.rows[2].probability is None   # listed, with no score
+    b.include_refused = True
+    included = b.report()
+    assert included.metrics.n == 3 and included.metrics.specificity.value == 0.5
+    assert [r.chest_xray for r in included.rows] == [True, True, False]       # rows keep the gate's verdict
+    assert b.can_include_refused()
+    b.rows[2] = replace(rows[2], probability=None)
+    assert not b.can_include_refused()
+
+
+def test_interleave_keeps_every_prefix_balanced_and_each_class_in_order():
+    items = [("covid", k) for k in range(30)] + [("normal", k) for k in range(10)] + [("pneumonia", k) for k in range(5)]
+    out = batch.interleave(items, key=lambda it: it[0])
+    assert sorted(out) == sorted(items)
+    for label in ("covid", "normal", "pneumonia"):
+        assert [k for l, k in out if l == label] == sorted(k for l, k in out if l == label)   # own order kept
+    for n in range(9, len(out) + 1):                    # any interrupted run sees each class in proportion
+        prefix = [l for l, _ in out[:n]]
+        assert abs(prefix.count("covid") / n - 30 / 45) < 0.15
+        assert prefix.count("normal") >= 1 and prefix.count("pneumonia") >= 1
+    assert batch.interleave([], key=str) == []
 
 
 def test_roc_points_and_shrink():
@@ -189,9 +298,9 @@ def test_roc_points_and_shrink():
 # ---------------------------------------------------------------- the positive class comes from the card
 
 def test_wording_and_tables_follow_the_cards_positive_class():
-    assert wording.verdict(0.7, True, 0.5, "pneumonia") == ("Positive for other pneumonia pattern "
-                                                            "(p = 0.70, threshold 0.50)")
-    assert "The other pneumonia score is withheld" in wording.not_chest_notice(
+    assert wording.verdict(0.7, True, 0.5, "pneumonia") == ("Positive for other pneumonia pattern: 70% "
+                                                            "(operating point 50%)")
+    assert "No other pneumonia score is given" in wording.not_chest_notice(
         SimpleNamespace(is_chest=False, reasons=[]), "pneumonia")
     assert "predicted TB" in tables.confusion_table({"tp": 1, "fp": 2, "tn": 3, "fn": 4}, "TB")
     assert tables.breakdown_rows({"a": {"n": 2, "n_pos": 1, "n_neg": 1}}, "TB") == [
@@ -209,7 +318,7 @@ def test_upload_types_come_from_the_film_suffixes():
 # ---------------------------------------------------------------- where Streamlit may be imported
 
 PURE = ("webapp.wording", "webapp.tables", "webapp.review", "webapp.batch", "webapp.images", "webapp.lru",
-        "webapp.browser")
+        "webapp.browser", "webapp.card_view")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -246,3 +355,64 @@ def test_session_state_keys_are_distinct():
 
     keys = [v for k, v in vars(state).items() if k.isupper() and isinstance(v, str)]
     assert len(keys) == len(set(keys)) >= 20
+
+
+# ---------------------------------------------------------------- issue 17: heatmaps, reports, review, card
+
+def test_muted_overlay_has_no_hot_colours_and_the_colour_bar_runs_low_to_high():
+    film = np.full((40, 30), 0.5, np.float32)
+    heat = np.zeros((40, 30), np.float32)
+    heat[10:20, 10:20] = 1.0
+    muted = images.muted_overlay(film, heat, 0.8).astype(int)
+    hot = muted[15, 15]
+    assert hot[2] > hot[0] and hot[2] > hot[1]          # the attended spot turns slate blue, never red/yellow
+    assert (muted[0, 0] == 128).all()                   # no attention: the film's own gray
+    bar = images.colour_bar(100, 8)
+    assert bar.shape == (8, 100, 3) and bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]  # blue -> red
+    grey = images.colour_bar(100, 8, muted=True).astype(int)
+    assert np.all(grey[..., 0] <= grey[..., 2] + 1)     # the muted scale has no red end
+
+
+def test_annotated_png_carries_the_text_below_the_image():
+    rgb = np.zeros((60, 500, 3), np.uint8)
+    out = images.annotated(rgb, ["Positive for COVID-19 pattern: 98% (operating point 14.9%)",
+                                 "Model: covidxr (weights abcdef123456)", "Date: 2026-01-01", wording.DISCLAIMER_PLAIN])
+    assert out.shape[0] > 60 + 4 * 10 and out.shape[1] == 500
+    assert np.array_equal(out[:60], rgb)                # the image itself untouched
+    panel = out[60:]
+    assert (panel < 128).any() and (panel == 255).any()  # dark text on white
+
+
+def test_review_lists_refused_films_last_without_a_score_and_walks_errors():
+    scored = [(0.9, False, False), (0.1, True, False), (None, False, True), (0.2, False, False)]
+    order = review.review_items(scored, 0.5)
+    assert [it.outcome for it in order] == ["FN", "FP", "TN", "X"]
+    assert order[-1].probability is None
+    assert [it.index for it in review.review_items(scored, 0.5, outcomes={"X"})] == [2]
+    assert review.neighbours([4, 7, 9], 7) == (4, 9)
+    assert review.neighbours([4, 7, 9], 4) == (None, 7) and review.neighbours([4], 5) == (None, None)
+
+
+def test_the_child_sample_is_labelled_in_the_picker():
+    pytest.importorskip("streamlit")
+    from webapp.films import CHILD_LABEL, sample_films, sample_title
+
+    titles = {p.name: sample_title(p) for p in sample_films()}
+    assert titles["person1000_virus_1681.jpg"].endswith("(child: the model is not validated on children)")
+    assert CHILD_LABEL not in titles["006f3a8a.jpg"]
+
+
+def test_card_view_puts_unseen_hospitals_first_from_the_card():
+    from covidxr.card import ModelCard
+    from covidxr.classifier import DEFAULT_WEIGHTS
+    from webapp import card_view
+
+    card = ModelCard.load(DEFAULT_WEIGHTS)
+    folds = card_view.unseen_folds(card)
+    assert [f["auc"] for f in folds] == sorted(f["auc"] for f in folds) and folds
+    text = card_view.new_hospital_text(card)
+    assert f"{folds[0]['auc']:.3f}" in text and text.index(f"{folds[0]['auc']:.3f}") < text.index(f"{folds[-1]['auc']:.3f}")
+    assert any("children" in l.lower() for l in card_view.must_not_use(card))
+    assert wording.fmt_threshold(card.threshold) in card_view.decision_text(card)
+    shown = str(card_view.ablation_rows(card)) + str(card_view.training_facts(card))
+    assert "adversary" not in shown.lower() and "best_step" not in shown

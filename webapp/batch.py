@@ -6,13 +6,17 @@ the results show is built from its stored rows, so moving the threshold never re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 from covidxr import evaluate
 from covidxr.evaluate import LabelledItem, scan_folder, scan_uploads
 from covidxr.safety import resolve_inside
+
+from .wording import is_refused
+
+T = TypeVar("T")
 
 KEEP_UPLOAD_BYTES = 128 << 20  # a batch's uploads are kept for the review page up to this size per session
 
@@ -30,23 +34,48 @@ class Batch:
     rows: list = field(default_factory=list)      # evaluate.Row, in item order
     done: bool = False
     seconds: float | None = None
+    include_refused: bool = False   # films the gate refused enter the metrics (the page's checkbox)
     _report: Any = field(default=None, repr=False)
-    _report_rows: int = field(default=-1, repr=False)
+    _report_key: tuple = field(default=(), repr=False)
 
     @property
     def interrupted(self) -> bool:
         return not self.done and len(self.rows) < self.total
 
+    def refused(self) -> list[tuple[int, Any]]:
+        """(index, row) for the films the gate judged not a frontal chest radiograph."""
+        return [(i, r) for i, r in enumerate(self.rows) if is_refused(r) and getattr(r, "error", None) is None]
+
+    def can_include_refused(self) -> bool:
+        """Refused films can enter the metrics only if their score was kept (the page scores with
+        include_non_chest=True and lets build_report withhold it)."""
+        return any(r.probability is not None for _, r in self.refused())
+
     def report(self) -> evaluate.EvaluationReport:
-        """The report of the rows so far at `threshold`."""
-        if self._report is None or self._report_rows != len(self.rows):
-            self._report, self._report_rows = evaluate.build_report(list(self.rows), self.threshold,
-                                                                          self.positive_class), len(self.rows)
-        return self._report.at(self.threshold)
+        """The report of the rows so far at `threshold`: the metrics leave the refused films out (and their
+        rows lose the score) unless `include_refused`; the rows (CSV, JSON) list every film; `seconds` is the
+        run's wall time."""
+        key = (len(self.rows), self.include_refused)
+        if self._report is None or self._report_key != key:
+            self._report = evaluate.build_report(list(self.rows), self.threshold, self.positive_class,
+                                                 include_non_chest=self.include_refused)
+            self._report_key = key
+        return replace(self._report.at(self.threshold), seconds=self.seconds)
 
     def scored(self) -> list[tuple[int, Any]]:
-        """(index, row) for the rows that have a probability (not the failures)."""
-        return [(i, r) for i, r in enumerate(self.rows) if r.probability is not None]
+        """(index, row) for the rows that have a probability and passed the gate (not the failures)."""
+        return [(i, r) for i, r in enumerate(self.rows) if r.probability is not None and not is_refused(r)]
+
+
+def interleave(items: Sequence[T], key: Callable[[T], Hashable]) -> list[T]:
+    """The items reordered so that every prefix holds the classes in about their overall proportion
+    (each class spread evenly over the sequence, its own order kept): an interrupted batch's partial
+    metrics then see both classes, not the first folder only."""
+    groups: dict[Hashable, list[T]] = {}
+    for it in items:
+        groups.setdefault(key(it), []).append(it)
+    slots = [((k + 0.5) / len(g), gi, k, it) for gi, g in enumerate(groups.values()) for k, it in enumerate(g)]
+    return [it for *_, it in sorted(slots, key=lambda s: s[:3])]
 
 
 def folder_batch(folder: str, roots: list[Path], positive_class: str) -> tuple[str, list[LabelledItem], bool]:

@@ -2,7 +2,7 @@
 and holds the Playwright constants and page scripts both use. It imports neither pytest, nor Streamlit, nor
 covidxr, so that scripts/load_test.py runs without the test suite.
 
-`running_app()` starts `streamlit run app.py` on a loopback port in its own process group and stops it by
+`running_app()` starts the app (`python -m webapp.serve`, i.e. `streamlit run app.py`) on a loopback port in its own process group and stops it by
 that group; the Playwright bits are plain constants and page scripts usable from the sync and async APIs.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking"
                  "--disable-sync", "--disable-gpu", "--disable-quic", "--no-first-run"]
 START_TIMEOUT_S = 180
 UPLOADER = '[data-testid="stFileUploader"] input[type=file]'
-# The screen page's decision sentence (webapp.wording.verdict), e.g. "No COVID-19 pattern detected (p = 0.12, ...".
-VERDICT_PATTERN = r"(Positive for|No) COVID-19 pattern.*p [=<>]"
+# The screen page's decision sentence (webapp.wording.verdict), e.g. "No COVID-19 pattern: 12% (operating point 14.9%)".
+VERDICT_PATTERN = r"(Positive for|No) COVID-19 pattern: .*\(operating point "
 # The app root while no script run is going on; clicks that land mid-run can be dropped with the old element.
 SCRIPT_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 # True once n Grad-CAM overlays are in the page and decoded by the browser.
@@ -76,7 +76,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float =
 
 
 def app_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+    return [sys.executable, "-m", "webapp.serve", "--server.port", str(port),
             "--server.address", "127.0.0.1", "--server.headless", "true"]
 
 

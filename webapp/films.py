@@ -20,7 +20,10 @@ from .state import FILMS, THUMBNAILS, user_state
 from .wording import class_title
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-UPLOAD_TYPES = [s.lstrip(".") for s in FILM_SUFFIXES]  # st.file_uploader's `type`: suffixes without the dot
+UPLOAD_TYPES = [s.lstrip(".") for s in FILM_SUFFIXES]
+# Sample films of children (samples/README.md): the model is not validated on them, and the picker says so.
+PAEDIATRIC_SAMPLES = {"pneumonia/person1000_virus_1681.jpg"}
+CHILD_LABEL = "(child: the model is not validated on children)"  # st.file_uploader's `type`: suffixes without the dot
 
 
 @dataclass
@@ -72,5 +75,10 @@ def sample_films() -> list[Path]:
     return sorted(p for p in SAMPLES.glob("*/*") if p.suffix.lower() in FILM_SUFFIXES)
 
 
+def is_paediatric_sample(path: Path) -> bool:
+    return f"{path.parent.name}/{path.name}" in PAEDIATRIC_SAMPLES
+
+
 def sample_title(path: Path) -> str:
-    return f"{class_title(path.parent.name)} · {path.name}"
+    title = f"{class_title(path.parent.name)} · {path.name}"
+    return f"{title} {CHILD_LABEL}" if is_paediatric_sample(path) else title

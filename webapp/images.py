@@ -33,3 +33,73 @@ def shrink(pixels: np.ndarray, side: int) -> np.ndarray:
         return pixels
     im = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
     return np.asarray(im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+
+
+# ---------------------------------------------------------------- heatmaps that mean what the decision says
+
+MUTED_RGB = (0.36, 0.47, 0.62)  # slate blue-grey: a map below the operating point, never a "hot" colour
+
+
+def muted_overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The film in gray with the map in one neutral slate tone (no red, no yellow), as uint8 RGB: where
+    the model looked on a film it called negative, without colours that suggest a finding."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha {alpha} outside [0, 1]")
+    g = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)
+    h = np.asarray(heatmap, np.float32)
+    if h.shape != g.shape:
+        h = np.asarray(Image.fromarray(h, mode="F").resize((g.shape[1], g.shape[0]), Image.BILINEAR))
+    a = (alpha * np.clip(h, 0.0, 1.0))[..., None]
+    rgb = (1.0 - a) * g[..., None] + a * np.asarray(MUTED_RGB, np.float32)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def colour_bar(width: int = 256, height: int = 14, muted: bool = False) -> np.ndarray:
+    """The heatmap's colour scale, low attention on the left to high on the right, as uint8 RGB:
+    jet (as covidxr.explain.overlay draws it) or, for a muted map, gray to slate."""
+    levels = np.linspace(0.0, 1.0, width, dtype=np.float32)
+    if muted:
+        row = (1.0 - levels)[:, None] * 0.55 + levels[:, None] * np.asarray(MUTED_RGB, np.float32)
+    else:
+        from covidxr.explain import jet  # the very colours of the overlay
+        row = jet(levels)
+    return np.repeat((row[None] * 255.0 + 0.5).astype(np.uint8), height, axis=0)
+
+
+# ---------------------------------------------------------------- a report-ready image
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + ([line] if line else [])
+
+
+def annotated(image: np.ndarray, lines: list[str], margin: int = 12) -> np.ndarray:
+    """The image with a white panel below it carrying `lines` (decision, score, operating point, model,
+    date, disclaimer), wrapped to the image's width; Pillow's default font. uint8 RGB out."""
+    from PIL import ImageDraw, ImageFont
+
+    rgb = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+    w = max(rgb.width, 480)
+    size = max(12, min(22, w // 45))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # an older Pillow without sizes
+        font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [part for text in lines for part in (_wrap(probe, text, font, w - 2 * margin) or [""])]
+    step = int(size * 1.35)
+    panel = Image.new("RGB", (w, rgb.height + 2 * margin + step * len(wrapped)), "white")
+    panel.paste(rgb, ((w - rgb.width) // 2, 0))
+    draw = ImageDraw.Draw(panel)
+    y = rgb.height + margin
+    for text in wrapped:
+        draw.text((margin, y), text, fill=(20, 28, 40), font=font)
+        y += step
+    return np.asarray(panel)

@@ -34,12 +34,21 @@ EVAL_THRESHOLD = "eval_threshold"
 EVAL_RESET = "eval_reset"
 EVAL_CSV = "eval_csv"
 EVAL_JSON = "eval_json"
+EVAL_INCLUDE_REFUSED = "eval_include_refused"
+# The batch form as the user left it: Streamlit drops the state of widgets that are not drawn (another
+# page is open), so these are copied under KEPT_PREFIX and restored when the page is drawn again.
+EVAL_FORM = (EVAL_SOURCE, EVAL_LABEL, EVAL_FOLDER)
+KEPT_PREFIX = "kept_"
 
 # ---------------------------------------------------------------- widgets: Heatmap review
 REVIEW_OUTCOMES = "review_outcomes"
 REVIEW_SORT = "review_sort"
 REVIEW_PAGE = "review_page"
 REVIEW_CLOSE = "review_close"
+REVIEW_DIALOG = "review_dialog"      # the batch row shown in the review dialog (next/previous move it)
+REVIEW_PREV = "review_prev"
+REVIEW_NEXT = "review_next"
+REVIEW_HEATMAPS = "review_heatmaps"  # heatmap thumbnails in the gallery
 
 
 def review_open_button(row: int) -> str:
@@ -56,6 +65,20 @@ def opacity_slider(film_key: str) -> str:
 
 def overlay_download(film_key: str) -> str:
     return f"download_{film_key}"
+
+
+def restore_form(keys: tuple[str, ...]) -> None:
+    """Before a page draws its form: give back the values its widgets had when the user left the page."""
+    for k in keys:
+        if k not in st.session_state and KEPT_PREFIX + k in st.session_state:
+            st.session_state[k] = st.session_state[KEPT_PREFIX + k]
+
+
+def remember_form(keys: tuple[str, ...]) -> None:
+    """After a page drew its form: keep copies of its widgets' values that outlive the widgets."""
+    for k in keys:
+        if k in st.session_state:
+            st.session_state[KEPT_PREFIX + k] = st.session_state[k]
 
 
 def user_state(name: str, factory: Callable[[], T]) -> T:

@@ -3,12 +3,25 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
+from covidxr.card import decision_label
+
 from .review import outcome
-from .wording import METRIC_TITLES, OUTCOME_TITLES, class_title
+from .wording import METRIC_TITLES, NOT_CHEST, OUTCOME_TITLES, class_title, fmt_rate, fmt_rate_ci, is_refused, row_reasons
+
+RATIO_METRICS = {"auc"}  # shown as a number (0.868): an area, not a share of films; the rest as percentages
 
 
 def fmt_num(x: float | None, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_metric(name: str, x: float | None) -> str:
+    """A metric as the pages show it: AUC as 0.868, proportions and ECE as percentages ("91.2%")."""
+    return fmt_num(x) if name in RATIO_METRICS else fmt_rate(x)
+
+
+def fmt_metric_ci(name: str, ci: Sequence[float | None] | None) -> str:
+    return fmt_ci(ci) if name in RATIO_METRICS else fmt_rate_ci(ci)
 
 
 def fmt_ci(ci: Sequence[float | None] | None, digits: int = 3) -> str:
@@ -18,13 +31,14 @@ def fmt_ci(ci: Sequence[float | None] | None, digits: int = 3) -> str:
     return f"{ci[0]:.{digits}f}–{ci[1]:.{digits}f}"
 
 
-def fmt_estimate(report: dict, name: str, digits: int = 3) -> str:
-    """"0.953 (0.912–0.987)" from a report dict shaped {name: value, "ci": {name: [low, high]}}."""
+def fmt_estimate(report: dict, name: str) -> str:
+    """"95.3% (91.2–98.7%)" (AUC: "0.953 (0.912–0.987)") from a report dict shaped
+    {name: value, "ci": {name: [low, high]}}."""
     value = report.get(name)
     if value is None:
         return "—"
-    ci = (report.get("ci") or {}).get(name)
-    return f"{value:.{digits}f}" + ("" if fmt_ci(ci) == "—" else f" ({fmt_ci(ci, digits)})")
+    ci = fmt_metric_ci(name, (report.get("ci") or {}).get(name))
+    return fmt_metric(name, value) + ("" if ci == "—" else f" ({ci})")
 
 
 def is_estimates(d: Any) -> bool:
@@ -33,15 +47,16 @@ def is_estimates(d: Any) -> bool:
 
 
 def class_rows(class_probabilities: dict[str, float]) -> list[dict[str, Any]]:
-    """Per-class probabilities as table rows, most likely first."""
-    return [{"class": class_title(c), "probability": round(float(p), 4)}
+    """Per-class probabilities as table rows, most likely first, in percent."""
+    return [{"class": class_title(c), "probability (%)": round(100.0 * float(p), 1)}
             for c, p in sorted(class_probabilities.items(), key=lambda kv: -kv[1])]
 
 
 def metric_rows(report: dict, names: Iterable[str] = METRIC_TITLES) -> list[dict[str, Any]]:
     """One row per metric present in a report dict: title, value, 95% CI."""
     ci = report.get("ci") or {}
-    return [{"metric": METRIC_TITLES.get(n, n), "value": fmt_num(report.get(n)), "95% CI": fmt_ci(ci.get(n))}
+    return [{"metric": METRIC_TITLES.get(n, n), "value": fmt_metric(n, report.get(n)),
+             "95% CI": fmt_metric_ci(n, ci.get(n)) if report.get(n) is not None else "—"}
             for n in names if n in report]
 
 
@@ -66,18 +81,35 @@ def confusion_table(confusion: dict[str, int], positive_class: str) -> dict[str,
             f"predicted {neg}": {f"actual {pos}": confusion["fn"], f"actual {neg}": confusion["tn"]}}
 
 
-def image_rows(rows: Iterable[Any], threshold: float) -> list[dict[str, Any]]:
-    """The per-image table: one dict per scored film (evaluate.Row), with its outcome at `threshold`."""
-    out = []
+def score_column(positive_class: str) -> str:
+    return f"{class_title(positive_class)} score (%)"
+
+
+def image_rows(rows: Iterable[Any], threshold: float, positive_class: str = "covid") -> list[dict[str, Any]]:
+    """The per-image table: one dict per scored or refused film (evaluate.Row), with its decision in the
+    exports' words (`covid` / `non-covid`) and its outcome at `threshold`. A film the gate refused shows
+    "not a frontal chest radiograph" and its reasons, never a score. Failures are listed elsewhere."""
+    out, score = [], score_column(positive_class)
     for r in rows:
+        if is_refused(r) and getattr(r, "error", None) is None:
+            out.append({"film": r.path, "label": r.label or "", "source": r.source or "", score: None,
+                        "decision": NOT_CHEST, "outcome": row_reasons(r) or NOT_CHEST})
+            continue
         if r.probability is None:
             continue
-        o = outcome(r.positive, r.probability >= threshold)
+        called = r.probability >= threshold
         out.append({"film": r.path, "label": r.label or "", "source": r.source or "",
-                    "probability": round(float(r.probability), 4),
-                    "prediction": "positive" if r.probability >= threshold else "negative",
-                    "outcome": OUTCOME_TITLES[o]})
+                    score: round(100.0 * float(r.probability), 1),
+                    "decision": decision_label(called, positive_class),
+                    "outcome": OUTCOME_TITLES[outcome(r.positive, called)]})
     return out
+
+
+def refused_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """The films the gate refused, with their reasons in words (for the batch page's list)."""
+    return [{"film": r.path, "label": r.label or "", "reasons": row_reasons(r) or NOT_CHEST,
+             **({"details": r.details} if getattr(r, "details", None) else {})}
+            for r in rows if is_refused(r) and getattr(r, "error", None) is None]
 
 
 def roc_points(roc: dict | None) -> list[dict[str, float]]:
