@@ -1,0 +1,112 @@
+"""The command line's engine options (--engine, --address, --workers, --results, --resume, --spill-dir) and
+the engine paths of `evaluate` and `predict` (covidxr.cli calls these; the default in-process path is its own)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import ENGINES, EngineError, score_all
+
+EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine (docs/cluster.md)")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: in this process (default); ray: on a Ray cluster (Ray Data, one model per actor)")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join: 'auto', host:port or ray://host:port (default: start a private "
+                        "local Ray instance sized to this machine, stopped at the end)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray actors, each with its own copy of the model (default: the cluster's CPUs)")
+    g.add_argument("--batch-size", type=int, default=16, metavar="N", help="films per batch (default 16)")
+    g.add_argument("--results", metavar="FILE", default=None,
+                   help="append one CSV line per film to FILE as each batch finishes (a killed run keeps them)")
+    g.add_argument("--resume", action="store_true",
+                   help="with --results: skip films FILE already holds with the same path and sha256")
+    g.add_argument("--spill-dir", metavar="DIR", default=None,
+                   help="local Ray instance only: let Ray spill objects to DIR (default: spilling off)")
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {"weights": args.weights, "threads": args.threads, "batch_size": args.batch_size,
+            "workers": args.workers, "address": args.address, "spill_dir": args.spill_dir,
+            "site": getattr(args, "site", None)}
+
+
+def _fail(e: BaseException) -> SystemExit:
+    """One line on stderr, exit status 1 (no traceback), for an engine that could not run."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    kind = "" if isinstance(e, (EngineError, ValueError)) else f"{type(e).__name__}: "
+    print(f"error: {kind}{msg}", file=sys.stderr)
+    return SystemExit(EXIT_FAILED)
+
+
+def evaluate_with(clf, args: argparse.Namespace, progress):
+    """`evaluate` on the chosen engine, streamed to --results and resumable; the report by build_report."""
+    from . import evaluate_folder
+    from ..safety import PathRefused
+
+    threshold = clf.threshold if args.threshold is None else float(args.threshold)
+    options = _options(args)
+    if args.engine == "local":
+        options["classifier"] = clf
+    try:
+        return evaluate_folder(args.folder, args.engine, threshold=threshold, positive_class=clf.card.positive_class,
+                               include_non_chest=args.include_non_chest, results=args.results, resume=args.resume,
+                               progress=progress, **options)
+    except PathRefused:
+        raise
+    except Exception as e:  # noqa: BLE001 - a cluster that cannot be reached is one line, not a traceback
+        raise _fail(e) from None
+
+
+def _items(paths: list[str]):
+    from ..evaluate import LabelledItem, scan_folder
+
+    items = []
+    for p in paths:
+        if Path(p).is_dir():
+            items += [LabelledItem(i.path, None, i.source, i.error) for i in scan_folder(p)]
+        else:
+            items.append(LabelledItem(p, None))
+    return items
+
+
+def predict_with(clf, args: argparse.Namespace) -> int:
+    """`predict FILE|DIR ... --engine ray`: the same fields as the in-process predict, less
+    class_probabilities (rows carry the positive class's probability only)."""
+    if getattr(args, "heatmap_dir", None):
+        print("error: --heatmap-dir runs in-process only (leave out --engine)", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        rows = score_all(_items(args.files), args.engine, results=args.results, resume=args.resume,
+                         threshold=clf.threshold, include_non_chest=args.include_non_chest, **_options(args))
+    except Exception as e:  # noqa: BLE001
+        raise _fail(e) from None
+    out, failed = [], False
+    for r in rows:
+        if r.error is not None:
+            failed = True
+            out.append({"path": r.path, "error": r.error})
+            print(f"{r.path}: {r.error}", file=sys.stderr)
+            continue
+        d = {"path": r.path, "probability": None if r.probability is None else round(r.probability, 6),
+             "label": r.prediction, "threshold": clf.threshold, "chest_xray": r.chest_xray,
+             "reasons": list(r.reasons), "details": r.details, "warnings": list(r.warnings)}
+        if r.chest_xray is False:
+            d["warning"] = "does not look like a frontal chest radiograph: " + "; ".join(r.reasons)
+        out.append(d)
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        for d in out:
+            if "error" in d:
+                continue
+            if d["probability"] is None:
+                print(f"{d['path']}: not scored, {d['warning']}")
+            else:
+                print(f"{d['path']}: {d['label']} (p = {d['probability']:.3f}, threshold {d['threshold']:.3f})")
+    return EXIT_UNREADABLE if failed else EXIT_OK
