@@ -241,6 +241,48 @@ def unseen(card: dict) -> list[str]:
     return out
 
 
+def site_adaptation(card: dict) -> list[str]:
+    """metrics.site_adaptation (scripts/site_measure.py): the fold models with and without a site profile."""
+    sa = (card.get("metrics") or {}).get("site_adaptation")
+    if not sa or not sa.get("folds"):
+        return []
+    out = ["## A site profile on a hospital it has never seen", "",
+           "A hospital can fit a site profile on its own labelled films (`python -m covidxr site fit`, "
+           "[site-profiles.md](site-profiles.md)). Measured on the two-class held-out sources, side by side: "
+           f"{sa.get('what', '')}.", ""]
+
+    rows = []
+    for s, f in sa["folds"].items():
+        fl = f.get("films") or {}
+        for what, key in (("fold model", "fold_model"), ("with the profile", "with_profile")):
+            r = f.get(key) or {}
+            rows.append([s, f"{num(fl.get('covid'))}/{num(fl.get('non-covid'))}", what, cell(r, "auc"),
+                         cell(r, "sensitivity"), cell(r, "specificity")])
+    out += table(["held-out source", "films (covid/other)", "scored by", "AUC (95% CI)", "sensitivity (95% CI)",
+                  "specificity (95% CI)"], rows)
+    out.append("")
+    for s, f in sa["folds"].items():
+        met = "met" if f.get("target_met") else "not met"
+        chosen = ", ".join(sorted(set(f.get("methods_chosen") or []))) or "?"
+        out.append(f"- {s}: AUC gain {num(f.get('auc_gain'))}; method chosen on the fitting halves: {chosen}; "
+                   f"target ({sa.get('target', '')}) {met}.")
+    out.append("")
+    curves = {s: f.get("by_site_size") or {} for s, f in sa["folds"].items()}
+    sizes = sorted({int(n) for c in curves.values() for n in c})
+    if sizes:
+        out += ["The gain against the site set's size (films per class drawn from one half, tested on the other "
+                "half; mean AUC with the profile, its mean gain over the fold model and the range over the draws):", ""]
+        out += table(["held-out source"] + [f"{n} per class" for n in sizes],
+                     [[s] + [(f"{num(c[str(n)].get('auc_mean'))} ({'+' if c[str(n)].get('gain_mean', 0) >= 0 else ''}"
+                              f"{num(c[str(n)].get('gain_mean'))}; {num(c[str(n)].get('gain_min'))} to "
+                              f"{num(c[str(n)].get('gain_max'))}; {num(c[str(n)].get('draws'))} draws)")
+                             if str(n) in c else "-" for n in sizes] for s, c in curves.items()])
+        out.append("")
+    if sa.get("note"):
+        out += [text(sa["note"]), ""]
+    return out
+
+
 def validation(card: dict) -> list[str]:
     v = (card.get("metrics") or {}).get("validation")
     if not v:
@@ -456,7 +498,7 @@ def limits(card: dict) -> list[str]:
 
 
 def render(card: dict) -> str:
-    parts = [intro, unseen, validation, model, gate, limits, ablations, adversary, data, training]
+    parts = [intro, unseen, site_adaptation, validation, model, gate, limits, ablations, adversary, data, training]
     lines: list[str] = []
     for part in parts:
         lines += part(card)

@@ -116,3 +116,23 @@ def test_check_fails_in_one_line_when_the_page_is_stale(tmp_path):
     assert (tmp_path / "page.md").read_text() == "# an old page\n"  # --check writes nothing
     done = run("--card", str(tmp_path / "card.json"), "--out", str(tmp_path / "missing.md"), "--check")
     assert done.returncode == 1 and not (tmp_path / "missing.md").exists()
+
+
+def test_site_adaptation_table_is_rendered_beside_the_held_out_folds(tmp_path):
+    fold = {"films": {"covid": 283, "non-covid": 75},
+            "fold_model": {"auc": 0.6612, "sensitivity": 0.9, "specificity": 0.2,
+                           "ci": {"auc": [0.6, 0.72], "sensitivity": [0.86, 0.93], "specificity": [0.12, 0.3]}},
+            "with_profile": {"auc": 0.7345, "sensitivity": 0.8, "specificity": 0.5,
+                             "ci": {"auc": [0.68, 0.79], "sensitivity": [0.75, 0.84], "specificity": [0.39, 0.61]}},
+            "auc_gain": 0.0733, "methods_chosen": ["head_l2_3"], "target_met": False,
+            "by_site_size": {"8": {"draws": 4, "auc_mean": 0.6811, "gain_mean": 0.0199, "gain_min": -0.01,
+                                   "gain_max": 0.05}}}
+    card = small_card()
+    card["metrics"]["site_adaptation"] = {"what": "halves by patient", "target": "a test target",
+                                          "folds": {"site-a": fold}}
+    page = render(tmp_path, card)
+    for expected in ("A site profile on a hospital it has never seen", "| site-a | 283/75 | fold model | 0.661 (0.600-0.720)",
+                     "| site-a | 283/75 | with the profile | 0.735 (0.680-0.790)", "AUC gain 0.073", "not met",
+                     "8 per class", "0.681 (+0.020; -0.010 to 0.050; 4 draws)"):
+        assert expected in page, expected
+    assert "A site profile" not in render(tmp_path, small_card())

@@ -1,0 +1,345 @@
+"""Measure site profiles honestly, on the two held-out sources that hold both classes.
+
+For each such source of the leave-one-source-out folds (ieee8023-jul2020, the Kaggle copy), the fold model
+(both networks of the shipped recipe at the fold length, trained without that source, calibrated like the
+shipped model on its own validation films) scores the source's films. The source's patients are split in two
+halves: a profile is fitted on one half and tested on the other, then the other way round. Reported: AUC,
+sensitivity and specificity of the fold model with and without the profile (and of each candidate method),
+films per class and 95% CIs; then the gain against the site set's size (8, 16, 32, 64 films per class,
+several random draws).
+
+    python scripts/site_measure.py prepare [--work .cache/train]    # segmenter, caches, fold networks, features
+    python scripts/site_measure.py measure [--json out.json] [--card]  # the table (--card: into the model card)
+    python scripts/site_measure.py adabn [--json adabn.json]            # AdaBN on the fold models, for comparison
+    python scripts/site_measure.py card --json out.json [--adabn-json adabn.json] [--note TEXT]  # a stored table
+
+`prepare` checkpoints and resumes (the fold networks are the training's `loso_<source>` runs, so
+`python -m covidxr train` reuses them); its outputs live in `<work>/site/`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HELD_OUT = ("ieee8023-jul2020", "kaggle-radiography-db-224px")  # the LOSO sources with both classes
+
+
+def log(*a) -> None:
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def prepare(data: Path, work: Path, sources: tuple[str, ...] = HELD_OUT, n_networks: int = 2) -> None:
+    """The fold networks of each held-out source and, per fold, what the measurement needs: every network's
+    pooled features and logits of the held-out films and of the fold's validation films."""
+    from covidxr.classifier import as_stored, join_state
+    from covidxr.training.cache import build_cache
+    from covidxr.training.data import load_manifest, patient_split
+    from covidxr.training.experiments import FINAL, fold_recipe, network_recipes
+    from covidxr.training.loop import fit, infer
+    from covidxr.training.segmenter import train_lungs
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "site").mkdir(exist_ok=True)
+    records = load_manifest(data)
+    val = patient_split(records)
+    log("lung segmenter")
+    lungnet, _ = train_lungs(data.parent / "lungs", data, work, FINAL.lung_size)
+    caches = {}
+    for r in network_recipes(FINAL)[:n_networks]:
+        log("cache", r.variant)
+        caches[r.variant] = build_cache(records, data, lungnet, work, r)
+    src = caches[FINAL.variant].sources
+    for s in sources:
+        out = work / "site" / f"fold_{s}.npz"
+        if out.exists():
+            continue
+        held = src == s
+        train_idx = np.flatnonzero(~held & ~val)
+        val_idx = np.flatnonzero(~held & val)
+        test_idx = np.flatnonzero(held)
+        arrays: dict[str, np.ndarray] = {}
+        nets = []
+        for i, r in enumerate(network_recipes(fold_recipe(f"loso_{s}", FINAL))[:n_networks]):
+            log("fold", r.name)
+            cache = caches[r.variant]
+            net = as_stored(fit(cache, train_idx, r, work))  # resumes; returns at once when done
+            nets.append(net)
+            for part, idx in (("test", test_idx), ("val", val_idx)):
+                logits, feats = infer(net, cache, idx, r)
+                arrays[f"{part}_logits{i}"] = logits
+                arrays[f"{part}_features{i}"] = feats
+            arrays[f"weight{i}"] = net.head.weight.detach().numpy()
+            arrays[f"bias{i}"] = net.head.bias.detach().numpy()
+        cache = caches[FINAL.variant]
+        arrays.update(test_cls=cache.cls[test_idx], val_cls=cache.cls[val_idx], test_index=test_idx,
+                      test_patient=np.array([records[i].patient for i in test_idx]))
+        arrays["n_networks"] = np.array([len(nets)])
+        torch.save(join_state(nets, lungnet), work / "site" / f"fold_{s}_model.pt")
+        np.savez(out, **arrays)
+        log("saved", out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("prepare", "measure", "adabn", "card"))
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cxr"))
+    ap.add_argument("--work", default=str(ROOT / ".cache" / "train"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sources", default=",".join(HELD_OUT), help="prepare: the held-out sources")
+    ap.add_argument("--networks", type=int, default=2, help="prepare: the first N networks of the ensemble (default both)")
+    ap.add_argument("--json", help="write the measured table here")
+    ap.add_argument("--card", action="store_true", help="write it into weights/model_card.json (metrics.site_adaptation)")
+    ap.add_argument("--draws", type=int, default=10, help="random site sets per size (8, 16, 32, 64 films per class)")
+    ap.add_argument("--adabn-json", help="card: AdaBN's results (from `adabn --json`) to add")
+    ap.add_argument("--note", help="card: a note to keep with the table (what was and was not measured)")
+    ap.add_argument("--max-fit", type=int, default=200, help="films per class a profile is fitted on, at most")
+    ap.add_argument("--adabn", action="store_true", help="also measure AdaBN (re-estimated BatchNorm statistics)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.what == "prepare":
+        prepare(Path(args.data), Path(args.work), tuple(args.sources.split(",")), args.networks)
+        return 0
+    if args.what == "card":  # a measured table (--json) into the model card, with AdaBN's (--adabn-json) if given
+        result = json.loads(Path(args.json).read_text())
+        if args.adabn_json:
+            for src, r in json.loads(Path(args.adabn_json).read_text()).items():
+                if src in result["folds"]:
+                    result["folds"][src]["adabn"] = r
+        if args.note:
+            result["note"] = args.note
+        write_card(result)
+        return 0
+    if args.what == "adabn":
+        res = {s: adabn(Path(args.work), Path(args.data), s) for s in HELD_OUT
+               if (Path(args.work) / "site" / f"fold_{s}.npz").exists()}
+        print(json.dumps(res, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+        return 0
+    return measure(Path(args.work), args)
+
+
+SIZES = (8, 16, 32, 64)
+
+
+class FoldCard:
+    """What a profile needs of its base model's card, for a fold model."""
+
+    positive_class, positive_index = "covid", 0
+    class_names = ("covid", "normal", "pneumonia")
+
+    def __init__(self, temperature: float, threshold: float, sha256: str, rule: str):
+        self.temperature, self.threshold, self.weights_sha256, self.threshold_rule = temperature, threshold, sha256, rule
+
+
+def fold_model(work: Path, s: str):
+    """The fold's site data (every held-out film: mean logits, first network's features, truth, patients) and
+    its card: temperature and threshold fitted like the shipped model's, on the fold's validation films."""
+    from covidxr.card import ModelCard, sha256_file
+    from covidxr.classifier import DEFAULT_WEIGHTS
+    from covidxr.metrics import choose_threshold
+    from covidxr.site import SiteData, min_sensitivity
+    from covidxr.training.loop import fit_temperature, positive_probability
+
+    z = np.load(work / "site" / f"fold_{s}.npz")
+    n_nets = sum(1 for k in z.files if k.startswith("weight"))
+    val_logits = np.mean([z[f"val_logits{i}"] for i in range(n_nets)], 0)
+    shipped = ModelCard.load(DEFAULT_WEIGHTS)
+    ms = min_sensitivity(shipped)
+    t = fit_temperature(val_logits, z["val_cls"])
+    thr = choose_threshold(z["val_cls"] == 0, positive_probability(val_logits, t), ms)
+    card = FoldCard(t, thr, sha256_file(work / "site" / f"fold_{s}_model.pt"), shipped.threshold_rule)
+    card.n_networks = n_nets
+    data = SiteData(np.mean([z[f"test_logits{i}"] for i in range(n_nets)], 0), z["test_features0"], z["test_cls"] == 0,
+                    z["test_patient"])
+    return data, card
+
+
+def halves(data, seed: int = 0) -> list[np.ndarray]:
+    """Two halves of the source's patients (each patient's films on one side), both classes in each."""
+    from covidxr.site import cv_folds
+
+    return cv_folds(data.y, data.groups, 2, seed)
+
+
+def scored(data, card, profile=None) -> np.ndarray:
+    """Each film's score re-centred on the operating point in use (0.5 = the threshold), for pooling."""
+    from covidxr.site import base_logodds, sigmoid
+
+    z = base_logodds(data.logits, card.temperature, card.positive_index)
+    if profile is None:
+        return sigmoid(z - np.log(card.threshold / (1 - card.threshold)))
+    p = profile.probability(data.logits, data.features, card.temperature, card.positive_index)
+    lo = np.log(np.clip(p, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(p, 1e-12, 1 - 1e-12))
+    return sigmoid(lo - np.log(profile.threshold / (1 - profile.threshold)))
+
+
+def row(y: np.ndarray, s: np.ndarray) -> dict:
+    from covidxr.site import figures
+
+    f = figures(y, s, 0.5, n_boot=1000)
+    return {k: (None if f[k] is None else round(f[k], 4)) for k in ("auc", "sensitivity", "specificity")} | {
+        "ci": {k: [None if v is None else round(v, 4) for v in (f["ci"][k] or [None, None])]
+               for k in ("auc", "sensitivity", "specificity")}}
+
+
+def cap(idx: np.ndarray, y: np.ndarray, n: int, rng) -> np.ndarray:
+    """At most n films per class of idx, drawn at random (a hospital's labelled set, not a whole collection)."""
+    out = [c if len(c) <= n else rng.choice(c, n, replace=False) for c in (idx[y[idx]], idx[~y[idx]])]
+    return np.sort(np.concatenate(out))
+
+
+def measure_source(work: Path, s: str, draws: int, max_fit: int = 200) -> dict:
+    from covidxr.metrics import auc
+    from covidxr.site import METHODS, base_logodds, fit_adapter, fit_profile
+
+    data, card = fold_model(work, s)
+    parts = halves(data)
+    log(s, "films", len(data.y), "covid", int(data.y.sum()))
+    base, adapted, methods, by_method, fitted_sizes = [], [], [], {m: [] for m in METHODS}, []
+    rng = np.random.default_rng(1)
+    for k, (fit_idx, test_idx) in enumerate(((parts[0], parts[1]), (parts[1], parts[0]))):
+        fit_idx = cap(fit_idx, data.y, max_fit, rng)
+        fitted_sizes.append({"covid": int(data.y[fit_idx].sum()), "non-covid": int((~data.y[fit_idx]).sum())})
+        fit_set, test_set = data.subset(fit_idx), data.subset(test_idx)
+        prof = fit_profile(fit_set, card, f"{s}_half{k}", n_boot=50)
+        methods.append(prof.method)
+        base.append(scored(test_set, card))
+        adapted.append(scored(test_set, card, prof))
+        zf = base_logodds(fit_set.logits, card.temperature, card.positive_index)
+        zt = base_logodds(test_set.logits, card.temperature, card.positive_index)
+        for m, penalty in METHODS.items():  # every candidate fitted on the whole fitting half (AUC needs no threshold)
+            by_method[m].append(fit_adapter(zf, fit_set.features, fit_set.y, penalty).probability(zt, test_set.features))
+        log(s, "half", k, "fitted on", len(fit_idx), "method", prof.method)
+    y = np.concatenate([data.y[parts[1]], data.y[parts[0]]])
+    out = {"films": {"covid": int(data.y.sum()), "non-covid": int((~data.y).sum())},
+           "patients": int(len(set(data.groups))), "fold_networks": card.n_networks,
+           "fold_threshold": round(card.threshold, 4),
+           "fold_temperature": round(card.temperature, 3),
+           "fold_model": row(y, np.concatenate(base)), "with_profile": row(y, np.concatenate(adapted)),
+           "methods_chosen": methods,
+           "films_fitted_per_half": fitted_sizes, "max_fit_per_class": max_fit,
+           "by_method_auc": {m: round(float(np.mean([auc(data.y[t], v[j]) for j, t in enumerate((parts[1], parts[0]))])), 4)
+                             for m, v in by_method.items()}}
+    halves_auc = lambda v: [round(auc(data.y[t], v[j]), 4) for j, t in enumerate((parts[1], parts[0]))]  # noqa: E731
+    out["auc_per_half"] = {"fold_model": halves_auc(base), "with_profile": halves_auc(adapted)}
+    out["auc_gain"] = round(out["with_profile"]["auc"] - out["fold_model"]["auc"], 4)
+    # the gain against the site set's size: n films per class drawn from one half, tested on the other half
+    curve = {}
+    for n in SIZES:
+        gains, aucs, base_aucs = [], [], []
+        for d in range(draws):
+            k = d % 2
+            fit_idx, test_idx = (parts[0], parts[1]) if k == 0 else (parts[1], parts[0])
+            pos, neg = fit_idx[data.y[fit_idx]], fit_idx[~data.y[fit_idx]]
+            if min(len(pos), len(neg)) < n:
+                continue
+            pick = np.r_[rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)]
+            test_set = data.subset(test_idx)
+            prof = fit_profile(data.subset(pick), card, f"{s}_{n}_{d}", n_boot=20)
+            a0, a1 = auc(test_set.y, scored(test_set, card)), auc(test_set.y, scored(test_set, card, prof))
+            base_aucs.append(a0)
+            aucs.append(a1)
+            gains.append(a1 - a0)
+        if gains:
+            curve[str(n)] = {"draws": len(gains), "auc_mean": round(float(np.mean(aucs)), 4),
+                             "auc_sd": round(float(np.std(aucs)), 4), "fold_model_auc": round(float(np.mean(base_aucs)), 4),
+                             "gain_mean": round(float(np.mean(gains)), 4), "gain_min": round(float(np.min(gains)), 4),
+                             "gain_max": round(float(np.max(gains)), 4)}
+        log(s, "size", n, curve.get(str(n)))
+    out["by_site_size"] = curve
+    out["target_met"] = bool(out["auc_gain"] >= 0.05 and out["with_profile"]["auc"] >= 0.85)
+    return out
+
+
+def adabn(work: Path, data_dir: Path, s: str, n_stats: int = 256, n_test: int = 400) -> dict:
+    """AdaBN on the fold model: every BatchNorm's statistics re-estimated on films of one half of the source
+    (unlabelled), then the other half scored; against the fold model on the same films. Needs the networks
+    before BatchNorm is folded (the fold's model.pt holds them so)."""
+    from covidxr.classifier import split_state
+    from covidxr.metrics import auc
+    from covidxr.training.cache import build_cache
+    from covidxr.training.data import load_manifest
+    from covidxr.training.experiments import FINAL, fold_recipe, network_recipes
+    from covidxr.training.loop import infer, positive_probability
+
+    data, card = fold_model(work, s)
+    z = np.load(work / "site" / f"fold_{s}.npz")
+    index = z["test_index"]
+    parts = halves(data)
+    rng = np.random.default_rng(2)
+    stats_pos = rng.choice(parts[0], min(n_stats, len(parts[0])), replace=False)
+    test_pos = np.sort(rng.choice(parts[1], min(n_test, len(parts[1])), replace=False))
+    records = load_manifest(data_dir)
+    n_nets = sum(1 for k in z.files if k.startswith("weight"))
+    nets, _ = split_state(torch.load(work / "site" / f"fold_{s}_model.pt", map_location="cpu", weights_only=True), n_nets, 3)
+    base, adapted = [], []
+    for i, (net, r) in enumerate(zip(nets, network_recipes(fold_recipe(f"loso_{s}", FINAL)))):
+        cache = build_cache(records, data_dir, None, work, r)  # exists: loaded, the segmenter is not needed
+        base.append(infer(net.eval(), cache, index[test_pos], r)[0])
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the site's films
+                m.train()
+        with torch.no_grad():
+            from covidxr.training.cache import network_batch, to_batch
+            for k in range(0, len(stats_pos), 32):
+                net.features(network_batch(to_batch(cache, index[stats_pos[k:k + 32]]), r))
+        adapted.append(infer(net.eval(), cache, index[test_pos], r)[0])
+        log(s, "adabn network", i)
+    y = data.y[test_pos]
+    a0 = auc(y, positive_probability(np.mean(base, 0), card.temperature))
+    a1 = auc(y, positive_probability(np.mean(adapted, 0), card.temperature))
+    return {"films_for_statistics": int(len(stats_pos)), "films_scored": int(len(test_pos)),
+            "fold_model_auc": round(a0, 4), "adabn_auc": round(a1, 4), "auc_gain": round(a1 - a0, 4)}
+
+
+def measure(work: Path, args) -> int:
+    t0 = time.time()
+    folds = {}
+    for s in HELD_OUT:
+        if not (work / "site" / f"fold_{s}.npz").exists():
+            log(s, "no fold model yet (run `prepare`): skipped")
+            continue
+        folds[s] = measure_source(work, s, args.draws, args.max_fit)
+        if args.adabn:
+            folds[s]["adabn"] = adabn(work, Path(args.data), s)
+            log(s, "adabn", folds[s]["adabn"])
+    result = {
+        "what": "each held-out source of the leave-one-source-out folds with both classes: the fold model (both "
+                "networks at the fold length, trained without the source, calibrated on its own validation films) "
+                "scores the source's films; the source's patients are split in two halves, a site profile is fitted "
+                "on one and tested on the other, then the other way round (pooled, each half's scores re-centred "
+                "on its own threshold); 95% CIs by bootstrap (AUC) and Wilson (sensitivity, specificity)",
+        "script": "scripts/site_measure.py",
+        "target": "adapted AUC >= fold model's + 0.05 and >= 0.85 on each fold",
+        "folds": folds, "seconds": round(time.time() - t0)}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    if args.card:
+        write_card(result)
+    return 0
+
+
+def write_card(result: dict) -> None:
+    """Only metrics.site_adaptation; the file is re-read right before it is written."""
+    path = ROOT / "weights" / "model_card.json"
+    card = json.loads(path.read_text())
+    card["metrics"]["site_adaptation"] = result
+    path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
