@@ -146,19 +146,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             pred = clf.predict([film])[0]
         rows.append(prediction_row(path, pred, args.include_non_chest))
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        for r in rows:
-            if "error" in r:
-                continue
-            extra = "".join(f"  [warning: {w}]" for w in r.get("warnings", []))
-            if r["probability"] is None:
-                print(f"{r['path']}: not scored, {r['warning']}")
-            else:
-                flag = f"  [{r['warning']}]" if "warning" in r else ""
-                print(f"{r['path']}: {r['label']} (p = {r['probability']:.3f}, threshold {r['threshold']:.3f}){flag}{extra}")
+    print_predictions(rows, args.json)
     return EXIT_UNREADABLE if failed else EXIT_OK
+
+
+def print_predictions(rows: list[dict], as_json: bool) -> None:
+    """`predict`'s output, whatever engine scored the films: a JSON array, or a line per scored film."""
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        if "error" in r:
+            continue
+        extra = "".join(f"  [warning: {w}]" for w in r.get("warnings", []))
+        if r["probability"] is None:
+            print(f"{r['path']}: not scored, {r['warning']}")
+        else:
+            flag = f"  [{r['warning']}]" if "warning" in r else ""
+            print(f"{r['path']}: {r['label']} (p = {r['probability']:.3f}, threshold {r['threshold']:.3f}){flag}{extra}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

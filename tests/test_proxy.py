@@ -131,16 +131,7 @@ def read(path: Path) -> str:
 
 def stop_nginx(proc: subprocess.Popen, grace_s: float = 15) -> None:
     """SIGQUIT (graceful shutdown) to nginx's process group (master, workers, strace), SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGQUIT)
-        proc.wait(timeout=grace_s)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace_s)
+    stop_group(proc, grace_s, signal.SIGQUIT)
 
 
 @pytest.fixture(scope="module")

@@ -80,12 +80,13 @@ def app_command(port: int) -> list[str]:
             "--server.address", "127.0.0.1", "--server.headless", "true"]
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
-    """SIGTERM to the process group the app leads, SIGKILL if it lingers."""
+def stop_group(proc: subprocess.Popen, grace_s: float = 15, sig: int = signal.SIGTERM) -> None:
+    """`sig` (SIGTERM; nginx shuts down gracefully on SIGQUIT) to the process group `proc` leads, SIGKILL
+    if it lingers."""
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         proc.wait(timeout=grace_s)
     except ProcessLookupError:
         pass

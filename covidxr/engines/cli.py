@@ -3,13 +3,11 @@ the engine paths of `evaluate` and `predict` (covidxr.cli calls these; the defau
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from ..cli import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, print_predictions
 from . import ENGINES, EngineError, score_all
-
-EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,14 +97,5 @@ def predict_with(clf, args: argparse.Namespace) -> int:
         if r.chest_xray is False:
             d["warning"] = "does not look like a frontal chest radiograph: " + "; ".join(r.reasons)
         out.append(d)
-    if args.json:
-        print(json.dumps(out, indent=1))
-    else:
-        for d in out:
-            if "error" in d:
-                continue
-            if d["probability"] is None:
-                print(f"{d['path']}: not scored, {d['warning']}")
-            else:
-                print(f"{d['path']}: {d['label']} (p = {d['probability']:.3f}, threshold {d['threshold']:.3f})")
+    print_predictions(out, args.json)
     return EXIT_UNREADABLE if failed else EXIT_OK
