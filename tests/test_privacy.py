@@ -333,7 +333,9 @@ def drive(page, url: str, uploads: Uploads) -> tuple[list[str], float]:
     page.wait_for_selector(SCRIPT_IDLE)
     # st.button's own "Open" (the outcome filter's dropdown toggle is a button named "Open" too)
     page.get_by_test_id("stButton").get_by_role("button", name="Open").first.click()
-    expect(page.get_by_role("button", name="Close")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    # the review dialog's own "Close" (the dialog's corner cross is a button named "Close" too)
+    expect(page.get_by_role("dialog").get_by_test_id("stButton").get_by_role("button", name="Close")).to_be_visible(
+        timeout=RESULT_TIMEOUT_MS)
     page.wait_for_function(OVERLAYS_READY_JS, arg=1, timeout=RESULT_TIMEOUT_MS)
     texts.append(main.inner_text())
     return texts, first_upload
