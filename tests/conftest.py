@@ -22,7 +22,17 @@ BROWSER_FILES = {"test_browser.py", "test_load.py", "test_privacy.py", "test_pro
 MODEL_FILES = {"test_pages.py", "test_cli.py", "test_bench.py", "test_same_answers.py", "test_concurrency.py"}
 # Files whose tests (or module fixtures) take seconds: training steps, many films, subprocesses.
 SLOW_FILES = {"test_train.py", "test_bench.py", "test_cli.py", "test_pages.py", "test_concurrency.py",
-              "test_same_answers.py", "test_ood_report.py", "test_generalisation.py", "test_ray.py", "test_ray_faults.py"}
+              "test_same_answers.py", "test_ood_report.py", "test_generalisation.py", "test_ray.py", "test_ray_faults.py",
+              "test_site.py"}
+
+
+# Single tests that take over a second here (pytest --durations), in files that are otherwise quick.
+SLOW_TESTS = {"test_pure_modules_and_the_core_never_import_streamlit_or_webapp",
+              "test_orientation_net_learns_up_from_down_and_survives_save_load",
+              "test_weights_round_trip_and_load_from_a_folder", "test_attention_falls_on_the_lungs",
+              "test_evaluate_folder_leaves_refused_films_out_and_the_switch_brings_them_in",
+              "test_real_chest_films_pass", "test_concurrent_reads_equal_single_reads",
+              "test_tampered_ood_statistics_are_refused", "test_streamed_scores_equal_predict"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,7 +48,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if name in MODEL_FILES or "classifier" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.model)
-        if name in SLOW_FILES:
+        if name in SLOW_FILES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
 
 
