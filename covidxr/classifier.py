@@ -190,10 +190,8 @@ class Classifier:
             fracs += [x.lung_fraction for x in inputs]
         return np.concatenate(feats), np.asarray(fracs, np.float32)
 
-    def decide(self, film: Film, inputs: FilmInputs, logits: torch.Tensor, features: torch.Tensor,
-               lung_prob: np.ndarray | None = None) -> Prediction:
-        """The decision at the card's operating point, and the gate's verdict on the film. `lung_prob`: the
-        segmenter's map of the whole film (`segment` of inputs.overview), computed here when not given."""
+    def decide(self, film: Film, inputs: FilmInputs, logits: torch.Tensor, features: torch.Tensor) -> Prediction:
+        """The decision at the card's operating point, and the gate's verdict on the film."""
         c = self.card
         if self.site is None:
             probs = torch.softmax(logits.float() / c.temperature, -1).tolist()
@@ -205,9 +203,7 @@ class Classifier:
         positive = p >= self.threshold
         ood = None
         if self.ood:
-            if lung_prob is None:
-                (lung_prob,) = segment(self.lungs, [inputs.overview])
-            ood = self.ood.check(features.numpy(), inputs.lung_fraction, film, inputs.overview, lung_prob,
+            ood = self.ood.check(features.numpy(), inputs.lung_fraction, film, inputs.overview, inputs.lung_prob,
                                  self.gate_rules, self.child_look)
         return Prediction(
             name=film.name, probability=float(p), positive=bool(positive),
@@ -223,6 +219,5 @@ class Classifier:
             inputs = self.prepare(chunk)
             with torch.inference_mode():
                 logits, feats = self.forward(inputs)
-            maps = segment(self.lungs, [x.overview for x in inputs]) if self.ood else [None] * len(chunk)
-            out += [self.decide(f, x, lg, ft, m) for f, x, lg, ft, m in zip(chunk, inputs, logits, feats, maps)]
+            out += [self.decide(f, x, lg, ft) for f, x, lg, ft in zip(chunk, inputs, logits, feats)]
         return out

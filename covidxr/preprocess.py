@@ -97,6 +97,7 @@ class FilmInputs:
 
     networks: tuple[Prepared, ...]
     overview: np.ndarray       # float32 the film squashed to the segmenter's size and equalised (`lung_input`)
+    lung_prob: np.ndarray      # float32 the segmenter's lung probability on `overview` (the gate reads its shape)
     lung_fraction: float       # share of the film found to be lung (0: none found)
     box: tuple[float, float, float, float]  # the lung box with its margin (the whole film when none found)
 
@@ -131,7 +132,8 @@ def prepare_film(pixels: np.ndarray, overview: np.ndarray, lung_prob: np.ndarray
     """Every network's input for one film, from its segmenter input and lung probability."""
     box = lung_box(lung_prob, margin)
     return FilmInputs(networks=tuple(prepare(pixels, lung_prob, v, size, margin, dilation) for v in views),
-                      overview=overview, lung_fraction=0.0 if box is None else float((lung_prob > 0.5).mean()),
+                      overview=overview, lung_prob=lung_prob,
+                      lung_fraction=0.0 if box is None else float((lung_prob > 0.5).mean()),
                       box=box or (0.0, 1.0, 0.0, 1.0))
 
 
