@@ -67,6 +67,18 @@ def outside(urls: list[str], origin: str) -> list[str]:
     return [u for u in urls if not (u.startswith(origin + "/") or u == origin or u.startswith(("data:", "blob:")))]
 
 
+def real_failures(failed: list[str], origin: str) -> list[str]:
+    """Failed requests other than the browser cancelling one of the app's own script chunks.
+
+    Chromium reports `net::ERR_ABORTED` when it drops a same-origin `/static/` request it no longer needs
+    (a lazily imported chunk that another request already delivered, or a component that unmounted
+    first); on a loaded CI machine this happened to 5 chunks in one run. It is neither an outbound call
+    nor a server error, and a chunk that truly failed to load makes the frontend log "Failed to fetch
+    dynamically imported module", which the console-error assertions catch."""
+    cancelled = re.compile(re.escape(origin) + r"/static/[^ ]+ \(net::ERR_ABORTED\)$")
+    return [f for f in failed if not cancelled.match(f)]
+
+
 def base_path_probes(urls: list[str], origin: str) -> list[str]:
     """Streamlit's own probes on a deep link: its frontend first tries the page's path as the server's base
     path (`/batch-evaluation/_stcore/health`, `.../host-config`), which Streamlit answers 404 on purpose,
@@ -89,7 +101,7 @@ def test_first_deep_link_after_a_server_start_opens_the_page_with_no_outbound_ca
     expect(page.get_by_text("Page not found")).to_have_count(0)
     assert traffic["requests"], "no request was recorded"
     assert outside(traffic["requests"], server) == [], "requests left the app's origin"
-    assert traffic["failed"] == []
+    assert real_failures(traffic["failed"], server) == []
     probes = base_path_probes(traffic["bad_responses"], server)
     assert traffic["bad_responses"] == probes       # nothing else answered with an error
     assert all("404" in e for e in traffic["console_errors"]) and len(traffic["console_errors"]) <= len(probes)
@@ -205,4 +217,16 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
     expect(page.get_by_role("heading", name="Known limits")).to_be_visible()
     shot(page, screenshots, "model_card.png")
     assert traffic["requests"] and outside(traffic["requests"], server) == [], "requests left the app's origin"
-    assert traffic["failed"] == [] and traffic["bad_responses"] == [] and traffic["console_errors"] == []
+    if traffic["failed"]:
+        print(f"\n[browser] chunk requests the browser cancelled: {traffic['failed']}")
+    assert real_failures(traffic["failed"], server) == []
+    assert traffic["bad_responses"] == [] and traffic["console_errors"] == []
+
+
+def test_only_cancelled_own_chunks_are_forgiven():
+    origin = "http://127.0.0.1:8501"
+    failed = [f"{origin}/static/js/formatMoment.CVxEWQ-Q.js (net::ERR_ABORTED)",       # browser's own cancel
+              f"{origin}/static/js/index.js (net::ERR_CONNECTION_REFUSED)",           # the server was gone
+              f"{origin}/_stcore/stream (net::ERR_ABORTED)",                           # not a static chunk
+              "https://fonts.example.org/static/x.js (net::ERR_ABORTED)"]             # left the origin
+    assert real_failures(failed, origin) == failed[1:]
