@@ -103,19 +103,29 @@ def _read(path: str):
 
 
 def prediction_row(path: str, pred, include_non_chest: bool = False) -> dict:
-    """One `predict --json` object. A film the gate refuses (chest_xray false) has null probability, label
-    and class_probabilities unless `include_non_chest`; its reasons say why."""
+    """One `predict --json` object of an in-process Prediction. A film the gate refuses (chest_xray false) has
+    null probability, label and class_probabilities unless `include_non_chest`; its reasons say why."""
     verdict = pred.ood
     withheld = verdict is not None and not verdict.is_chest and not include_non_chest
-    row = {"path": path, "probability": None if withheld else round(pred.probability, 6),
-           "label": None if withheld else pred.label, "threshold": pred.threshold,
-           "class_probabilities": None if withheld else {k: round(v, 6) for k, v in pred.class_probabilities.items()}}
-    if getattr(pred, "site", None):  # scored with a site profile (--site)
-        row["site"] = pred.site
-    if verdict is not None:
-        row.update(verdict.as_dict())
-        if not verdict.is_chest:
-            row["warning"] = "does not look like a frontal chest radiograph: " + "; ".join(verdict.reasons)
+    return predict_json(path, None if withheld else pred.probability, None if withheld else pred.label,
+                        pred.threshold, None if withheld else pred.class_probabilities,
+                        None if verdict is None else verdict.as_dict(), getattr(pred, "site", None))
+
+
+def predict_json(path: str, probability: float | None, label: str | None, threshold: float,
+                 class_probabilities: dict[str, float] | None, gate: dict | None, site: str | None) -> dict:
+    """The fields of one `predict --json` object, whichever engine scored the film. `gate`: the gate's
+    verdict as its exports carry it (chest_xray, reasons, details, warnings); `site`: the site profile's name."""
+    row = {"path": path, "probability": None if probability is None else round(probability, 6),
+           "label": label, "threshold": threshold,
+           "class_probabilities": None if class_probabilities is None
+           else {k: round(v, 6) for k, v in class_probabilities.items()}}
+    if site:  # scored with a site profile (--site)
+        row["site"] = site
+    if gate is not None:
+        row.update(gate)
+        if not gate["chest_xray"]:
+            row["warning"] = "does not look like a frontal chest radiograph: " + "; ".join(gate["reasons"])
     return row
 
 

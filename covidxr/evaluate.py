@@ -66,6 +66,7 @@ class Row:
     reasons: tuple[str, ...] = ()      # why the gate refused it, most decisive first
     details: str | None = None         # the gate's numbers
     warnings: tuple[str, ...] = ()     # shown with the score, do not withhold it (e.g. a child's film)
+    class_probabilities: dict[str, float] | None = None  # every class's, when the score is shown (predict's rows)
 
     @property
     def positive(self) -> bool | None:
@@ -91,9 +92,16 @@ class Row:
                 d[k] = "; ".join(d[k])
         return d
 
+    def gate(self) -> dict | None:
+        """The gate's verdict as every export carries it (covidxr.gate.Verdict.as_dict); None when no gate ran."""
+        if self.chest_xray is None:
+            return None
+        return {"chest_xray": self.chest_xray, "reasons": list(self.reasons), "details": self.details,
+                "warnings": list(self.warnings)}
+
     def withheld(self) -> "Row":
         """This row without its score (a refused film's, when refused films are left out)."""
-        return replace(self, probability=None, prediction=None)
+        return replace(self, probability=None, prediction=None, class_probabilities=None)
 
 
 def decision(probability: float, threshold: float, positive_class: str) -> str:
@@ -263,7 +271,8 @@ def scored_row(item: LabelledItem, pred, error: str | None, threshold: float, po
     p = pred.probability if chest is not False or include_non_chest else None
     return Row(item.path, item.label, item.source, p, None if p is None else decision(p, threshold, positive_class),
                None, truth_, chest, tuple(getattr(verdict, "reasons", ()) or ()),
-               getattr(verdict, "details", None) or None, tuple(getattr(verdict, "warnings", ()) or ()))
+               getattr(verdict, "details", None) or None, tuple(getattr(verdict, "warnings", ()) or ()),
+               None if p is None else dict(pred.class_probabilities))
 
 
 def iter_scores(classifier, items: Sequence[LabelledItem], batch_size: int = 16, progress: Progress | None = None,

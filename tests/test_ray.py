@@ -107,7 +107,7 @@ def copy_films(root: Path, per_folder: int) -> list[Path]:
 
 def test_result_record_round_trips_through_the_results_file(tmp_path):
     rows = [Row('a, "odd"/b.png', "covid", "src", 0.1234567890123, "covid", None, True, True, ("x; y", "z"),
-                "d, e", ("w",)),
+                "d, e", ("w",), {"covid": 0.1234567890123, "normal": 0.8765432109877, "pneumonia": 1e-9}),
             Row("c.png", None, None, None, None, "could not be read: broken", None),
             Row("d.png", "normal", None, 0.5, "non-covid", None, False, False, ("not a chest film",), None, ())]
     rf = ResultsFile(tmp_path / "r.csv").open(fresh=True)
@@ -116,6 +116,45 @@ def test_result_record_round_trips_through_the_results_file(tmp_path):
     back = ResultsFile(tmp_path / "r.csv").read()
     assert [row_of(back[r.path]) for r in rows] == rows
     assert list(back[rows[0].path]) == list(FIELDS)
+
+
+def test_predict_engine_path_prints_the_in_process_objects(classifier, tmp_path, capsys, monkeypatch):
+    """`predict --engine ...` builds its objects from the engine's rows: the same fields and values as the
+    in-process predict's (class probabilities and the gate's verdict included). Run on the local engine here
+    (the Ray engine's rows equal it, tests below); a refused film and an unreadable file are among them."""
+    import argparse
+
+    import numpy as np
+    from PIL import Image
+
+    from covidxr.cli import cmd_predict
+    from covidxr.engines.cli import predict_with
+
+    films = sorted(p for p in SAMPLES.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm"))[:4]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    dog = tmp_path / "noise.png"
+    Image.fromarray((np.random.default_rng(0).random((300, 300)) * 255).astype("uint8")).save(dog)
+    files = [str(p) for p in films] + [str(broken), str(dog)]
+    args = argparse.Namespace(files=files, json=True, include_non_chest=False, heatmap_dir=None, engine="local",
+                              results=None, resume=False, weights=str(classifier.directory), threads=1,
+                              batch_size=4, workers=None, address=None, spill_dir=None, site=None)
+    assert predict_with(classifier, args) == 2           # the unreadable file: exit status 2, the rest scored
+    engine = json.loads(capsys.readouterr().out)
+    monkeypatch.setattr("covidxr.cli._classifier", lambda a: classifier)
+    assert cmd_predict(args) == 2
+    direct = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in engine] == files and len(direct) == len(engine)
+    assert any(r.get("chest_xray") is False for r in direct), "the noise image is refused"
+    for e, d in zip(engine, direct):
+        assert e.keys() == d.keys(), e["path"]
+        for k in e:
+            if k in ("probability",):
+                assert (e[k] is None) == (d[k] is None) and (e[k] is None or abs(e[k] - d[k]) <= 1e-5)
+            elif k == "class_probabilities" and e[k] is not None:
+                assert e[k].keys() == d[k].keys() and all(abs(e[k][c] - d[k][c]) <= 1e-5 for c in e[k])
+            else:
+                assert e[k] == d[k], (e["path"], k)
 
 
 def test_a_cut_line_is_ignored_and_resume_keys_on_path_and_hash(tmp_path):

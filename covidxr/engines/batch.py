@@ -19,7 +19,7 @@ from ..evaluate import LabelledItem, Row, score_batch
 
 # Every column of a result record, in the results file's order.
 FIELDS = ("path", "sha256", "label", "source", "probability", "prediction", "error", "truth", "chest_xray",
-          "reasons", "details", "warnings")
+          "reasons", "details", "warnings", "class_probabilities")
 
 
 def record_of(item: LabelledItem) -> dict:
@@ -61,7 +61,7 @@ def result_of(row: Row, sha256: str = "") -> dict:
     return {"path": row.path, "sha256": sha256, "label": row.label, "source": row.source,
             "probability": row.probability, "prediction": row.prediction, "error": row.error, "truth": row.truth,
             "chest_xray": row.chest_xray, "reasons": json.dumps(list(row.reasons)), "details": row.details,
-            "warnings": json.dumps(list(row.warnings))}
+            "warnings": json.dumps(list(row.warnings)), "class_probabilities": json.dumps(row.class_probabilities)}
 
 
 def row_of(result: dict) -> Row:
@@ -71,7 +71,8 @@ def row_of(result: dict) -> Row:
     return Row(str(g["path"]), g["label"], g["source"], None if p is None else float(p), g["prediction"], g["error"],
                None if g["truth"] is None else bool(g["truth"]),
                None if g["chest_xray"] is None else bool(g["chest_xray"]),
-               tuple(json.loads(g["reasons"] or "[]")), g["details"], tuple(json.loads(g["warnings"] or "[]")))
+               tuple(json.loads(g["reasons"] or "[]")), g["details"], tuple(json.loads(g["warnings"] or "[]")),
+               json.loads(g["class_probabilities"] or "null"))
 
 
 def columns(results: Sequence[dict]) -> dict[str, list]:

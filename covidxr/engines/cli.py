@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, print_predictions
+from ..cli import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, predict_json, print_predictions
 from . import ENGINES, EngineError, score_all
 
 
@@ -74,8 +74,8 @@ def _items(paths: list[str]):
 
 
 def predict_with(clf, args: argparse.Namespace) -> int:
-    """`predict FILE|DIR ... --engine ray`: the same fields as the in-process predict, less
-    class_probabilities (rows carry the positive class's probability only)."""
+    """`predict FILE|DIR ... --engine ray`: the in-process predict's objects (covidxr.cli.predict_json), built
+    from the engine's rows."""
     if getattr(args, "heatmap_dir", None):
         print("error: --heatmap-dir runs in-process only (leave out --engine)", file=sys.stderr)
         return EXIT_FAILED
@@ -84,6 +84,7 @@ def predict_with(clf, args: argparse.Namespace) -> int:
                          threshold=clf.threshold, include_non_chest=args.include_non_chest, **_options(args))
     except Exception as e:  # noqa: BLE001
         raise _fail(e) from None
+    site = clf.site.name if getattr(clf, "site", None) is not None else None
     out, failed = [], False
     for r in rows:
         if r.error is not None:
@@ -91,11 +92,7 @@ def predict_with(clf, args: argparse.Namespace) -> int:
             out.append({"path": r.path, "error": r.error})
             print(f"{r.path}: {r.error}", file=sys.stderr)
             continue
-        d = {"path": r.path, "probability": None if r.probability is None else round(r.probability, 6),
-             "label": r.prediction, "threshold": clf.threshold, "chest_xray": r.chest_xray,
-             "reasons": list(r.reasons), "details": r.details, "warnings": list(r.warnings)}
-        if r.chest_xray is False:
-            d["warning"] = "does not look like a frontal chest radiograph: " + "; ".join(r.reasons)
-        out.append(d)
+        out.append(predict_json(r.path, r.probability, r.prediction, clf.threshold, r.class_probabilities, r.gate(),
+                                site))
     print_predictions(out, args.json)
     return EXIT_UNREADABLE if failed else EXIT_OK
