@@ -9,7 +9,8 @@ import streamlit as st
 from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
-from webapp import state
+from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError
+from webapp import sites, state
 from webapp.batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from webapp.films import SAMPLES, UPLOAD_TYPES, sample_films
 from webapp.model import classifier
@@ -20,8 +21,10 @@ from webapp.wording import DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHE
 
 SOURCES = ["Upload films or a .zip", "A folder on the server", "The sample films"]
 
-clf = classifier()
+clf = classifier()  # the shipped model: site profiles are fitted with it
 card = clf.card
+in_use = sites.active()  # the session's operating point (chosen on the Screen page): batches are scored with it
+scorer = clf if in_use.profile is None else sites.scoring_classifier(in_use.profile)
 st.title("Batch evaluation")
 st.caption(f"Films labelled by folder: one subfolder per class, `{card.positive_class}` positive, every other folder "
            "negative (`<source>/<class>/` is recognised too). Scores stream in; the threshold slider "
@@ -55,6 +58,11 @@ else:
                "training data, so they show how the page works, not how well the model works.")
     collect = lambda: folder_batch(str(SAMPLES), [SAMPLES], card.positive_class)  # noqa: E731
 state.remember_form(state.EVAL_FORM)
+if in_use.error:
+    st.error(f"The site profile `{in_use.folder}` can no longer be used ({in_use.error}); the shipped model is in use.",
+             icon="🚫")
+st.caption(f"Scored with: **{sites.in_use_line(in_use.profile)}** (the operating point in use in this session, "
+           "chosen on the Screen page).")
 
 if st.button("Run evaluation", type="primary", disabled=collect is None, key=state.EVAL_RUN):
     try:
@@ -63,9 +71,14 @@ if st.button("Run evaluation", type="primary", disabled=collect is None, key=sta
         st.error(f"Nothing was evaluated: {e}", icon="🚫")
         st.stop()
     items = interleave(items, key=lambda it: it.label)  # classes spread out: partial results stay balanced
-    batch = Batch(title, len(items), card.threshold, card.positive_class, items if keep else None)
+    batch = Batch(title, len(items), scorer.threshold, card.positive_class, items if keep else None)
     st.session_state[state.BATCH] = batch
-    for stale in (state.EVAL_THRESHOLD, state.REVIEW_OPEN, state.REVIEW_DIALOG, state.THUMBNAILS):  # they belong to the last batch
+    st.session_state[state.BATCH_SCORED_BY] = {"site": None if in_use.profile is None else in_use.profile.name,
+                                               "profile": in_use.profile,  # the review page decides with it too
+                                               "line": sites.in_use_line(in_use.profile),
+                                               "threshold": scorer.threshold}
+    for stale in (state.EVAL_THRESHOLD, state.REVIEW_OPEN, state.REVIEW_DIALOG, state.THUMBNAILS,  # the last batch's
+                  state.SITE_FITTED):
         st.session_state.pop(stale, None)
     bar = st.progress(0.0, text=progress_text(0, len(items), 0.0))
     t0 = time.perf_counter()
@@ -73,7 +86,7 @@ if st.button("Run evaluation", type="primary", disabled=collect is None, key=sta
     def progress(done: int, total: int) -> None:
         bar.progress(done / total if total else 1.0, text=progress_text(done, total, time.perf_counter() - t0))
 
-    for row in iter_scores(clf, items, batch_size=8, progress=progress, include_non_chest=True):  # kept, never shown
+    for row in iter_scores(scorer, items, batch_size=8, progress=progress, include_non_chest=True):  # kept, never shown
         batch.rows.append(row)  # kept even if the run is interrupted (a click elsewhere stops the script)
     batch.done, batch.seconds = True, time.perf_counter() - t0
     bar.empty()
@@ -85,6 +98,9 @@ if batch is None or not batch.rows:
 # ---------------------------------------------------------------- results
 st.divider()
 st.subheader(f"Results · {batch.title}")
+scored_by = st.session_state.get(state.BATCH_SCORED_BY) or {"site": None, "line": sites.SHIPPED,
+                                                            "threshold": card.threshold}
+st.caption(f"Scored with: **{scored_by['line']}**")
 if batch.interrupted:
     st.warning(f"The evaluation was interrupted after {len(batch.rows)} of {batch.total} films; the results "
                "below cover the films scored so far.", icon="⏸️")
@@ -94,9 +110,12 @@ if state.EVAL_THRESHOLD not in st.session_state:
 left, right = st.columns([4, 1])
 batch.threshold = left.slider("Operating point (%): metrics recompute from the stored scores", 0.0, 100.0,
                               step=0.5, format="%.1f%%", key=state.EVAL_THRESHOLD) / 100.0
+model_threshold = scored_by["threshold"]
 right.button("Model's operating point", key=state.EVAL_RESET,
-             help=f"{fmt_threshold(card.threshold)}: {card.threshold_rule}",
-             on_click=lambda: st.session_state.update({state.EVAL_THRESHOLD: 100.0 * card.threshold}))
+             help=f"{fmt_threshold(model_threshold)}: "
+                  + (card.threshold_rule if scored_by["site"] is None else
+                     f"the site profile's, by the card's rule on the site's films ({card.threshold_rule})"),
+             on_click=lambda: st.session_state.update({state.EVAL_THRESHOLD: 100.0 * model_threshold}))
 
 refused = batch.refused()
 if refused:
@@ -111,7 +130,7 @@ if refused:
 report = batch.report()
 d = report.as_dict()
 
-at_model = abs(batch.threshold - card.threshold) < 1e-9
+at_model = abs(batch.threshold - model_threshold) < 1e-9
 st.caption(f"{d['n']} labelled films scored · {len(refused)} not a chest film "
            f"({'in' if batch.include_refused else 'left out of'} the metrics) · {report.n_unlabelled} without a "
            f"label · {report.n_errors} failed" + (f" · {batch.seconds:.1f} s" if batch.seconds else "")
@@ -167,7 +186,85 @@ left, right = st.columns(2)
 left.download_button("Download per-image CSV", report.to_csv, file_name="covidxr_evaluation.csv",
                      mime="text/csv", key=state.EVAL_CSV, on_click="ignore")  # built on click only
 right.download_button("Download full report (JSON)",
-                      lambda: json.dumps({**d, "operating_point": fmt_threshold(batch.threshold)}, indent=2),
+                      lambda: json.dumps({**({"site": scored_by["site"]} if scored_by["site"] else {}), **d,
+                                          "operating_point": fmt_threshold(batch.threshold)}, indent=2),
                       file_name="covidxr_evaluation.json", mime="application/json", key=state.EVAL_JSON,
                       on_click="ignore")
 st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon="🔎")
+
+# ---------------------------------------------------------------- a site profile from this batch
+st.divider()
+st.subheader("Fit a site profile from this batch")
+st.caption(f"A site profile recalibrates the model on your own labelled films: at least {MIN_PER_CLASS} of each "
+           f"class; below {ROUGH_PER_CLASS} of a class its figures are rough. It is fitted with the shipped model "
+           "(whatever is in use), its figures are cross-validated beside the shipped model's, and it is saved under "
+           "its name in this server's profile folder, for every user of the server. The films are re-read in "
+           "memory; only the profile is written, with no film names.")
+blocker = sites.fit_blocker(batch)
+name = st.text_input("Profile name (also its folder on the server)", key=state.SITE_NAME, max_chars=sites.MAX_NAME,
+                     disabled=blocker is not None, placeholder="e.g. St Mary radiology 2024")
+folder, problem, exists, overwrite = None, None, False, False
+if blocker is None and name.strip():
+    try:
+        folder = sites.check_name(name)
+    except ValueError as e:
+        problem = f"This name cannot be used: {e}."
+    else:
+        exists = (sites.sites_dir() / folder).exists()
+if exists:
+    overwrite = st.checkbox(f"Replace the profile “{folder}” already saved on this server",
+                            key=state.site_overwrite(folder))
+if blocker:
+    st.info(blocker, icon="ℹ️")
+elif problem:
+    st.error(problem, icon="🚫")
+elif exists and not overwrite:
+    st.warning(f"A profile named “{folder}” is already saved on this server: choose another name, or tick the box "
+               "to replace it.", icon="⚠️")
+if st.button("Fit and save the site profile", key=state.SITE_FIT,
+             disabled=blocker is not None or folder is None or (exists and not overwrite)):
+    bar = st.progress(0.0, text="Reading the films again…")
+
+    def fit_progress(done: int, total: int) -> None:
+        bar.progress(0.8 * done / total if total else 0.8,
+                     text=f"Scoring {done} of {total} films with the shipped model")
+
+    try:
+        profile, skipped = sites.fit(clf, batch.items, folder, progress=fit_progress, fitting=lambda: bar.progress(
+            0.85, text="Fitting and cross-validating the profile…"))
+        path = sites.save(profile, sites.sites_dir(), folder, overwrite=overwrite)
+    except (SiteError, FileExistsError, OSError) as e:  # TooFewFilms is a SiteError
+        bar.empty()
+        st.error(f"No profile was saved: {e}", icon="🚫")
+    else:
+        bar.empty()
+        st.session_state[state.SITE_FITTED] = {"folder": folder, "profile": profile, "skipped": len(skipped)}
+
+fitted = st.session_state.get(state.SITE_FITTED)
+if fitted:
+    p = fitted["profile"]
+    figs = p.figures or {}
+    st.success(f"Saved as “{fitted['folder']}” in the server's profile folder: {p.describe()}. Choose it on the "
+               "Screen page to use it.", icon="💾")
+    st.markdown(f"**Shipped model against the adapted profile on your films**, both cross-validated: "
+                f"{sites.films_text(p, card.positive_class)}, {figs.get('folds', '?')} folds by "
+                f"{figs.get('folds_by', 'film')}; 95% CIs in brackets. Method kept: {sites.method_title(p.method)}.")
+    st.dataframe(sites.figure_rows(p), hide_index=True)
+    if rough := sites.rough_text(p):
+        st.warning(rough, icon="⚠️")
+    kind, text = sites.advice(p)
+    {"info": st.info, "warning": st.warning}[kind](text, icon="⚖️")
+    if fitted["skipped"]:
+        st.caption(f"{fitted['skipped']} film{'s' if fitted['skipped'] > 1 else ''} of the batch left out of the fit "
+                   "(unreadable, unlabelled, or not a frontal chest radiograph).")
+    if roc := sites.roc_rows(p):
+        curves = alt.Chart(alt.Data(values=roc)).mark_line().encode(
+            x=alt.X("fpr:Q", title="1 − specificity (false positive rate)", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("tpr:Q", title="sensitivity (true positive rate)", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("model:N", title=None, legend=alt.Legend(orient="bottom")), order="i:Q")
+        chance = alt.Chart(alt.Data(values=[{"fpr": 0, "tpr": 0}, {"fpr": 1, "tpr": 1}])).mark_line(
+            strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
+        st.markdown("**ROC curves, cross-validated** (out-of-fold scores on your films)")
+        st.altair_chart(chance + curves, width="stretch")
+    st.caption(figs.get("note", ""))
+    st.page_link("pages/screen.py", label="Choose the profile on the Screen page", icon="🩻")

@@ -4,9 +4,10 @@ engineering detail in expanders. Every number is read from weights/model_card.js
 import streamlit as st
 
 from webapp import card_view as cv
+from webapp import sites
 from webapp.model import card as model_card
 from webapp.tables import breakdown_rows, confusion_table, metric_rows
-from webapp.wording import METRIC_HELP, METRIC_TITLES, class_title
+from webapp.wording import METRIC_HELP, METRIC_TITLES, class_title, fmt_threshold
 
 card = model_card()
 metrics = card.metrics or {}
@@ -26,10 +27,24 @@ if held := cv.held_out_rows(card):
     st.markdown("**Each source left out of training, scored afterwards** (95% CIs; a source with one class "
                 "has no AUC)")
     st.dataframe(held, hide_index=True)
+if adapted := cv.site_adaptation_rows(card):
+    st.markdown("**A site profile on a source it has never seen** (measured: fitted on half of the source's "
+                "patients, scored on the other half; 95% CIs)")
+    st.dataframe(adapted, hide_index=True)
+    st.caption(cv.site_adaptation_text(card))
 
 st.header("How it decides")
 st.markdown(cv.decision_text(card))
 st.caption(f"How the operating point was chosen: {card.threshold_rule}")
+if (profile := sites.active_profile()) is not None:
+    st.subheader(f"The site profile in use: {profile.name}")
+    st.markdown(f"In this session the Screen and Batch evaluation pages decide at this profile's operating point, "
+                f"**{fmt_threshold(profile.threshold)}**, not the shipped one. Fitted {profile.created[:10]} on "
+                f"{sites.films_text(profile, card.positive_class)}; method: {sites.method_title(profile.method)}. "
+                "Both rows on the site's films, cross-validated (95% CIs in brackets):")
+    st.dataframe(sites.figure_rows(profile), hide_index=True)
+    if rough := sites.rough_text(profile):
+        st.caption(rough)
 
 if validation := metrics.get("validation"):
     st.header("Headline figures (optimistic)")

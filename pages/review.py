@@ -3,7 +3,7 @@ first; "Open" shows a film large in a dialog where the user is, with previous/ne
 A film the gate refused is listed with its reasons and never a score."""
 import streamlit as st
 
-from webapp import state
+from webapp import sites, state
 from webapp.batch import Batch
 from webapp.films import load_item, thumbnail
 from webapp.model import classifier
@@ -26,8 +26,10 @@ if not entries:
     st.stop()
 
 card = classifier().card
+scored_by = st.session_state.get(state.BATCH_SCORED_BY) or {}
+batch_profile = scored_by.get("profile")  # the films are decided as the batch was scored, whatever is in use now
 st.caption(f"{batch.title} · {len(entries)} films · outcomes at operating point {fmt_threshold(batch.threshold)} "
-           "(set on the Batch evaluation page)")
+           f"(set on the Batch evaluation page) · scored with: {scored_by.get('line', sites.SHIPPED)}")
 pairs = [(r.probability, r.positive, is_refused(r)) for _, r in entries]
 present = [o for o in ALL if o in {it.outcome for it in review_items(pairs, batch.threshold)}]
 left, mid, right = st.columns([3, 1, 1])
@@ -84,7 +86,7 @@ def film_dialog() -> None:
     if loaded.film is None:
         st.error(f"{row.path} could not be read again: {loaded.error}", icon="🚫")
     else:
-        show_result(loaded.key, loaded.film, threshold=batch.threshold)
+        show_result(loaded.key, loaded.film, threshold=batch.threshold, profile=batch_profile)
 
 
 if st.session_state.get(state.REVIEW_DIALOG) is not None:
@@ -103,7 +105,7 @@ for r0 in range(start, min(start + PER_PAGE, len(items)), COLUMNS):
         with col.container(border=True):
             if batch.items is not None:
                 refused = items[k].outcome == REFUSED
-                thumb = (heat_thumbnail(batch.items[i], row.probability >= batch.threshold)
+                thumb = (heat_thumbnail(batch.items[i], row.probability >= batch.threshold, profile=batch_profile)
                          if heatmaps and not refused else thumbnail(batch.items[i]))
                 if thumb is not None:
                     st.image(thumb, width="stretch", alt=f"{row.path} (heatmap)" if heatmaps and not refused

@@ -101,3 +101,38 @@ def films_per_source(card: Any) -> list[dict]:
     per = (card.data or {}).get("films_per_source") or {}
     classes = list(dict.fromkeys(c for v in per.values() for c in v))
     return [{"source": source_title(s), **{class_title(c): v.get(c, 0) for c in classes}} for s, v in per.items()]
+
+
+def site_adaptation_rows(card: Any) -> list[dict]:
+    """metrics.site_adaptation (scripts/site_measure.py): per two-class held-out source, the fold model without and
+    with a site profile fitted on the other half of the source's patients, each "value (95% CI)"."""
+    sa = (card.metrics or {}).get("site_adaptation") or {}
+    name = class_title(card.positive_class)
+    rows = []
+    for s, f in (sa.get("folds") or {}).items():
+        films = f.get("films") or {}
+        pos = films.get(card.positive_class)
+        neg = sum(v for k, v in films.items() if k != card.positive_class)
+        for what, key in (("model trained without it", "fold_model"), ("with a site profile", "with_profile")):
+            r = f.get(key) or {}
+            rows.append({"source left out of training": source_title(s), f"films ({name}/other)": f"{pos}/{neg}",
+                         "scored by": what, "AUC": fmt_estimate(r, "auc"),
+                         "Sensitivity": fmt_estimate(r, "sensitivity"), "Specificity": fmt_estimate(r, "specificity")})
+    return rows
+
+
+def site_adaptation_text(card: Any) -> str | None:
+    """What the measured site-profile table says, in words (None when the card has no such measurement)."""
+    sa = (card.metrics or {}).get("site_adaptation") or {}
+    folds = sa.get("folds") or {}
+    if not folds:
+        return None
+    met = [s for s, f in folds.items() if f.get("target_met")]
+    gains = "; ".join(f"{source_title(s)}: AUC {'+' if (f.get('auc_gain') or 0) >= 0 else ''}{f.get('auc_gain', 0):.3f}"
+                      for s, f in folds.items() if f.get("auc_gain") is not None)
+    verdict = ("The target was met on " + ", ".join(source_title(s) for s in met) if met
+               else "No site profile improved the model on a source it had never seen")
+    return (f"A site profile fitted on one half of a held-out source's patients, scored on the other half ({gains}). "
+            f"{verdict} (target: {sa.get('target', 'not stated')}). Fit one on your own films as a validation first: "
+            "the shipped model's row is the honest local estimate, and the adapted row is worth using only when it "
+            "is clearly better.")

@@ -19,6 +19,27 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# What the result view sends to the browser: the film and its overlay beside each other at about a
+# column's width in the wide layout, the "larger view" at full width; each encoded once per film and
+# opacity (webapp.view) and handed to st.image as JPEG bytes, which Streamlit passes on without
+# decoding or encoding them again. The downloaded overlay (png_bytes) keeps the film's full size.
+DISPLAY_SIDE = 800
+LARGE_SIDE = 1024
+JPEG_QUALITY = 90  # what Streamlit itself uses when it resizes an image for the page
+
+
+def jpeg_bytes(image: np.ndarray, side: int | None = None, quality: int = JPEG_QUALITY) -> bytes:
+    """An 8-bit grayscale or RGB array as JPEG bytes, reduced (bilinear, aspect kept) so that its longest
+    side is at most `side`; never enlarged."""
+    im = Image.fromarray(np.ascontiguousarray(image))
+    if side is not None and max(im.size) > side:
+        scale = side / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def overlay_name(name: str) -> str:
     """Download name for a film's overlay: `chest.dcm` -> `chest_gradcam.png`."""
     stem = name.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "film"
@@ -52,6 +73,41 @@ def muted_overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) 
     a = (alpha * np.clip(h, 0.0, 1.0))[..., None]
     rgb = (1.0 - a) * g[..., None] + a * np.asarray(MUTED_RGB, np.float32)
     return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def _levels(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] as 8-bit levels (uint16, to be packed two to an index), as explain.overlay takes them."""
+    return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint16)
+
+
+class Drawing:
+    """A film and its heatmap made ready to draw at one size (at most `side` px, else the film's own): both
+    reduced and quantized to 8-bit levels once per film, so that each opacity costs one 256 x 256 colour
+    table and one lookup per pixel. The jet drawing is explain.overlay's, pixel for pixel (the same levels
+    and table); the muted one is muted_overlay's from 8-bit levels, within 1 of 255 of it."""
+
+    def __init__(self, pixels: np.ndarray, heatmap: np.ndarray, side: int | None = None):
+        p, h = np.asarray(pixels, np.float32), np.asarray(heatmap, np.float32)
+        if h.shape != p.shape:
+            h = np.asarray(Image.fromarray(h, mode="F").resize((p.shape[1], p.shape[0]), Image.BILINEAR))
+        if side is not None:
+            p, h = shrink(p, side), shrink(h, side)
+        self.shape = p.shape
+        self.index = (_levels(p) << 8) | _levels(h)
+
+    def draw(self, alpha: float, muted: bool = False) -> np.ndarray:
+        """uint8 RGB: the film in gray with the map over it, jet or (muted) the slate tone, at opacity alpha."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha {alpha} outside [0, 1]")
+        levels = np.arange(256, dtype=np.float32) / 255.0
+        a = (alpha * levels)[None, :, None]
+        if muted:
+            colour = np.asarray(MUTED_RGB, np.float32)[None, None, :]
+        else:
+            from covidxr.explain import jet
+            colour = jet(levels)[None]
+        table = (((1.0 - a) * levels[:, None, None] + a * colour) * 255.0 + 0.5).astype(np.uint8)
+        return table.reshape(256 * 256, 3).take(self.index, axis=0)  # take: 4x faster than [] indexing here
 
 
 def colour_bar(width: int = 256, height: int = 14, muted: bool = False) -> np.ndarray:

@@ -19,10 +19,15 @@ FILMS = "films"                # LRU of decoded films, by content and name
 EXPLANATIONS = "explanations"  # LRU of Grad-CAM explanations, by content
 THUMBNAILS = "thumbnails"      # LRU of the review gallery's thumbnails, by film path
 REVIEW_OPEN = "review_open"    # the batch row opened large on the review page
+SITE_ACTIVE = "site_active"    # the session's site profile: its folder in the profile folder (None: shipped model)
+SITE_FITTED = "site_fitted"    # Batch evaluation page: the last batch's fitted profile {folder, profile, skipped}
+BATCH_SCORED_BY = "batch_scored_by"  # how the last batch was scored: {"site": name or None, "profile", "line", "threshold"}
+DISPLAY_IMAGES = "display_images"  # LRU of the result view's JPEG bytes, by film, colouring and opacity (webapp.view)
 
 # ---------------------------------------------------------------- widgets: Screen a film
 SCREEN_UPLOAD = "screen_upload"
 SCREEN_SAMPLE = "screen_sample"
+SITE_SELECT = "site_select"    # the operating point in use: "Shipped model" or a saved site profile
 
 # ---------------------------------------------------------------- widgets: Batch evaluation
 EVAL_SOURCE = "eval_source"
@@ -35,6 +40,9 @@ EVAL_RESET = "eval_reset"
 EVAL_CSV = "eval_csv"
 EVAL_JSON = "eval_json"
 EVAL_INCLUDE_REFUSED = "eval_include_refused"
+SITE_NAME = "site_name"              # fit a site profile from the batch: its name (and folder)
+SITE_OVERWRITE = "site_overwrite"    # replace the saved profile of that name (one box per name: site_overwrite())
+SITE_FIT = "site_fit"
 # The batch form as the user left it: Streamlit drops the state of widgets that are not drawn (another
 # page is open), so these are copied under KEPT_PREFIX and restored when the page is drawn again.
 EVAL_FORM = (EVAL_SOURCE, EVAL_LABEL, EVAL_FOLDER)
@@ -65,6 +73,11 @@ def opacity_slider(film_key: str) -> str:
 
 def overlay_download(film_key: str) -> str:
     return f"download_{film_key}"
+
+
+def site_overwrite(folder: str) -> str:
+    """The Batch page's "replace the saved profile" box for one name, so that a tick never carries over to another."""
+    return f"{SITE_OVERWRITE}_{folder}"
 
 
 def restore_form(keys: tuple[str, ...]) -> None:

@@ -8,7 +8,11 @@ so that no colour suggests a finding the decision denies.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import weakref
+from dataclasses import dataclass
 
+import numpy as np
 import streamlit as st
 
 import covidxr
@@ -16,7 +20,8 @@ from covidxr.explain import Explanation, explain, overlay
 from covidxr.films import Film, film_summary
 
 from . import state
-from .images import annotated, colour_bar, muted_overlay, overlay_name, png_bytes, to_uint8
+from .images import (DISPLAY_SIDE, LARGE_SIDE, Drawing, annotated, colour_bar, jpeg_bytes, muted_overlay,
+                     overlay_name, png_bytes, to_uint8)
 from .lru import LRU
 from .model import card, classifier
 from .tables import class_rows
@@ -32,19 +37,33 @@ def explanations() -> LRU[str, Explanation]:
     return state.user_state(state.EXPLANATIONS, lambda: LRU(48))
 
 
-def explained(key: str, film: Film) -> Explanation:
+ACTIVE = object()  # explained()/show_result(): the session's operating point (webapp.sites.active)
+
+
+def explained(key: str, film: Film, profile=ACTIVE) -> Explanation:
+    """The film's prediction and heatmap at an operating point: `profile` (a covidxr.site.SiteProfile, or None
+    for the shipped model's), by default the session's (webapp.sites). Cached by (profile, film): switching
+    profiles decides again. The review page passes the profile its batch was scored with, so that the film
+    it opens is decided as its row was."""
+    from . import sites
+
+    if profile is ACTIVE:
+        profile = sites.active_profile()
     cache = explanations()
-    found = cache.get(key)
+    found = cache.get((sites.token(profile), key))
     if found is None:
+        clf = classifier() if profile is None else sites.scoring_classifier(profile)
         with st.spinner(f"Computing the heatmap for {film.name or 'the film'}…"):
-            found = cache.put(key, explain(classifier(), film))
+            found = cache.put((sites.token(profile), key), explain(clf, film))
     return found
 
 
-def model_version() -> str:
-    """The model as a report names it: card name, weights sha256[:12], package version."""
+def model_version(site: str | None = None) -> str:
+    """The model as a report names it: card name, weights sha256[:12], package version, and the site profile
+    that decided (the prediction's `site`), if any."""
     c = card()
-    return f"{c.name} (weights {c.weights_sha256[:12]}, covidxr {covidxr.__version__})"
+    text = f"{c.name} (weights {c.weights_sha256[:12]}, covidxr {covidxr.__version__})"
+    return text if site is None else f"{text}, site profile {site}"
 
 
 def show_facts(film: Film) -> None:
@@ -54,7 +73,7 @@ def show_facts(film: Film) -> None:
         st.caption(" · ".join(f"{k}: {v}" for k, v in facts.items()))
 
 
-def show_refusal(ood, film: Film, positive_class: str) -> None:
+def show_refusal(ood, film: Film, positive_class: str, key: str) -> None:
     """A film the gate refused: the decisive reason first, in words; the numbers on a details line; no score."""
     r = refusal(ood, positive_class)
     st.error(r.text(), icon=ICONS["refused"])
@@ -62,7 +81,7 @@ def show_refusal(ood, film: Film, positive_class: str) -> None:
         st.caption(f"Details: {r.details}")
     for w in r.warnings:
         st.warning(w, icon=ICONS["warning"])
-    st.image(to_uint8(film.pixels), caption="Film", output_format="JPEG")
+    st.image(film_jpeg(key, film), caption="Film", output_format="JPEG")
     show_facts(film)
 
 
@@ -77,40 +96,49 @@ def show_decision(pred, positive: bool, threshold: float, positive_class: str) -
     return how
 
 
-def show_result(key: str, film: Film, threshold: float | None = None) -> Explanation:
+def show_result(key: str, film: Film, threshold: float | None = None, profile=ACTIVE) -> Explanation:
     """The decision, per-class probabilities, film and overlay side by side, colour scale, opacity,
     larger view, report-ready download and a one-line summary. `key`: the film's content key.
-    `threshold`: the review page's, when it differs from the model's."""
+    `threshold`: the review page's, when it differs from the model's; `profile`: see explained()."""
     positive_class = card().positive_class
-    ex = explained(key, film)
+    ex = explained(key, film, profile)
     pred = ex.prediction
     if refusal(pred.ood, positive_class) is not None:
-        show_refusal(pred.ood, film, positive_class)
+        show_refusal(pred.ood, film, positive_class, key)
         return ex
     t = pred.threshold if threshold is None else threshold
     positive = pred.probability >= t
     show_decision(pred, positive, t, positive_class)
     for w in gate_warnings(pred.ood):
         st.warning(w, icon=ICONS["warning"])
+    show_drawing(key, film, ex, positive, t, positive_class)
+    return ex
+
+
+@st.fragment
+def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float, positive_class: str) -> None:
+    """Everything of a result that follows the opacity slider: film and overlay, colour scale, larger view,
+    table, download and summary. A fragment, so that moving the slider reruns only this film's drawing, not
+    the page (nor the other films on it); its images come encoded from this session's cache."""
+    pred = ex.prediction
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, DEFAULT_OPACITY, 0.05, key=state.opacity_slider(key),
                       help="Changes only the drawing; the heatmap is not recomputed.")
     name = class_title(positive_class)
+    beside, large = overlay_jpegs(key, film, ex, positive, alpha)
     if positive:
-        blended = overlay(film.pixels, ex.heatmap, alpha)
         caption = f"Grad-CAM for {name}: where the model looked"
         legend = f"Colour scale: low → high attention for the {name} class"
     else:
-        blended = muted_overlay(film.pixels, ex.heatmap, alpha)
         caption = f"Grad-CAM for {name}, muted: below the operating point, not a finding"
         legend = (f"Muted scale (grey → slate): low → high attention for the {name} class. The film is below "
                   "the operating point: the map shows where the model looked, not a finding.")
     left, right = st.columns(2)
-    left.image(to_uint8(film.pixels), caption="Film", width="stretch", output_format="JPEG", alt="Film")
-    right.image(blended, caption=caption, width="stretch", output_format="JPEG", alt="Grad-CAM overlay")
-    right.image(colour_bar(muted=not positive), width="stretch", alt="Heatmap colour scale")
+    left.image(film_jpeg(key, film), caption="Film", width="stretch", output_format="JPEG", alt="Film")
+    right.image(beside, caption=caption, width="stretch", output_format="JPEG", alt="Grad-CAM overlay")
+    right.image(colour_bar_png(not positive), width="stretch", output_format="PNG", alt="Heatmap colour scale")
     right.caption(legend)
     with st.expander("Larger view (full width; hover the image for full screen)"):
-        st.image(blended, width="stretch", output_format="JPEG", alt="Grad-CAM overlay, large")
+        st.image(large, width="stretch", output_format="JPEG", alt="Grad-CAM overlay, large")
     cols = st.columns([2, 1])
     with cols[0]:
         st.dataframe(class_rows(pred.class_probabilities), hide_index=True, width="stretch",
@@ -119,23 +147,94 @@ def show_result(key: str, film: Film, threshold: float | None = None) -> Explana
         show_facts(film)
     today = dt.date.today().isoformat()
     summary = summary_line(film.name or "film", pred.probability, positive, t, positive_class,
-                           pred.class_probabilities, model_version(), today)
+                           pred.class_probabilities, model_version(pred.site), today)
     other = None if positive else other_finding_sentence(pred.class_probabilities, positive_class)
     lines = [verdict(pred.probability, positive, t, positive_class) + (f". {other}" if other else ""),
-             f"Model: {model_version()}", f"Date: {today}", DISCLAIMER_PLAIN]
-    cols[1].download_button("Download overlay (PNG)", lambda: png_bytes(annotated(blended, lines)),
+             f"Model: {model_version(pred.site)}", f"Date: {today}", DISCLAIMER_PLAIN]
+
+    def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked
+        return png_bytes(annotated(drawn(film, ex, positive, alpha), lines))
+
+    cols[1].download_button("Download overlay (PNG)", full_size,
                             file_name=overlay_name(film.name), mime="image/png", key=state.overlay_download(key),
                             on_click="ignore", help="The overlay with the decision, score, operating point, "
                                                     "model version, date and disclaimer printed below it.")
     cols[1].caption("One line for a report (copy with the icon):")
     cols[1].code(summary, language=None, wrap_lines=True)
-    return ex
 
 
-def heat_thumbnail(item, called_positive: bool, side: int = 256):
+# ---------------------------------------------------------------- display images, encoded once per film and opacity
+
+def display_images() -> LRU:
+    """The result view's images as JPEG bytes at display size, kept in this session: a rerun (another film
+    dropped, a slider moved back) sends the same bytes again without drawing or encoding anything."""
+    return state.user_state(state.DISPLAY_IMAGES, lambda: LRU(48))
+
+
+def drawn(film: Film, ex: Explanation, positive: bool, alpha: float) -> np.ndarray:
+    """The overlay at the film's full size: jet for a film called positive, muted slate below the operating point."""
+    return (overlay if positive else muted_overlay)(film.pixels, ex.heatmap, alpha)
+
+
+def film_jpeg(key: str, film: Film) -> bytes:
+    """The film as shown: JPEG at most DISPLAY_SIDE px, encoded once per film (by content) in this session."""
+    cache = display_images()
+    found = cache.get((key, "film"))
+    if found is None:
+        found = cache.put((key, "film"), jpeg_bytes(to_uint8(film.pixels), DISPLAY_SIDE))
+    return found
+
+
+@dataclass(frozen=True)
+class _Drawings:
+    source: weakref.ref     # the Explanation drawn (the same film scored under another site profile is another)
+    beside: Drawing         # at most DISPLAY_SIDE px, beside the film
+    large: Drawing | None   # at most LARGE_SIDE px, the larger view; None: the film fits the display size
+
+
+@dataclass(frozen=True)
+class _Overlay:
+    source: weakref.ref
+    beside: bytes           # JPEG at most DISPLAY_SIDE px
+    large: bytes            # JPEG at most LARGE_SIDE px (the same bytes when the film fits the display size)
+
+
+def drawings(key: str, film: Film, ex: Explanation) -> _Drawings:
+    """The film and its heatmap reduced and quantized once per film and explanation, ready for any opacity."""
+    cache = display_images()
+    found = cache.get((key, "drawings"))
+    if found is None or found.source() is not ex:
+        beside = Drawing(film.pixels, ex.heatmap, DISPLAY_SIDE)
+        large = None if max(film.pixels.shape) <= DISPLAY_SIDE else Drawing(film.pixels, ex.heatmap, LARGE_SIDE)
+        found = cache.put((key, "drawings"), _Drawings(weakref.ref(ex), beside, large))
+    return found
+
+
+def overlay_jpegs(key: str, film: Film, ex: Explanation, positive: bool, alpha: float) -> tuple[bytes, bytes]:
+    """The overlay beside the film and in the larger view, as JPEG bytes, drawn and encoded once per film,
+    explanation, colouring and opacity in this session."""
+    cache = display_images()
+    k = (key, "overlay", positive, round(alpha, 4))
+    found = cache.get(k)
+    if found is None or found.source() is not ex:
+        d = drawings(key, film, ex)
+        beside = jpeg_bytes(d.beside.draw(alpha, muted=not positive))
+        large = beside if d.large is None else jpeg_bytes(d.large.draw(alpha, muted=not positive))
+        found = cache.put(k, _Overlay(weakref.ref(ex), beside, large))
+    return found.beside, found.large
+
+
+@functools.lru_cache(maxsize=2)
+def colour_bar_png(muted: bool) -> bytes:
+    """The colour scale as PNG bytes, made once per process."""
+    return png_bytes(colour_bar(muted=muted))
+
+
+def heat_thumbnail(item, called_positive: bool, side: int = 256, profile=ACTIVE):
     """A gallery tile: the film with its Grad-CAM (jet when the film is called positive, muted slate
     below the operating point), 8-bit RGB at most `side` px; None when the film cannot be read again.
-    The heatmap comes from this session's cache (computed once per film, shared with the large view)."""
+    The heatmap comes from this session's cache (computed once per film and `profile`, see explained(),
+    shared with the large view)."""
     from .films import load_item
     from .images import shrink
 
@@ -146,7 +245,7 @@ def heat_thumbnail(item, called_positive: bool, side: int = 256):
         if loaded.film is None:
             thumbs.put(key, None)
         else:
-            ex = explained(loaded.key, loaded.film)
+            ex = explained(loaded.key, loaded.film, profile)
             pixels, heat = shrink(loaded.film.pixels, side), shrink(ex.heatmap.astype("float32"), side)
             draw = overlay if called_positive else muted_overlay
             thumbs.put(key, draw(pixels, heat, DEFAULT_OPACITY))

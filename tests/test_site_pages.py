@@ -1,0 +1,324 @@
+"""Site profiles in the app (issue 14): webapp.sites on its own, then the pages driven by Streamlit's AppTest:
+fit and save a profile from a labelled batch, choose it on the Screen page, score with it, refuse a bad one.
+
+The profile folder is a tmp one ($COVIDXR_SITES_DIR); fitting in the app is narrowed to the temperature method
+and 200 bootstrap resamples (webapp.sites.FIT_METHODS, N_BOOT) to keep the runtime short.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from covidxr.card import ModelCard
+from covidxr.classifier import DEFAULT_WEIGHTS
+from covidxr.site import SiteError, fit_profile
+from tests.conftest import REPO, shared_data
+from tests.test_site import FakeCard, synthetic
+from webapp import sites, state
+from webapp.wording import fmt_threshold
+
+APP = str(REPO / "app.py")
+SAMPLES = REPO / "samples"
+COVID_SAMPLE = SAMPLES / "covid" / "006f3a8a.jpg"
+TIMEOUT = 300
+WEIGHTS = Path(os.environ.get("COVIDXR_TEST_WEIGHTS") or DEFAULT_WEIGHTS)
+APPS = [pytest.mark.model, pytest.mark.slow]
+
+
+def made_profile(name: str, sha: str, n: int = 8, seed: int = 0):
+    """A small temperature profile fitted on synthetic numbers for a base model of weights `sha`."""
+    return fit_profile(synthetic(n, n, seed=seed), FakeCard(weights_sha256=sha), name, methods=["temperature"],
+                       n_boot=50)
+
+
+def tamper(folder: Path) -> None:
+    with np.load(folder / "site.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["bias"] = arrays["bias"] + 1
+    np.savez(folder / "site.npz", **arrays)
+
+
+# ---------------------------------------------------------------- webapp.sites on its own
+
+def test_the_profile_folder_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(sites.SITES_ENV, raising=False)
+    assert sites.sites_dir() == REPO / "sites"
+    monkeypatch.setenv(sites.SITES_ENV, "elsewhere/profiles")
+    assert sites.sites_dir() == REPO / "elsewhere" / "profiles"
+    monkeypatch.setenv(sites.SITES_ENV, str(tmp_path))
+    assert sites.sites_dir() == tmp_path
+
+
+@pytest.mark.parametrize("name", ["Ward 7", "st-mary_2024", "A.B", "x" * 64])
+def test_safe_names_are_kept(name):
+    assert sites.check_name(f"  {name} ") == name
+
+
+@pytest.mark.parametrize("name, why", [("", "give the profile a name"), ("../etc", "letters, digits"),
+                                       (".hidden", "letters, digits"), ("a/b", "letters, digits"),
+                                       ("ward 7.", "end with"), ("CON", "reserved"), ("x" * 65, "longer"),
+                                       ("naïve", "letters, digits")])
+def test_unsafe_names_are_refused_with_a_reason(name, why):
+    with pytest.raises(ValueError, match=why):
+        sites.check_name(name)
+
+
+def test_save_list_refuse_and_overwrite(tmp_path):
+    card = FakeCard()
+    good = made_profile("Good", card.weights_sha256)
+    sites.save(good, tmp_path, "Good")
+    assert sorted(p.name for p in (tmp_path / "Good").iterdir()) == ["site.json", "site.npz"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no temporary folder left
+    with pytest.raises(FileExistsError):
+        sites.save(good, tmp_path, "Good")
+    shutil.copytree(tmp_path / "Good", tmp_path / "Tampered")
+    tamper(tmp_path / "Tampered")
+    sites.save(made_profile("Other", "b" * 64), tmp_path, "Other")
+    (tmp_path / "not a profile").mkdir()
+    listed = {p.folder: p for p in sites.list_profiles(tmp_path, card)}
+    assert set(listed) == {"Good", "Tampered", "Other"}
+    assert listed["Good"].profile.name == "Good" and listed["Good"].error is None
+    assert listed["Tampered"].profile is None and "sha256" in listed["Tampered"].error
+    assert listed["Other"].profile is None and "another base model" in listed["Other"].error
+    again = made_profile("Good", card.weights_sha256, n=10, seed=1)
+    sites.save(again, tmp_path, "Good", overwrite=True)
+    assert sites.find(tmp_path, "Good", card).profile.n_films == 20           # the cache follows the files
+    assert sites.find(tmp_path, "../Good", card).error and sites.find(tmp_path, "nothing", card).error
+
+
+def test_in_use_line_rows_and_advice():
+    prof = made_profile("Ward 7", "a" * 64)
+    assert sites.in_use_line(None) == "Shipped model"
+    assert sites.in_use_line(prof) == f"Site profile: Ward 7, fitted on 16 films, {prof.created[:10]}"
+    rows = sites.figure_rows(prof)
+    assert [r["scored by"] for r in rows] == ["Shipped model", "Adapted: temperature (cross-validated)"]
+    assert rows[1]["operating point"] == fmt_threshold(prof.threshold)
+    assert all(r["AUC"].count("(") == 1 for r in rows)                          # value (95% CI)
+    assert {r["model"] for r in sites.roc_rows(prof)} == {"Shipped model", "Adapted (cross-validated)"}
+    assert sites.rough_text(prof) and "rough" in sites.rough_text(prof)
+    assert sites.films_text(prof, "covid") == "16 films: 8 COVID-19, 8 other"
+    shipped = {"auc": 0.7, "sensitivity": 0.5, "specificity": 0.6,
+               "ci": {"auc": [0.6, 0.8], "sensitivity": [0.4, 0.6], "specificity": [0.5, 0.7]}}
+    better = {"auc": 0.7, "sensitivity": 0.9, "specificity": 0.62,
+              "ci": {"auc": [0.6, 0.8], "sensitivity": [0.85, 0.95], "specificity": [0.52, 0.72]}}
+    prof.figures.update(shipped=shipped, adapted=better)
+    assert sites.clearly_better(prof) == (["sensitivity"], [])
+    kind, text = sites.advice(prof)
+    assert kind == "info" and "clearly better" in text and "do not use covidxr" in text
+    prof.figures["adapted"] = {**better, "ci": {**better["ci"], "specificity": [0.2, 0.4]}}   # a trade: not better
+    assert sites.clearly_better(prof) == (["sensitivity"], ["specificity"])
+    kind, text = sites.advice(prof)
+    assert kind == "warning" and "keep the shipped model" in text and "clearly worse on specificity" in text
+    prof.figures["adapted"] = shipped
+    kind, text = sites.advice(prof)
+    assert kind == "warning" and "not clearly better" in text and "CIs overlap" in text
+
+
+def row(truth, error=None, chest=True):
+    return SimpleNamespace(truth=truth, error=error, chest_xray=chest)
+
+
+def test_fitting_needs_eight_kept_labelled_chest_films_of_each_class():
+    rows = [row(True)] * 8 + [row(False)] * 7 + [row(None), row(False, error="unreadable"), row(False, chest=False)]
+    batch = SimpleNamespace(items=[object()] * len(rows), done=True, rows=rows, positive_class="covid")
+    assert sites.labelled_counts(rows) == (8, 7)
+    assert "at least 8" in sites.fit_blocker(batch) and "add 0 COVID-19 and 1 other" in sites.fit_blocker(batch)
+    batch.rows = rows + [row(False)]
+    assert sites.fit_blocker(batch) is None
+    assert "run it again" in sites.fit_blocker(SimpleNamespace(**{**vars(batch), "done": False}))
+    assert "not kept" in sites.fit_blocker(SimpleNamespace(**{**vars(batch), "items": None}))
+
+
+def test_fit_refuses_a_classifier_that_already_has_a_profile():
+    with pytest.raises(SiteError, match="shipped model"):
+        sites.fit(SimpleNamespace(site=object()), [], "x")
+
+
+# ---------------------------------------------------------------- the pages
+
+@pytest.fixture(scope="module")
+def card() -> ModelCard:
+    return ModelCard.load(WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def site_films(tmp_path_factory) -> Path:
+    """8 COVID-19 and 8 other labelled films (the fewest a profile accepts), as a server folder."""
+    d = tmp_path_factory.mktemp("site_films")
+    pick = {"covid": [("hannover-mhh", "covid", 4), ("kaggle-radiography-db-224px", "covid", 4)],
+            "normal": [("kaggle-radiography-db-224px", "normal", 6)],
+            "pneumonia": [("nih-cxr8-via-darkcovidnet", "pneumonia", 2)]}
+    for label, parts in pick.items():
+        (d / label).mkdir()
+        for src, cls, n in parts:
+            for f in sorted(shared_data("cxr", src, cls).iterdir())[:n]:
+                shutil.copy(f, d / label / f.name)
+    return d
+
+
+@pytest.fixture
+def profiles(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "profiles"
+    monkeypatch.setenv(sites.SITES_ENV, str(d))
+    monkeypatch.setattr(sites, "N_BOOT", 200)
+    monkeypatch.setattr(sites, "FIT_METHODS", ("temperature",))
+    return d
+
+
+@pytest.fixture
+def app(profiles, monkeypatch) -> AppTest:
+    monkeypatch.setenv("COVIDXR_WEIGHTS", str(WEIGHTS))
+    monkeypatch.setenv("COVIDXR_THREADS", "1")
+    monkeypatch.delenv("COVIDXR_DATA_ROOTS", raising=False)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def in_use(at: AppTest) -> str:
+    [line] = [m.value for m in at.markdown if m.value.startswith("**In use:**")]
+    return line.removeprefix("**In use:** ")
+
+
+def verdict(at: AppTest) -> str:
+    [v] = [e.value for e in [*at.success, *at.error, *at.warning] if "COVID-19 pattern:" in e.value]
+    return v
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_too_few_films_per_class_disable_fitting(app):
+    app.switch_page("pages/evaluate.py").run()
+    app.radio(key=state.EVAL_SOURCE).set_value("The sample films").run()
+    app.button(key=state.EVAL_RUN).click().run()
+    assert not app.exception
+    assert any("at least 8 labelled chest films of each class" in i.value and "3 COVID-19 and 3 other" in i.value
+               for i in app.info)
+    assert app.button(key=state.SITE_FIT).disabled and app.text_input(key=state.SITE_NAME).disabled
+    assert any(c.value == "Scored with: **Shipped model**" for c in app.caption)   # the results say which
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films, card, monkeypatch):
+    monkeypatch.setenv("COVIDXR_DATA_ROOTS", str(site_films))
+    app.switch_page("pages/evaluate.py").run()
+    app.radio(key=state.EVAL_SOURCE).set_value("A folder on the server").run()
+    app.text_input(key=state.EVAL_FOLDER).set_value(".").run()
+    app.button(key=state.EVAL_RUN).click().run()
+    assert not app.exception and len(app.dataframe[-1].value) == 16
+    assert len(app.get("vega_lite_chart")) == 1
+    fit = app.button(key=state.SITE_FIT)
+    assert fit.disabled                                             # no name yet
+    app.text_input(key=state.SITE_NAME).set_value("../Ward 7").run()
+    assert any(e.value.startswith("This name cannot be used") for e in app.error)
+    assert app.button(key=state.SITE_FIT).disabled
+    app.text_input(key=state.SITE_NAME).set_value("Ward 7").run()
+    app.button(key=state.SITE_FIT).click().run()
+    assert not app.exception
+
+    # saved: the profile's two files only, no film names; its figures side by side, the caveat and the advice
+    saved = profiles / "Ward 7"
+    assert sorted(p.name for p in saved.iterdir()) == ["site.json", "site.npz"]
+    text = (saved / "site.json").read_text()
+    assert not any(f.stem in text for f in site_films.rglob("*.*"))
+    meta = json.loads(text)
+    assert meta["name"] == "Ward 7" and meta["base_sha256"] == card.weights_sha256
+    assert meta["films"] == {"covid": 8, "non-covid": 8}
+    assert any("Saved as “Ward 7”" in s.value for s in app.success)
+    table = app.dataframe[-1].value
+    assert list(table["scored by"]) == ["Shipped model", "Adapted: temperature (cross-validated)"]
+    assert table["operating point"][0] == fmt_threshold(card.threshold)
+    assert table["operating point"][1] == fmt_threshold(meta["threshold"])
+    assert any("rough estimate" in w.value for w in app.warning)
+    assert any("clearly better" in m.value for m in [*app.info, *app.warning])
+    charts = [c.proto.spec for c in app.get("vega_lite_chart")]
+    assert len(charts) == 2 and '"field": "model"' in charts[1]                # the batch's ROC, then the two CV ones
+
+    # the name is now taken: refused until replacing it is ticked
+    app.run()
+    assert app.button(key=state.SITE_FIT).disabled
+    assert any("already saved on this server" in w.value for w in app.warning)
+    app.checkbox(key=state.site_overwrite("Ward 7")).check().run()
+    assert not app.button(key=state.SITE_FIT).disabled
+
+    # the Screen page offers it; choosing it changes the line in use, the threshold and the report line
+    app.switch_page("pages/screen.py").run()
+    assert in_use(app) == "Shipped model"
+    picker = app.selectbox(key=state.SITE_SELECT)
+    assert picker.options == ["Shipped model", "Site profile: Ward 7"]
+    app.selectbox(key=state.SCREEN_SAMPLE).set_value(COVID_SAMPLE).run()
+    assert f"(operating point {fmt_threshold(card.threshold)})" in verdict(app)
+    assert fmt_threshold(meta["threshold"]) != fmt_threshold(card.threshold), "a test that cannot fail"
+    app.selectbox(key=state.SITE_SELECT).set_value("Ward 7").run()
+    assert not app.exception
+    assert in_use(app) == f"Site profile: Ward 7, fitted on 16 films, {meta['created'][:10]}"
+    assert f"(operating point {fmt_threshold(meta['threshold'])})" in verdict(app)
+    [summary] = [c.value for c in app.code]
+    assert "site profile Ward 7" in summary and fmt_threshold(meta["threshold"]) in summary
+
+    # the choice outlives a page switch; the Batch page scores with it and says so
+    app.switch_page("pages/evaluate.py").run()
+    assert any("Scored with: **Site profile: Ward 7" in c.value for c in app.caption)
+    app.radio(key=state.EVAL_SOURCE).set_value("The sample films").run()
+    app.button(key=state.EVAL_RUN).click().run()
+    assert not app.exception
+    assert app.session_state[state.BATCH].threshold == pytest.approx(meta["threshold"])
+    assert app.session_state[state.BATCH_SCORED_BY]["site"] == "Ward 7"
+    assert app.slider(key=state.EVAL_THRESHOLD).value == pytest.approx(100 * meta["threshold"])
+
+    # the model card shows the profile's figures beside the shipped ones
+    app.switch_page("pages/model_card.py").run()
+    assert not app.exception
+    assert any(h.value == "The site profile in use: Ward 7" for h in app.subheader)
+    assert any(list(df.value.get("scored by", [])) == ["Shipped model", "Adapted: temperature (cross-validated)"]
+               for df in app.dataframe)
+
+    # back to the shipped model on the Screen page
+    app.switch_page("pages/screen.py").run()
+    assert app.selectbox(key=state.SITE_SELECT).value == "Ward 7"
+    app.selectbox(key=state.SITE_SELECT).set_value(None).run()
+    assert in_use(app) == "Shipped model"
+
+    # the review page still decides the batch's films as the batch was scored (Ward 7), not as the session now does
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    assert any("scored with: Site profile: Ward 7" in c.value for c in app.caption)
+    opens = [b.key for b in app.button if b.key.startswith(f"{state.REVIEW_OPEN}_")]
+    app.button(key=opens[0]).click().run()
+    assert not app.exception
+    [summary] = [c.value for c in app.code]
+    assert "site profile Ward 7" in summary and fmt_threshold(meta["threshold"]) in summary
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_a_profile_that_does_not_load_cannot_be_chosen(app, profiles, card):
+    sites.save(made_profile("Good", card.weights_sha256), profiles, "Good")
+    shutil.copytree(profiles / "Good", profiles / "Tampered")
+    tamper(profiles / "Tampered")
+    sites.save(made_profile("Elsewhere", "0" * 64), profiles, "Elsewhere")
+    app.run()
+    assert not app.exception
+    assert app.selectbox(key=state.SITE_SELECT).options == ["Shipped model", "Site profile: Good"]
+    errors = [e.value for e in app.error]
+    assert any("`Tampered` cannot be used" in e and "sha256" in e for e in errors)
+    assert any("`Elsewhere` cannot be used" in e and "another base model" in e for e in errors)
+    app.selectbox(key=state.SITE_SELECT).set_value("Good").run()
+    assert in_use(app).startswith("Site profile: Good, fitted on 16 films")
+    tamper(profiles / "Good")                                        # changed on disk while in use
+    app.run()
+    assert not app.exception
+    assert in_use(app) == "Shipped model"
+    assert any("`Good` can no longer be used" in e.value and "sha256" in e.value for e in app.error)
+    assert app.selectbox(key=state.SITE_SELECT).options == ["Shipped model"]
+    app.switch_page("pages/model_card.py").run()
+    assert not app.exception and not any("site profile in use" in h.value for h in app.subheader)
