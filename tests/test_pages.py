@@ -41,8 +41,9 @@ def card(weights) -> ModelCard:
     return ModelCard.load(weights)
 
 
-@pytest.fixture
-def app(weights, monkeypatch) -> AppTest:
+def started_app(weights, monkeypatch) -> AppTest:
+    """The app as AppTest drives it, on `weights`, one torch thread, no server folders; run once, with no
+    exception. Shared with the site-profile page tests."""
     monkeypatch.setenv("COVIDXR_WEIGHTS", str(weights))
     monkeypatch.setenv("COVIDXR_THREADS", "1")
     monkeypatch.delenv("COVIDXR_DATA_ROOTS", raising=False)
@@ -50,6 +51,11 @@ def app(weights, monkeypatch) -> AppTest:
     at.run()
     assert not at.exception
     return at
+
+
+@pytest.fixture
+def app(weights, monkeypatch) -> AppTest:
+    return started_app(weights, monkeypatch)
 
 
 def texts(at: AppTest) -> list[str]:

@@ -20,14 +20,13 @@ from covidxr.card import ModelCard
 from covidxr.classifier import DEFAULT_WEIGHTS
 from covidxr.site import SiteError, fit_profile
 from tests.conftest import REPO, shared_data
+from tests.test_pages import started_app
 from tests.test_site import FakeCard, synthetic
 from webapp import sites, state
 from webapp.wording import fmt_threshold
 
-APP = str(REPO / "app.py")
 SAMPLES = REPO / "samples"
 COVID_SAMPLE = SAMPLES / "covid" / "006f3a8a.jpg"
-TIMEOUT = 300
 WEIGHTS = Path(os.environ.get("COVIDXR_TEST_WEIGHTS") or DEFAULT_WEIGHTS)
 APPS = [pytest.mark.model, pytest.mark.slow]
 
@@ -174,13 +173,7 @@ def profiles(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def app(profiles, monkeypatch) -> AppTest:
-    monkeypatch.setenv("COVIDXR_WEIGHTS", str(WEIGHTS))
-    monkeypatch.setenv("COVIDXR_THREADS", "1")
-    monkeypatch.delenv("COVIDXR_DATA_ROOTS", raising=False)
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception
-    return at
+    return started_app(WEIGHTS, monkeypatch)
 
 
 def in_use(at: AppTest) -> str:
