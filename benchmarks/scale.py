@@ -1,6 +1,7 @@
 """Throughput of the engines on the same films: in-process, and Ray Data with 1 and 2 workers.
 
     python benchmarks/scale.py [--films 2000] [--batch-size 16] [--workers 1,2] [--json OUT] [--address ADDR]
+                               [--side-by-side N] [--skip-local]
 
 The films are the first N (sorted) of ../shared/data/cxr, every source and class, scored as `evaluate`
 scores them. In-process: one process, one torch thread (iter_scores). Ray: a private local Ray instance
@@ -57,6 +58,41 @@ def timed(run) -> dict:
             "driver_cpu_ms_per_film": round(1000 * cpu / n, 3), "errors": sum(r.error is not None for r in rows)}
 
 
+def _in_process_rate(args: tuple[int, int, int]) -> float:
+    """Films/s of one in-process run (one torch thread) over every other film of the first 2n, from `part`."""
+    import torch
+
+    from covidxr.classifier import Classifier
+    from covidxr.evaluate import iter_scores
+
+    n, part, batch_size = args
+    torch.set_num_threads(1)
+    items = films(2 * n)[part::2][:n]
+    clf = Classifier.from_dir(threads=1)
+    list(iter_scores(clf, items[:batch_size], batch_size))  # warm: the first batch pays for lazy set-up
+    t0 = time.perf_counter()
+    rows = list(iter_scores(clf, items, batch_size))
+    return len(rows) / (time.perf_counter() - t0)
+
+
+def side_by_side(n: int, batch_size: int) -> dict:
+    """The machine's own ceiling for two workers, with no engine: one in-process run alone, then two at
+    once on disjoint films (separate processes). Their summed rate over the lone one is what two workers
+    can reach here at best."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        alone = pool.map(_in_process_rate, [(n, 0, batch_size)])[0]
+    with ctx.Pool(2) as pool:
+        pair = pool.map(_in_process_rate, [(n, 0, batch_size), (n, 1, batch_size)])
+    out = {"films_each": n, "alone_films_per_s": round(alone, 2), "pair_films_per_s": [round(x, 2) for x in pair],
+           "pair_vs_alone": round(sum(pair) / alone, 3)}
+    print(f"side by side, no engine: one run {alone:.2f} films/s; two at once {pair[0]:.2f} + {pair[1]:.2f} "
+          f"= {out['pair_vs_alone']:.2f}x one run (the machine's ceiling for 2 workers)")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--films", type=int, default=2000)
@@ -64,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default="1,2", help="comma-separated Ray worker counts")
     ap.add_argument("--address", default=None, help="join this Ray cluster (default: a private local instance)")
     ap.add_argument("--skip-local", action="store_true", help="leave out the in-process run")
+    ap.add_argument("--side-by-side", type=int, default=0, metavar="N",
+                    help="also measure the machine's ceiling for two workers: two in-process runs of N films at once")
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
 
@@ -110,6 +148,8 @@ def main(argv=None) -> int:
         r = out[k]
         eff = r.get("efficiency_vs_in_process")
         print(f"{k}: {r['films_per_s_per_cpu']} films/s per CPU" + (f", {eff:.0%} of in-process per core" if eff else ""))
+    if args.side_by_side:
+        out["side_by_side"] = side_by_side(args.side_by_side, args.batch_size)
     out["load_1min_end"] = os.getloadavg()[0]
     print(f"load average {out['load_1min_end']:.1f} at the end")
     if args.json:
