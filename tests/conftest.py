@@ -10,6 +10,7 @@ A developer's fast tier: `./run.sh test -m "not slow and not browser"` (under a 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,18 @@ SLOW_TESTS = {"test_pure_modules_and_the_core_never_import_streamlit_or_webapp",
               "test_evaluate_folder_leaves_refused_films_out_and_the_switch_brings_them_in",
               "test_real_chest_films_pass", "test_concurrent_reads_equal_single_reads",
               "test_tampered_ood_statistics_are_refused", "test_streamed_scores_equal_predict"}
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped with SIGTERM (`timeout`, a CI job cancelled, `kill`) stops like Ctrl-C: pytest unwinds and
+    every fixture's teardown runs, so the Ray clusters, app servers, nginx and browsers the tests started are
+    stopped by PID instead of outliving the run."""
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _interrupted)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
