@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tables import fmt_estimate
+from .tables import estimate_cells, fmt_estimate
 from .wording import class_title, fmt_threshold
 
 SOURCE_TITLES = {"hannover-mhh": "Hannover Medical School", "ieee8023-jul2020": "Cohen et al. collection (ieee8023)",
@@ -54,8 +54,7 @@ def held_out_rows(card: Any) -> list[dict]:
     rows = []
     for f in (card.metrics or {}).get("leave_one_source_out") or []:
         rows.append({"source left out of training": source_title(f["held_out"]), "films": f.get("n"),
-                     name: f.get("n_pos"), "other": f.get("n_neg"), "AUC": fmt_estimate(f, "auc"),
-                     "Sensitivity": fmt_estimate(f, "sensitivity"), "Specificity": fmt_estimate(f, "specificity")})
+                     name: f.get("n_pos"), "other": f.get("n_neg"), **estimate_cells(f)})
     return sorted(rows, key=lambda r: r["AUC"] == "—")
 
 
@@ -76,9 +75,7 @@ def ablation_rows(card: Any) -> list[dict]:
     for a in (card.metrics or {}).get("ablations") or []:
         split = {"kaggle_only": "trained on Kaggle only, tested on the other sources"}.get(
             a.get("split"), str(a.get("split") or "").replace("_", " "))
-        rows.append({"variant": _title(a.get("name", "")), "test": split, "films": a.get("n"),
-                     "AUC": fmt_estimate(a, "auc"), "Sensitivity": fmt_estimate(a, "sensitivity"),
-                     "Specificity": fmt_estimate(a, "specificity")})
+        rows.append({"variant": _title(a.get("name", "")), "test": split, "films": a.get("n"), **estimate_cells(a)})
     return rows
 
 
@@ -116,8 +113,7 @@ def site_adaptation_rows(card: Any) -> list[dict]:
         for what, key in (("model trained without it", "fold_model"), ("with a site profile", "with_profile")):
             r = f.get(key) or {}
             rows.append({"source left out of training": source_title(s), f"films ({name}/other)": f"{pos}/{neg}",
-                         "scored by": what, "AUC": fmt_estimate(r, "auc"),
-                         "Sensitivity": fmt_estimate(r, "sensitivity"), "Specificity": fmt_estimate(r, "specificity")})
+                         "scored by": what, **estimate_cells(r)})
     return rows
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from covidxr.site import ARRAYS_FILE, MIN_PER_CLASS, ROUGH_PER_CLASS, SITE_FILE, SiteError, SiteProfile
 
-from .tables import fmt_estimate
+from .tables import RATES, estimate_cells
 from .wording import class_title, fmt_threshold, is_refused
 
 SITES_ENV = "COVIDXR_SITES_DIR"
@@ -33,7 +33,6 @@ N_BOOT = 1000            # bootstrap resamples of the fitted figures' CIs (covid
 FIT_METHODS = None       # None: every method of covidxr.site (tests narrow it to keep their runtime short)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]*")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
-METRICS = ("auc", "sensitivity", "specificity")
 
 
 def sites_dir() -> Path:
@@ -201,7 +200,7 @@ def figure_rows(profile: SiteProfile) -> list[dict[str, str]]:
         r = f.get(what) or {}
         rows.append({"scored by": title,
                      "operating point": fmt_threshold(r["threshold"]) if r.get("threshold") is not None else "—",
-                     **{k.upper() if k == "auc" else k.capitalize(): fmt_estimate(r, k) for k in METRICS}})
+                     **estimate_cells(r)})
     return rows
 
 
@@ -226,7 +225,7 @@ def clearly_better(profile: SiteProfile) -> tuple[list[str], list[str]]:
     f = profile.figures or {}
     shipped, adapted = f.get("shipped") or {}, f.get("adapted") or {}
     better, worse = [], []
-    for k in METRICS:
+    for k in RATES:
         a, s = _ci(adapted, k), _ci(shipped, k)
         if a and s:
             if a[0] > s[1]:

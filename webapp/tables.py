@@ -41,6 +41,15 @@ def fmt_estimate(report: dict, name: str) -> str:
     return fmt_metric(name, value) + ("" if ci == "—" else f" ({ci})")
 
 
+RATES = ("auc", "sensitivity", "specificity")  # the three figures every comparison table shows
+
+
+def estimate_cells(report: dict) -> dict[str, str]:
+    """AUC, sensitivity and specificity of a report dict as table cells titled as everywhere in the app,
+    each "value (95% CI)" (fmt_estimate)."""
+    return {METRIC_TITLES[k]: fmt_estimate(report, k) for k in RATES}
+
+
 def is_estimates(d: Any) -> bool:
     """True for a dict shaped like a metrics report: some known metric plus a "ci" mapping."""
     return isinstance(d, dict) and isinstance(d.get("ci"), dict) and any(k in d for k in METRIC_TITLES)
