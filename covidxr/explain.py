@@ -5,14 +5,19 @@ Grad-CAM (pytorch-grad-cam's `GradCAM`) weighs the last convolutional block's ac
 network saw (the lung crop, or the whole film). The map is then put back where that input came
 from in the film; an ensemble's networks' maps are averaged there.
 
+Where it runs: the network's forward pass up to the CAM layer runs on ONNX Runtime (covidxr/runtime.py,
+as predict()'s does), and pytorch-grad-cam differentiates only what follows it (the last BatchNorm,
+the pooling and the linear head: a "tail" module whose input is the CAM layer's output). Grad-CAM's
+weights are the mean gradient of the target logit over the CAM layer's output, which these few layers
+determine, so the maps are the same as a full PyTorch pass gives, with no backward pass through the
+network.
+
 Thread safety: a Streamlit server shares one Classifier between sessions. pytorch-grad-cam works by
-hooks on the target layer, and a hook on the shared network would also fire for every other
-thread's forward pass (predict() included) and mix their activations into this call's map. So each
-Grad-CAM runs on a private deep copy of the network, taken from a small per-network pool: a copy
-serves one call at a time, is made (about 14 MB, tens of ms) the first time that many calls overlap,
-and is reused after; beyond POOL_SIZE overlapping calls, the next waits for a free copy. The
-shared network is never hooked. In a copy only the CAM layer's weights require gradients, so the
-backward pass runs from the logits to that layer and no further.
+hooks on the target layer, and a hook on a shared module would also fire for every other thread's
+call and mix their activations into this call's map. So each Grad-CAM runs on a private copy of the
+tail, from a small per-network pool: a copy serves one call at a time, is made the first time that
+many calls overlap, and is reused after; beyond POOL_SIZE overlapping calls, the next waits for a free
+copy. The shared network is never hooked.
 """
 from __future__ import annotations
 
@@ -45,30 +50,43 @@ class Explanation:
     heatmap: np.ndarray         # float32 at film.pixels' shape, [0, 1]; 0 = no attention
 
 
-class _Scorer(nn.Module):
-    """A private copy of the classifier's network that also keeps the pooled features of its last
-    forward pass, so that one pass gives the logits, the OOD features and the Grad-CAM."""
+class _Tail(nn.Module):
+    """A private copy of the layers after a network's CAM layer: the CAM layer's output -> logits, keeping
+    the pooled features of its last call. `at` is the Grad-CAM target: its output is the CAM layer's."""
 
     def __init__(self, net: CovidNet):
         super().__init__()
-        self.net = copy.deepcopy(net).eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        for p in self.net.cam_layer.parameters():  # gradients flow from the logits back to here only
-            p.requires_grad_(True)
+        self.bn2, self.pool = copy.deepcopy(net.backbone.bn2).eval(), copy.deepcopy(net.backbone.global_pool)
+        self.head = copy.deepcopy(net.head).eval()
+        self.at = nn.Identity()
+        for p in self.parameters():
+            p.requires_grad_(False)  # the gradient wanted is the activations', not the weights'
         self.features: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.net.features(x)
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        f = self.pool(self.bn2(self.at(a)))  # CovidNet.features_from_cam (timm's forward_head: pool, flatten)
         self.features = f.detach()
-        return self.net.head(f)  # what CovidNet.forward gives in eval mode (dropout is off)
+        return self.head(f)  # what CovidNet.forward gives in eval mode (dropout is off)
+
+
+class _GradCAM(GradCAM):
+    """GradCAM on the tail: its input is the CAM layer's output (h x w), its map is wanted at the network's
+    input size, as GradCAM on the whole network would make it."""
+
+    def __init__(self, tail: _Tail, side: int):
+        super().__init__(model=tail, target_layers=[tail.at])
+        self.compute_input_gradient = True  # the input (the CAM layer's output) is what is differentiated
+        self.side = side
+
+    def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, int]:
+        return self.side, self.side
 
 
 class _CamPool:
     """Up to `size` GradCAMs, each on its own copy of the network, lent to one call at a time."""
 
-    def __init__(self, net: CovidNet, size: int):
-        self.net, self.size, self.made = net, size, 0
+    def __init__(self, net: CovidNet, side: int, size: int):
+        self.net, self.side, self.size, self.made = net, side, size, 0
         self.free: queue.LifoQueue[GradCAM] = queue.LifoQueue()
         self.lock = threading.Lock()
 
@@ -83,8 +101,7 @@ class _CamPool:
                 self.made += make
         if cam is None:
             if make:
-                scorer = _Scorer(self.net)
-                cam = GradCAM(model=scorer, target_layers=[scorer.net.cam_layer])
+                cam = _GradCAM(_Tail(self.net), self.side)
             else:
                 cam = self.free.get()
         try:
@@ -100,11 +117,11 @@ _pools: "weakref.WeakKeyDictionary[CovidNet, _CamPool]" = weakref.WeakKeyDiction
 _pools_lock = threading.Lock()
 
 
-def _pool(net: CovidNet) -> _CamPool:
+def _pool(net: CovidNet, side: int) -> _CamPool:
     with _pools_lock:
         pool = _pools.get(net)
         if pool is None:
-            pool = _pools[net] = _CamPool(net, POOL_SIZE)
+            pool = _pools[net] = _CamPool(net, side, POOL_SIZE)
         return pool
 
 
@@ -136,9 +153,12 @@ def explain(classifier: Classifier, film: Film, masked: bool = True) -> Explanat
     (inputs,) = classifier.prepare([film])
     target = [ClassifierOutputTarget(classifier.card.positive_index)]
     logits, features, heatmap = [], None, np.zeros(film.pixels.shape, np.float32)
-    for net, view, x in zip(classifier.nets, classifier.card.views, inputs.networks):
-        with _pool(net).borrow() as cam, torch.inference_mode(False), torch.enable_grad():
-            crop_map = cam(input_tensor=classifier.tensor([x]).clone(), targets=target)[0]
+    side = classifier.card.input_size
+    for i, (net, view, x) in enumerate(zip(classifier.nets, classifier.card.views, inputs.networks)):
+        a = classifier.onnx(i).cam_activations(classifier.tensor([x]))
+        with _pool(net, side).borrow() as cam, torch.inference_mode(False), torch.enable_grad():
+            crop_map = cam(input_tensor=torch.from_numpy(a), targets=target)[0]  # a normal tensor, even if the
+            # caller is in inference mode: its gradient is what Grad-CAM needs
             logits.append(cam.outputs.detach())
             features = cam.model.features if features is None else features
         if masked and view.blank_outside_lungs:  # only an input blanked there has nothing to show there

@@ -81,6 +81,16 @@ class CovidNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)  # pooled, (N, 1280)
 
+    def cam_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """The CAM layer's output, (N, 1280, h, w): features() is features_from_cam(cam_activations(x)),
+        split there so that Grad-CAM can differentiate only the layers after it (covidxr/explain.py)."""
+        b = self.backbone
+        return b.conv_head(b.blocks(b.bn1(b.conv_stem(x))))  # timm's forward_features, up to its last two steps
+
+    def features_from_cam(self, a: torch.Tensor) -> torch.Tensor:
+        """The pooled features from the CAM layer's output: timm's bn2, then forward_head (pool, flatten)."""
+        return self.backbone.forward_head(self.backbone.bn2(a))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(x)))
 

@@ -1,0 +1,141 @@
+"""The classifier networks' forward pass on ONNX Runtime, a CPU inference runtime.
+
+Why: on this project's CPUs ONNX Runtime runs the EfficientNet-Lite0 networks 1.7-1.8x faster than
+PyTorch's eager mode at one thread (same film batch, same run; docs/performance.md), and the networks
+are most of a film's cost on every node of a cluster and in the app server. The outputs agree with
+PyTorch's to float rounding (about 1e-6 on the logits; tests/test_runtime.py holds them to 1e-4).
+
+What runs where: every forward pass of a classifier network (predict, the gate's features, site
+profiles, Grad-CAM's forward) runs here; PyTorch keeps the networks themselves (training, the export
+below) and the few layers after the CAM layer that Grad-CAM differentiates (covidxr/explain.py).
+
+Each network is exported once (torch.onnx, about 3 s) to a graph with three outputs: the CAM layer's
+activations, the pooled features and the logits. The graph is kept in memory per network and on disk in
+a cache folder (`COVIDXR_CACHE_DIR`, default ~/.cache/covidxr), named by a hash of the network's
+weights and of the versions that made it, so a later process loads it in a fraction of a second. Only
+model weights are written there, never a film. An unwritable cache folder only costs the export again.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+CACHE_ENV = "COVIDXR_CACHE_DIR"
+OUTPUTS = ("cam", "features", "logits")
+FORMAT = 1  # bump when the exported graph changes, so that cached graphs of the old shape are not reused
+OPSET = 17
+
+
+@dataclass
+class NetworkOutputs:
+    """One network's outputs for a batch (numpy, float32)."""
+    features: np.ndarray      # (n, d) pooled features
+    logits: np.ndarray        # (n, classes)
+
+
+class _Graph(nn.Module):
+    """What is exported: a network's input -> its CAM layer's activations, pooled features and logits."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a = self.net.cam_activations(x)
+        f = self.net.features_from_cam(a)
+        return a, f, self.net.head(f)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "covidxr") / "onnx"
+
+
+def weights_key(net: nn.Module, side: int) -> str:
+    """A name for a network's exported graph: its weights' bytes, its input side and the versions that export."""
+    h = hashlib.sha256(f"{FORMAT}/{OPSET}/{side}/{torch.__version__}/{ort.__version__}".encode())
+    for name, t in net.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def export(net: nn.Module, side: int) -> bytes:
+    """The network as an ONNX graph for (n, 3, side, side) float32 input, n free."""
+    buf = io.BytesIO()
+    x = torch.zeros(1, 3, side, side)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript-based exporter: deprecated in favour of torch.export's, which takes several times
+        # longer on these networks and gives the same graph for them; torch is pinned (requirements.txt).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Graph(net).eval(), (x,), buf, input_names=["x"], output_names=list(OUTPUTS),
+                          dynamic_axes={k: {0: "n"} for k in ("x", *OUTPUTS)}, opset_version=OPSET, dynamo=False)
+    return buf.getvalue()
+
+
+def graph_bytes(net: nn.Module, side: int) -> bytes:
+    """The exported graph, from the cache folder when a process has already made it."""
+    path = cache_dir() / f"{weights_key(net, side)}.onnx"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    data = export(net, side)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: a concurrent process reads the whole file or none
+    except OSError:
+        pass
+    return data
+
+
+class OnnxNetwork:
+    """One network's ONNX Runtime session. Safe to share between threads (InferenceSession.run is)."""
+
+    def __init__(self, data: bytes, threads: int):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting on a shared machine
+        so.log_severity_level = 3  # errors only: nothing about the inputs reaches a log
+        self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+    def run(self, x: torch.Tensor | np.ndarray) -> NetworkOutputs:
+        f, logits = self.session.run(["features", "logits"], {"x": _array(x)})
+        return NetworkOutputs(features=f, logits=logits)
+
+    def cam_activations(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        (a,) = self.session.run(["cam"], {"x": _array(x)})
+        return a
+
+
+def _array(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+_sessions: "weakref.WeakKeyDictionary[nn.Module, OnnxNetwork]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def network(net: nn.Module, side: int) -> OnnxNetwork:
+    """The session for a network, made on first use with as many threads as torch uses now. The network's
+    weights must not change after that (they do not at inference: the Classifier only reads them)."""
+    with _lock:
+        s = _sessions.get(net)
+        if s is None:
+            s = _sessions[net] = OnnxNetwork(graph_bytes(net, side), torch.get_num_threads())
+        return s
