@@ -186,6 +186,13 @@ class Classifier:
         logits = torch.from_numpy(np.mean([o.logits for o in outputs], axis=0, dtype=np.float32))
         return logits, torch.from_numpy(outputs[0].features)
 
+    def forward_pytorch(self, inputs: Sequence[FilmInputs]) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward() on PyTorch itself: the reference that the ONNX Runtime path is checked against
+        (tests/test_runtime.py, scripts/runtime_check.py); nothing else uses it."""
+        with torch.inference_mode():
+            features = [net.features(self.tensor([x.networks[i] for x in inputs])) for i, net in enumerate(self.nets)]
+            return torch.stack([net.head(f) for net, f in zip(self.nets, features)]).mean(0), features[0]
+
     def features(self, films: Sequence[Film], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """The gate's inputs for films: the first network's pooled features (n, d) and the lung
         fractions (n,), as predict() computes them (the gate's statistics are fitted on these)."""

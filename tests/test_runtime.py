@@ -53,9 +53,7 @@ def test_split_at_the_cam_layer_is_the_whole_network(classifier, inputs):
 
 def test_predict_is_the_pytorch_ensembles(classifier, films, inputs):
     """The probabilities predict() gives are those of the networks run by PyTorch, to float rounding."""
-    with torch.inference_mode():
-        logits = torch.stack([net(classifier.tensor([f.networks[i] for f in inputs]))
-                              for i, net in enumerate(classifier.nets)]).mean(0)
+    logits, _ = classifier.forward_pytorch(inputs)
     want = torch.softmax(logits / classifier.card.temperature, -1)[:, classifier.card.positive_index]
     got = [p.probability for p in classifier.predict(films)]
     np.testing.assert_allclose(got, want.numpy(), atol=TOLERANCE)
