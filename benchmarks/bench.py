@@ -109,6 +109,17 @@ class Ours:
                 for i, name in enumerate(n for n in self.nets() if n.startswith("classifier"))}
 
 
+class OursOnPyTorch(Ours):
+    """Ours with the networks on PyTorch eager instead of ONNX Runtime (Classifier.forward_pytorch): what the
+    runtime is worth, measured in the same rounds."""
+
+    def __init__(self, ours: Ours):
+        import copy
+
+        self.clf = copy.copy(ours.clf)
+        self.clf.forward = self.clf.forward_pytorch
+
+
 def densenet121():
     import torch
     import torchvision
@@ -376,7 +387,7 @@ def measure(s: Settings) -> dict:
 
     folder = film_paths(s.data, FOLDER_SOURCES, s.folder)
     t = timings({f"{prefix}throughput_fps": (lambda p=pipe: p.predict([read_film(f) for f in folder]))
-                 for prefix, pipe in pipes.items()}, max(1, s.repeats // 2), warmup=0)
+                 for prefix, pipe in {**pipes, "pytorch_": OursOnPyTorch(ours)}.items()}, max(1, s.repeats // 2), warmup=0)
     report.update({k: len(folder) / statistics.median(v) for k, v in t.items()})
     report["best"]["throughput"] = {k: len(folder) / min(v) for k, v in t.items()}
 
@@ -445,6 +456,10 @@ def markdown(r: dict) -> str:
         elif kind == "limit":
             target, met = f"< {LIMITS[key]:g} {unit}", "yes" if ours < LIMITS[key] else "**no**"
         lines.append(f"| {what} ({unit}) | {f(ours)} | {f(base)} | {f(ratio)} | {target} | {met} |")
+    if r.get("pytorch_throughput_fps"):
+        ratio = r["pytorch_throughput_fps"] / r["baseline_throughput_fps"]
+        lines.append(f"| the same batch, covidxr's networks on PyTorch eager instead of ONNX Runtime (films/s) "
+                     f"| {f(r['pytorch_throughput_fps'])} | {f(r['baseline_throughput_fps'])} | {f(ratio)} | | |")
     for name, t in r["films"].items():
         if name == "png16":
             continue
