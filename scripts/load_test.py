@@ -9,13 +9,15 @@ probability that `python -m covidxr predict --json` gives for that film (distinc
 chosen so that their displayed probabilities differ where the pool allows).
 
     python scripts/load_test.py [--sessions 4] [--rounds 3] [--timeout 300] [--json out.json]
-                                [--url http://127.0.0.1:8501 [--server-pid PID ...]] [--weights weights]
+                                [--url http://127.0.0.1:8501 [--server-pid PID ...] [--proxy-pid PID ...]]
+                                [--weights weights]
                                 [--films F ...]
 
 Without --url it starts `streamlit run app.py` on a free loopback port with --weights and stops it by
 its process group at the end; with --url the app must already run on this machine (loopback only)
 with the same weights; behind a proxy (deploy/nginx.conf) give the proxy's URL, and --server-pid with
-the replicas' process ids to count their CPU time too. Bounded: at most 16 sessions and 20 rounds, and the whole run (server start
+the replicas' process ids to count their CPU time too, and --proxy-pid with nginx's (its worker processes)
+to count the proxy's CPU time separately. Bounded: at most 16 sessions and 20 rounds, and the whole run (server start
 included) stops by itself after --timeout seconds. Exit status 0 when every round gave the right
 result, 1 otherwise, 2 for bad arguments.
 """
@@ -225,11 +227,12 @@ class Phase:
     warmup_s: float = 0.0
     wall_s: float = 0.0
     server_cpu_s: float | None = None
+    proxy_cpu_s: float | None = None  # --proxy-pid's processes, over the same phase
     loadavg: tuple[float, float] = (0.0, 0.0)
 
 
 async def drive(url: str, films: list[Expected], rounds: int, deadline: Deadline,
-                server_pids: list[int]) -> tuple[list[Round], Phase]:
+                server_pids: list[int], proxy_pids: list[int] | None = None) -> tuple[list[Round], Phase]:
     """All sessions at once after one warm-up page (which loads the model if the server has not)."""
     from playwright.async_api import async_playwright
 
@@ -243,11 +246,13 @@ async def drive(url: str, films: list[Expected], rounds: int, deadline: Deadline
             await warm.close()
             phase = Phase(warmup_s=time.perf_counter() - t0)
             out: list[Round] = []
-            cpu0, load0, t0 = cpu_total(server_pids), os.getloadavg()[0], time.perf_counter()
+            cpu0, proxy0 = cpu_total(server_pids), cpu_total(proxy_pids or [])
+            load0, t0 = os.getloadavg()[0], time.perf_counter()
             await asyncio.gather(*(session(browser, url, i, e, rounds, deadline, out)
                                    for i, e in enumerate(films, 1)))
-            phase.wall_s, cpu1 = time.perf_counter() - t0, cpu_total(server_pids)
+            phase.wall_s, cpu1, proxy1 = time.perf_counter() - t0, cpu_total(server_pids), cpu_total(proxy_pids or [])
             phase.server_cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+            phase.proxy_cpu_s = proxy1 - proxy0 if proxy0 is not None and proxy1 is not None else None
             phase.loadavg = (load0, os.getloadavg()[0])
             return sorted(out, key=lambda r: (r.session, r.round)), phase
         finally:
@@ -320,7 +325,9 @@ class Report:
                  row("page open -> page ready", self.open_latency_s),
                  f"throughput: {ok} results in {self.phase.wall_s:.1f} s = {self.throughput_per_s:.2f} results/s"
                  + (f"; server CPU {self.phase.server_cpu_s:.1f} s = {self.server_cpu_s_per_result:.2f} s per result"
-                    if self.server_cpu_s_per_result is not None else ""),
+                    if self.server_cpu_s_per_result is not None else "")
+                 + (f"; proxy CPU {self.phase.proxy_cpu_s:.2f} s = {self.phase.proxy_cpu_s / ok:.3f} s per result"
+                    if self.phase.proxy_cpu_s is not None and ok else ""),
                  "errors: " + (", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())) if self.errors else "0"),
                  f"isolation: {'every session saw only its own film and the CLI result' if self.isolation_ok else 'FAILED'}"
                  f" ({self.sessions} films, {self.distinct_sentences} distinct result sentences)"]
@@ -341,6 +348,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url", help="the running app on loopback, e.g. http://127.0.0.1:8501 (default: start one)")
     p.add_argument("--server-pid", type=int, nargs="+", default=[], metavar="PID",
                    help="with --url: the server process(es) whose CPU time to report, e.g. every replica behind a proxy")
+    p.add_argument("--proxy-pid", type=int, nargs="+", default=[], metavar="PID",
+                   help="with --url behind a proxy: its processes (nginx's workers) whose CPU time to report separately")
     p.add_argument("--sessions", type=int, default=4, help=f"concurrent browser sessions (1-{MAX_SESSIONS})")
     p.add_argument("--rounds", type=int, default=3, help=f"uploads per session (1-{MAX_ROUNDS})")
     p.add_argument("--timeout", type=float, default=300, help="seconds for the whole run, server start included")
@@ -395,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         from playwright.async_api import Error as PlaywrightError
 
         try:
-            results, phase = asyncio.run(drive(url, films, args.rounds, deadline, server_pids))
+            results, phase = asyncio.run(drive(url, films, args.rounds, deadline, server_pids, args.proxy_pid))
         except (TimeoutError, PlaywrightError) as e:
             print(f"load_test: warm-up did not finish: {e}", file=sys.stderr)
             return 1

@@ -7,14 +7,17 @@ loopback ports. Two browser sessions (Playwright + Debian's Chromium), pinned to
 their affinity cookie, each drop their own film through the proxy and must see only their own result.
 Then one replica is stopped: the session that was on it must be told so, and new sessions (even one whose
 cookie points at the stopped replica) are served by the other one. nginx must create or write no file
-once the first upload has started (the privacy test's method, tests/test_privacy.py). Every process is
-started here and stopped by its PID / process group; every wait is bounded.
+once the first upload has started (the privacy test's method, tests/test_privacy.py). Streamlit's frontend
+(/static/) must be sent by nginx itself from this interpreter's streamlit package (the config's `root`, rewritten
+to it), with the headers a replica would send, and a /static/ path nginx lacks must reach the browser's replica.
+Every process is started here and stopped by its PID / process group; every wait is bounded.
 """
 from __future__ import annotations
 
 import os
 import pwd
 import grp
+import gzip
 import re
 import shutil
 import signal
@@ -26,9 +29,11 @@ import urllib.request
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 
 import pytest
+import streamlit
 
 from tests.conftest import shared_data
 from tests.test_privacy import server_env, slices, strace, strace_prefix, traced_writes, weights_dir
@@ -37,6 +42,9 @@ from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SC
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TEMPLATE = REPO / "deploy" / "nginx.conf"
+# The folder this interpreter's streamlit serves its frontend from (streamlit.file_util.get_static_dir()):
+# the rendered config's `location /static/` serves it, as a deployment's would serve its venv's.
+STREAMLIT_STATIC = Path(streamlit.__file__).parent / "static"
 RESULT_TIMEOUT_MS = 240_000          # a busy 2-core box, two replicas loading the model at once
 NGINX_START_S = 30
 FILM_A = REPO / "samples" / "covid" / "006f3a8a.jpg"
@@ -68,6 +76,7 @@ def render(template: str, prefix: Path, listen: int, ports: tuple[int, int]) -> 
         (r"127\.0\.0\.1:8502\b", f"127.0.0.1:{ports[1]}", 3),
         (r"127\\\.0\\\.0\\\.1:8501\$", rf"127\\.0\\.0\\.1:{ports[0]}$", 1),   # in a map's regex
         (r"127\\\.0\\\.0\\\.1:8502\$", rf"127\\.0\\.0\\.1:{ports[1]}$", 1),
+        (r"root /opt/covidxr/\.venv/lib/python3\.11/site-packages/streamlit/static;", f'root "{STREAMLIT_STATIC}";', 1),
     ]
     for pattern, repl, count in rules:
         template, n = re.subn(pattern, repl, template, flags=re.M)
@@ -98,14 +107,20 @@ def requests(lines: list[str]) -> list[dict[str, str]]:
     return [m.groupdict() for line in lines if (m := LOG_LINE.search(line))]
 
 
-def get(url: str, cookie: str | None = None, timeout: float = 10) -> tuple[int, list[str], bytes]:
-    """Status, the Set-Cookie headers, body."""
-    req = urllib.request.Request(url, headers={"Cookie": f"covidxr_replica={cookie}"} if cookie else {})
+def fetch(url: str, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, Message, bytes]:
+    """Status, headers, body (urllib sends no Accept-Encoding unless given)."""
+    req = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.headers.get_all("Set-Cookie") or [], r.read()
+            return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, e.headers.get_all("Set-Cookie") or [], e.read()
+        return e.code, e.headers, e.read()
+
+
+def get(url: str, cookie: str | None = None, timeout: float = 10) -> tuple[int, list[str], bytes]:
+    """Status, the Set-Cookie headers, body."""
+    status, headers, body = fetch(url, {"Cookie": f"covidxr_replica={cookie}"} if cookie else {}, timeout)
+    return status, headers.get_all("Set-Cookie") or [], body
 
 
 def wait_nginx(proxy: Proxy) -> None:
@@ -216,6 +231,51 @@ def test_the_access_log_has_no_query_string(proxy: Proxy):
     assert any(r["uri"] == "/_stcore/health" for r in proxy.requests())
 
 
+# ---------------------------------------------------------------- Streamlit's frontend, from nginx
+
+def served_by_nginx(lines: list[str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The /static/ requests in these log lines: those nginx answered itself (no upstream), the others."""
+    static = [r for r in requests(lines) if r["uri"].startswith("/static/")]
+    return [r for r in static if r["upstream"] == "-"], [r for r in static if r["upstream"] != "-"]
+
+
+def test_streamlits_frontend_is_sent_by_nginx_from_the_package(proxy: Proxy):
+    """Every /static/ file the page (index.html, fetched through the proxy) names is sent by nginx from
+    this interpreter's streamlit package, not by a replica: the access log shows no upstream for it; the
+    bytes are the package file's, and the Cache-Control and Content-Type those a replica sends for it.
+    JavaScript is gzipped when the browser accepts it."""
+    status, _, page = get(f"{proxy.url}/", "r2")
+    files = sorted(set(re.findall(r'(?:src|href)="\./(static/(?:js|css|media)/[^"]+)"', page.decode())))
+    assert status == 200 and any(f.endswith(".js") for f in files) and any(f.endswith(".css") for f in files), files
+    replica = proxy.replicas[proxy.ports[1]].url
+    before = len(proxy.log_lines())
+    for f in files:
+        status, headers, body = fetch(f"{proxy.url}/{f}", {"Cookie": "covidxr_replica=r2"})
+        assert status == 200 and body == (STREAMLIT_STATIC / f).read_bytes(), f
+        assert not [c for c in headers.get_all("Set-Cookie") or [] if c.startswith("covidxr_replica=")], f
+        _, own, _ = fetch(f"{replica}/{f}")
+        for h in ("Cache-Control", "Content-Type"):
+            assert headers[h] == own[h], f"{f}: {h} {headers[h]!r}, the replica sends {own[h]!r}"
+        assert headers["Cache-Control"] == "public, immutable, max-age=31536000", f   # every name has a hash
+    local, upstream = served_by_nginx(proxy.log_lines()[before:])
+    assert len(local) == len(files) and not upstream, upstream
+    script = next(f for f in files if f.endswith(".js"))
+    status, headers, body = fetch(f"{proxy.url}/{script}", {"Accept-Encoding": "gzip"})
+    assert (status, headers["Content-Encoding"], headers["Vary"]) == (200, "gzip", "Accept-Encoding")
+    assert gzip.decompress(body) == (STREAMLIT_STATIC / script).read_bytes()
+
+
+def test_a_static_path_nginx_lacks_reaches_the_browsers_replica(proxy: Proxy):
+    """A /static/ path that is not in the package folder (say, a replica of another streamlit version)
+    is passed to the replica the affinity cookie names, which answers it as it would directly."""
+    path = "/static/js/not-in-the-package.00000000.js"   # no TAG: the privacy test looks for it in the log
+    for n, port in enumerate(proxy.ports, 1):
+        before = len(proxy.log_lines())
+        status, _, body = get(f"{proxy.url}{path}", f"r{n}")
+        assert (status, body) == get(f"http://127.0.0.1:{port}{path}")[::2]
+        assert [r["upstream"] for r in requests(proxy.log_lines()[before:]) if r["uri"] == path] == [f"127.0.0.1:{port}"]
+
+
 # ---------------------------------------------------------------- two browsers, then a replica stops
 
 def drop(page, url: str, film: Path, name: str, mime: str = "image/jpeg") -> str:
@@ -261,7 +321,7 @@ def test_sessions_are_isolated_and_survive_a_stopped_replica(proxy: Proxy, capsy
             # Two clinicians, pinned to different replicas (a new browser gets whichever has fewer sessions).
             page_a, page_b = new_page(browser, host, "r1"), new_page(browser, host, "r2")
             proxy.first_upload = time.time()
-            before = len(proxy.log_lines())
+            start = before = len(proxy.log_lines())
             text_a = drop(page_a, proxy.url, FILM_A, name_a)
             assert upload_replicas(proxy, before) == {up[1]}, "session A's upload went elsewhere"
             before = len(proxy.log_lines())
@@ -270,6 +330,9 @@ def test_sessions_are_isolated_and_survive_a_stopped_replica(proxy: Proxy, capsy
             assert name_a in text_a and name_b not in text_a
             assert name_b in text_b and name_a not in text_b
             assert page_a.get_by_text(name_b).count() == 0 and page_b.get_by_text(name_a).count() == 0
+            # Both browsers fetched Streamlit's frontend (their caches were empty): all of it from nginx.
+            local, upstream = served_by_nginx(proxy.log_lines()[start:])
+            assert len(local) > 10 and not upstream, f"/static/ requests a replica answered: {upstream}"
 
             # Replica 1, which holds session A, stops.
             stop_group(proxy.replicas[proxy.ports[0]].proc)
