@@ -1,5 +1,7 @@
 """Batch evaluation: a labelled server folder, uploads or a zip -> streamed scores -> metrics that a
-threshold slider moves without re-scoring, ROC, per-source table, per-image table, failures, downloads."""
+threshold slider moves without re-scoring, ROC, per-source table, per-image table, failures, downloads.
+With $COVIDXR_RAY_ADDRESS, server folders run on the cluster as runs of the server (webapp.cluster): the page
+follows the open run (?run=ID) and shows its results as those of a batch scored here."""
 import json
 import time
 
@@ -10,12 +12,13 @@ from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
 from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError
-from webapp import sites, state
+from webapp import cluster, sites, state
+from webapp.batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
 from webapp.batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from webapp.films import SAMPLES, UPLOAD_TYPES, sample_films
 from webapp.model import classifier
 from webapp.roots import data_roots
-from webapp.tables import (breakdown_rows, confusion_table, fmt_metric, fmt_metric_ci, image_rows, metric_rows,
+from webapp.tables import (breakdown_rows, confusion_table, fmt_metric, image_rows, metric_rows,
                            refused_rows, roc_points, score_column)
 from webapp.wording import DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold
 
@@ -58,18 +61,39 @@ else:
                "training data, so they show how the page works, not how well the model works.")
     collect = lambda: folder_batch(str(SAMPLES), [SAMPLES], card.positive_class)  # noqa: E731
 state.remember_form(state.EVAL_FORM)
+address = cluster.ray_address()  # None: every batch is scored in this session, as without a cluster
+on_cluster = address is not None and source == SOURCES[1]
+if on_cluster:
+    st.caption(f"The folder is scored on the computing cluster (`{address}`). The run belongs to the server, "
+               "not to this tab: it goes on if you close the tab, and this page's address brings it back.")
+elif address is not None:
+    st.caption("Uploads and the sample films are scored here, in your session (the cluster's machines cannot see "
+               "files in your browser): keep this tab open until the results appear.")
 if in_use.error:
     st.error(f"The site profile `{in_use.folder}` can no longer be used ({in_use.error}); the shipped model is in use.",
              icon="🚫")
 st.caption(f"Scored with: **{sites.in_use_line(in_use.profile)}** (the operating point in use in this session, "
            "chosen on the Screen page).")
 
-if st.button("Run evaluation", type="primary", disabled=collect is None, key=state.EVAL_RUN):
+clicked = st.button("Run on the cluster" if on_cluster else "Run evaluation", type="primary",
+                    disabled=collect is None, key=state.EVAL_RUN)
+if clicked:
     try:
         title, items, keep = collect()
     except (PathRefused, ZipRefused, FilmError) as e:
         st.error(f"Nothing was evaluated: {e}", icon="🚫")
         st.stop()
+    if on_cluster:
+        try:
+            open_run(cluster.submit(title, len(items), scorer.threshold, card.positive_class, str(clf.directory),
+                                    in_use).id)
+        except OSError as e:  # the run folder cannot be written (the operator's COVIDXR_RUNS_DIR)
+            st.error(f"The run could not be started: {e}", icon="🚫")
+            st.stop()
+    elif address is not None:
+        close_run()
+if clicked and not on_cluster:  # scored here, in this session
+    forget_last_batch()
     items = interleave(items, key=lambda it: it.label)  # classes spread out: partial results stay balanced
     batch = Batch(title, len(items), scorer.threshold, card.positive_class, items if keep else None)
     st.session_state[state.BATCH] = batch
@@ -77,9 +101,6 @@ if st.button("Run evaluation", type="primary", disabled=collect is None, key=sta
                                                "profile": in_use.profile,  # the review page decides with it too
                                                "line": sites.in_use_line(in_use.profile),
                                                "threshold": scorer.threshold}
-    for stale in (state.EVAL_THRESHOLD, state.REVIEW_OPEN, state.REVIEW_DIALOG, state.THUMBNAILS,  # the last batch's
-                  state.SITE_FITTED):
-        st.session_state.pop(stale, None)
     bar = st.progress(0.0, text=progress_text(0, len(items), 0.0))
     t0 = time.perf_counter()
 
@@ -90,6 +111,11 @@ if st.button("Run evaluation", type="primary", disabled=collect is None, key=sta
         batch.rows.append(row)  # kept even if the run is interrupted (a click elsewhere stops the script)
     batch.done, batch.seconds = True, time.perf_counter() - t0
     bar.empty()
+if address is not None:  # the cluster's runs: the list, and the run this session or its address opened
+    opened = open_run_id()
+    run_list(opened)
+    if opened:
+        show_run(opened, card)
 
 batch: Batch | None = st.session_state.get(state.BATCH)
 if batch is None or not batch.rows:
@@ -135,11 +161,7 @@ st.caption(f"{d['n']} labelled films scored · {len(refused)} not a chest film "
            f"({'in' if batch.include_refused else 'left out of'} the metrics) · {report.n_unlabelled} without a "
            f"label · {report.n_errors} failed" + (f" · {batch.seconds:.1f} s" if batch.seconds else "")
            + f" · operating point {fmt_threshold(batch.threshold)}" + (" (the model's)" if at_model else ""))
-cols = st.columns(4)
-for col, name in zip(cols, ("sensitivity", "specificity", "accuracy", "auc")):
-    col.metric(METRIC_TITLES[name], fmt_metric(name, d.get(name)), help=METRIC_HELP[name])
-    ci = fmt_metric_ci(name, d["ci"].get(name))
-    col.caption(f"95% CI {ci}" if ci != "—" or d.get(name) is None else "95% CI: too few films for an interval")
+metric_tiles(d)
 
 left, right = st.columns(2)
 with left:

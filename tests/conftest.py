@@ -20,11 +20,12 @@ SHARED = REPO.parent / "shared"
 SCREENSHOTS = REPO / "docs" / "screenshots"
 
 BROWSER_FILES = {"test_browser.py", "test_load.py", "test_privacy.py", "test_proxy.py"}
-MODEL_FILES = {"test_pages.py", "test_cli.py", "test_bench.py", "test_same_answers.py", "test_concurrency.py"}
+MODEL_FILES = {"test_pages.py", "test_cli.py", "test_bench.py", "test_same_answers.py", "test_concurrency.py",
+               "test_cluster_app.py"}
 # Files whose tests (or module fixtures) take seconds: training steps, many films, subprocesses.
 SLOW_FILES = {"test_train.py", "test_bench.py", "test_cli.py", "test_pages.py", "test_concurrency.py",
               "test_same_answers.py", "test_ood_report.py", "test_generalisation.py", "test_ray.py", "test_ray_faults.py",
-              "test_site.py"}
+              "test_site.py", "test_cluster_app.py"}
 
 
 # Single tests that take over a second here (pytest --durations), in files that are otherwise quick.

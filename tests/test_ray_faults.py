@@ -34,7 +34,9 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -195,10 +197,11 @@ class Cluster:
             node.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A head node (1 CPU); `cluster.add_worker()` starts a worker node (1 CPU) and waits until it has joined.
-    Everything stopped by process group and PID at the end, also on failure; the temp dir removed."""
+@contextmanager
+def running_cluster() -> Iterator[Cluster]:
+    """A head node (1 CPU) with token authentication; `.add_worker()` starts a worker node (1 CPU) and waits until
+    it has joined; `.env` is the environment a driver needs to join it. Everything stopped by process group and
+    PID at the end, also on failure; the temp dir removed. Shared with tests/test_cluster_app.py."""
     tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's AF_UNIX socket paths are <= 107 chars
     token = tmp / "auth_token"
     token.write_text(secrets.token_hex(32))
@@ -215,6 +218,13 @@ def cluster():
         leftover = [p for t in tags for p in tagged_pids(t)]
         shutil.rmtree(tmp, ignore_errors=True)
         assert not leftover, f"Ray processes left running: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """running_cluster(), for this module's tests."""
+    with running_cluster() as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

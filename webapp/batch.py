@@ -116,10 +116,11 @@ def fmt_duration(seconds: float) -> str:
     return f"{h} h {m:02d} min"
 
 
-def progress_text(done: int, total: int, elapsed_s: float) -> str:
-    """"Scored 12 of 40 films · about 8 s left" for the batch progress bar."""
+def progress_text(done: int, total: int, elapsed_s: float, before: int = 0) -> str:
+    """"Scored 12 of 40 films · about 8 s left" for the batch progress bar. `before`: films already scored when
+    the clock started (a resumed cluster run), left out of the rate."""
     text = f"Scored {done} of {total} films"
-    eta = eta_seconds(done, total, elapsed_s)
+    eta = eta_seconds(done - before, total - before, elapsed_s)
     if eta is not None and done < total:
         text += f" · about {fmt_duration(eta)} left"
     return text

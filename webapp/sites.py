@@ -35,11 +35,16 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]*")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
+def server_folder(env: str, default: str) -> Path:
+    """A folder the operator names in the environment variable `env` (relative: from the app's folder), else
+    `default` there: the app's folders on the server's disk (site profiles, cluster runs)."""
+    path = Path(os.environ.get(env, "").strip() or default).expanduser()
+    return path if path.is_absolute() else APP_DIR / path
+
+
 def sites_dir() -> Path:
     """The server's profile folder: $COVIDXR_SITES_DIR (relative: from the app's folder), else sites/ there."""
-    value = os.environ.get(SITES_ENV, "").strip() or DEFAULT_DIR
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else APP_DIR / path
+    return server_folder(SITES_ENV, DEFAULT_DIR)
 
 
 def check_name(name: str) -> str:

@@ -23,6 +23,8 @@ SITE_ACTIVE = "site_active"    # the session's site profile: its folder in the p
 SITE_FITTED = "site_fitted"    # Batch evaluation page: the last batch's fitted profile {folder, profile, skipped}
 BATCH_SCORED_BY = "batch_scored_by"  # how the last batch was scored: {"site": name or None, "profile", "line", "threshold"}
 DISPLAY_IMAGES = "display_images"  # LRU of the result view's JPEG bytes, by film, colouring and opacity (webapp.view)
+CLUSTER_RUN = "cluster_run"    # Batch evaluation page: the id of the cluster run open in this session (also ?run=ID)
+BATCH_RUN = "batch_run"        # (run id, state, films scored) of the cluster run BATCH was last built from
 
 # ---------------------------------------------------------------- widgets: Screen a film
 SCREEN_UPLOAD = "screen_upload"
@@ -43,6 +45,8 @@ EVAL_INCLUDE_REFUSED = "eval_include_refused"
 SITE_NAME = "site_name"              # fit a site profile from the batch: its name (and folder)
 SITE_OVERWRITE = "site_overwrite"    # replace the saved profile of that name (one box per name: site_overwrite())
 SITE_FIT = "site_fit"
+CLUSTER_RESUME = "cluster_resume"  # start an interrupted or failed cluster run again where it stopped
+CLUSTER_OPEN = "cluster_open"      # the list's Open button of one cluster run (one per run: cluster_open())
 # The batch form as the user left it: Streamlit drops the state of widgets that are not drawn (another
 # page is open), so these are copied under KEPT_PREFIX and restored when the page is drawn again.
 EVAL_FORM = (EVAL_SOURCE, EVAL_LABEL, EVAL_FOLDER)
@@ -78,6 +82,11 @@ def overlay_download(film_key: str) -> str:
 def site_overwrite(folder: str) -> str:
     """The Batch page's "replace the saved profile" box for one name, so that a tick never carries over to another."""
     return f"{SITE_OVERWRITE}_{folder}"
+
+
+def cluster_open(run_id: str) -> str:
+    """The Batch page's Open button of one cluster run in the list of runs."""
+    return f"{CLUSTER_OPEN}_{run_id}"
 
 
 def restore_form(keys: tuple[str, ...]) -> None:

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -74,6 +75,19 @@ def _explained(e: ConnectionError, address: str) -> ConnectionError:
         "`ray start` turns token authentication on when ~/.ray/auth_token exists (docs/cluster.md)")
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """ConnectionError, at once, when nothing answers at a host:port (or ray://host:port) address: Ray itself
+    retries an unreachable head for ever, so a mistyped address would leave a run waiting silently (the app's
+    cluster runs show it as running, with no film scored). "auto" is Ray's own lookup and is left to it."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port: Ray's own parser says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"the Ray cluster at {address} cannot be reached ({e.strerror or e})") from None
+
+
 @contextmanager
 def session(address: str | None = None, spill_dir: str | None = None, temp_dir: str | None = None,
             num_cpus: int | None = None) -> Iterator[dict]:
@@ -97,6 +111,7 @@ def session(address: str | None = None, spill_dir: str | None = None, temp_dir: 
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                  _temp_dir=os.path.abspath(temp_dir), _system_config=system, **kw)
     else:
+        check_reachable(address)
         try:
             ray.init(address=address, **kw)
         except ConnectionError as e:

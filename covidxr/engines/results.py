@@ -49,25 +49,36 @@ class ResultsFile:
 
     def read(self) -> dict[str, dict]:
         """path -> its last complete result record; {} when there is no file yet."""
-        if not self.path.exists():
-            return {}
-        out: dict[str, dict] = {}
-        with open(self.path, newline="", encoding="utf-8") as f:
-            text = f.read()
-        if not text.endswith("\n"):
-            text = text[:text.rfind("\n") + 1]  # a line cut short by a kill
-        reader = csv.reader(text.splitlines(keepends=True))
-        header = next(reader, None)
-        if header != list(FIELDS):
+        return self.read_from(0)[0]
+
+    def read_from(self, offset: int) -> tuple[dict[str, dict], int]:
+        """(path -> last complete record among the lines from byte `offset` on, the offset after the last whole
+        line). A reader that follows a run still being written (the app's progress) passes back the offset it
+        got, so each refresh parses only the new lines; offset 0 checks the header. A line cut short is left
+        for the next call; an offset past the end (a file started afresh) reads from the start again."""
+        try:
+            with open(self.path, "rb") as f:
+                if offset > os.fstat(f.fileno()).st_size:
+                    offset = 0
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return {}, 0
+        data = data[:data.rfind(b"\n") + 1]  # a line cut short by a kill, or still being written
+        reader = csv.reader(data.decode("utf-8").splitlines(keepends=True))
+        if offset == 0:
+            header = next(reader, None)
             if header is None:
-                return {}
-            raise ValueError(f"{self.path}: not a covidxr results file (columns {header})")
+                return {}, 0
+            if header != list(FIELDS):
+                raise ValueError(f"{self.path}: not a covidxr results file (columns {header})")
+        out: dict[str, dict] = {}
         for cells in reader:
             if len(cells) != len(FIELDS) or (cells[1] and not _SHA.match(cells[1])):
                 continue
             rec = {k: _value(k, s) for k, s in zip(FIELDS, cells)}
             out[rec["path"]] = rec
-        return out
+        return out, offset + len(data)
 
     def open(self, fresh: bool) -> "ResultsFile":
         """Start appending; `fresh` starts a new file (a run without --resume)."""
