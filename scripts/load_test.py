@@ -154,6 +154,28 @@ def cpu_total(pids: list[int]) -> float | None:
     return sum(found) if found and len(found) == len(pids) else None
 
 
+def browsers_cpu(skip: list[int]) -> float:
+    """CPU seconds used so far by this script's child processes (Playwright's driver and the Chromium it runs, the
+    exited ones included: each live process's user + system time plus its reaped children's), leaving out the
+    subtrees in `skip` (a server started here). On a machine shared with the server this is what the browsers
+    take from it; the drop -> heatmap latency cannot beat (their CPU + the server's) / cores."""
+    tck, children, times = os.sysconf("SC_CLK_TCK"), {}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(f[1]), []).append(int(d.name))
+            times[int(d.name)] = sum(int(x) for x in f[11:15]) / tck  # utime, stime, cutime, cstime
+    todo, total = [c for c in children.get(os.getpid(), []) if c not in skip], 0.0
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo += [c for c in children.get(pid, []) if c not in skip]
+    return total
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU seconds of a process (all its threads) so far, from /proc; None if unknown."""
     try:
@@ -228,6 +250,7 @@ class Phase:
     wall_s: float = 0.0
     server_cpu_s: float | None = None
     proxy_cpu_s: float | None = None  # --proxy-pid's processes, over the same phase
+    browsers_cpu_s: float = 0.0  # this script's Chromium and Playwright driver, over the same phase
     loadavg: tuple[float, float] = (0.0, 0.0)
 
 
@@ -246,13 +269,14 @@ async def drive(url: str, films: list[Expected], rounds: int, deadline: Deadline
             await warm.close()
             phase = Phase(warmup_s=time.perf_counter() - t0)
             out: list[Round] = []
-            cpu0, proxy0 = cpu_total(server_pids), cpu_total(proxy_pids or [])
+            cpu0, proxy0, browsers0 = cpu_total(server_pids), cpu_total(proxy_pids or []), browsers_cpu(server_pids)
             load0, t0 = os.getloadavg()[0], time.perf_counter()
             await asyncio.gather(*(session(browser, url, i, e, rounds, deadline, out)
                                    for i, e in enumerate(films, 1)))
             phase.wall_s, cpu1, proxy1 = time.perf_counter() - t0, cpu_total(server_pids), cpu_total(proxy_pids or [])
             phase.server_cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
             phase.proxy_cpu_s = proxy1 - proxy0 if proxy0 is not None and proxy1 is not None else None
+            phase.browsers_cpu_s = browsers_cpu(server_pids) - browsers0
             phase.loadavg = (load0, os.getloadavg()[0])
             return sorted(out, key=lambda r: (r.session, r.round)), phase
         finally:
@@ -328,6 +352,8 @@ class Report:
                     if self.server_cpu_s_per_result is not None else "")
                  + (f"; proxy CPU {self.phase.proxy_cpu_s:.2f} s = {self.phase.proxy_cpu_s / ok:.3f} s per result"
                     if self.phase.proxy_cpu_s is not None and ok else ""),
+                 f"browsers (Chromium + Playwright's driver, on this machine) CPU {self.phase.browsers_cpu_s:.1f} s"
+                 + (f" = {self.phase.browsers_cpu_s / ok:.2f} s per result" if ok else ""),
                  "errors: " + (", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())) if self.errors else "0"),
                  f"isolation: {'every session saw only its own film and the CLI result' if self.isolation_ok else 'FAILED'}"
                  f" ({self.sessions} films, {self.distinct_sentences} distinct result sentences)"]

@@ -50,6 +50,9 @@ def test_two_sessions_each_see_their_own_result(tmp_path):
         assert r["error"] is None and r["shown"] == expected[r["film"]]   # the CLI's probability, on its own page
         assert r["result_s"] > 0
     assert "drop -> probability + heatmap" in run.stdout
+    # the browsers' CPU is counted apart from the server's (two page opens and results: seconds of Chromium work)
+    assert report["phase"]["browsers_cpu_s"] > 0.5 and report["phase"]["server_cpu_s"] > 0
+    assert "browsers (Chromium + Playwright's driver, on this machine) CPU" in run.stdout
     port = report["url"].rsplit(":", 1)[1]
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert f"--server.port {port}" not in ps                        # the server it started was stopped
