@@ -313,6 +313,34 @@ def test_streamed_rows_are_read_a_new_line_at_a_time(tmp_path):
     assert ResultsFile(path).read_from(end) == ({}, end)
 
 
+def test_films_scored_are_counted_from_the_bytes_added_since_the_last_count(tmp_path):
+    """runs.scored reads only what rows.csv gained (a run of 10^6 films writes over 100 MB), over chunk
+    boundaries, leaves a line being written for the next count, and survives a resume's repair of a cut line."""
+    run = runs.Run("r" * 16, tmp_path, {"films": 10**9})
+    rows = tmp_path / runs.ROWS_FILE
+    rows.write_bytes(b"header\n")
+    assert runs.scored(run) == 0
+    with open(rows, "ab") as f:  # 3.5 MB: several of the counter's 1 MB reads, a line split between two
+        f.write(b"".join(b"film%07d,%s\n" % (i, b"x" * 60) for i in range(50_000)) + b"half a li")
+    assert runs.scored(run) == 50_000
+    with open(rows, "r+b") as f:  # what was counted is not read again: blank it (same size, no line ends) ...
+        f.seek(len(b"header\n"))
+        f.write(b"x" * 1_000_000)
+    with open(rows, "ab") as f:
+        f.write(b"ne\n")
+    assert runs.scored(run) == 50_001  # ... and only the new bytes count (read afresh, it would say far fewer)
+    with open(rows, "ab") as f:  # a run killed mid-line, then resumed: the cut line is removed, rows go on
+        f.write(b"cut sh")
+    assert runs.scored(run) == 50_001
+    os.truncate(rows, rows.stat().st_size - len(b"cut sh"))
+    with open(rows, "ab") as f:
+        f.write(b"film9999999,again\n")
+    assert runs.scored(run) == 50_002
+    runs._counted.clear()  # counted afresh, from the file as it now is: the blanked lines are gone
+    afresh = rows.read_bytes().count(b"\n") - 1
+    assert runs.scored(run) == afresh < 50_002 - 10_000
+
+
 def test_run_ids_are_url_safe_and_unguessable():
     ids = {runs.new_id() for _ in range(200)}
     assert len(ids) == 200 and all(re.fullmatch(r"[A-Za-z0-9_-]{16}", i) for i in ids)

@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -48,6 +49,9 @@ _ID = re.compile(r"[A-Za-z0-9_-]{16}")
 _ERROR_TAIL = 64 << 10  # bytes of stderr searched for the error line (progress counts fill the rest)
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the wrapper's cwd: `-m covidxr` finds this package
 _children: dict[int, subprocess.Popen] = {}  # wrappers this process started: polled, so none stays a zombie
+_counted: dict[str, tuple[int, int]] = {}  # rows.csv path -> (bytes counted, up to a line's end; lines in them)
+_counted_lock = threading.Lock()
+_COUNTED_FILES = 256  # files remembered (more runs than any page lists)
 
 
 class RunNotFound(ValueError):
@@ -220,15 +224,30 @@ def status(run: Run) -> Status:
 
 def scored(run: Run) -> int:
     """Films in rows.csv so far, at most the films found: whole lines past the header, counted without
-    parsing them (cheap enough for every refresh of a list of runs; rows.csv holds one line per film, a film
-    re-scored on resume because its bytes changed being the exception)."""
-    lines = 0
+    parsing them (rows.csv holds one line per film, a film re-scored on resume because its bytes changed being
+    the exception). Every refresh of a page, and of its list of runs, asks this, and a run of 10^6 films
+    writes over 100 MB of rows: so only the bytes appended since the last count are read (per file, in this
+    process), up to the last whole line, which a resume's repair of a cut line never moves back past."""
+    path = str(run.file(ROWS_FILE))
+    with _counted_lock:
+        offset, lines = _counted.get(path, (0, 0))
     try:
-        with open(run.file(ROWS_FILE), "rb") as f:
+        with open(path, "rb") as f:
+            if offset > os.fstat(f.fileno()).st_size:  # a file started afresh
+                offset, lines = 0, 0
+            f.seek(offset)
+            at = offset
             for chunk in iter(lambda: f.read(1 << 20), b""):
-                lines += chunk.count(b"\n")
+                if n := chunk.count(b"\n"):
+                    lines += n
+                    offset = at + chunk.rfind(b"\n") + 1  # a line not finished yet is counted next time
+                at += len(chunk)
     except OSError:
         return 0
+    with _counted_lock:
+        if path not in _counted and len(_counted) >= _COUNTED_FILES:
+            _counted.pop(next(iter(_counted)))  # the oldest file counted
+        _counted[path] = (offset, lines)
     return max(0, min(lines - 1, run.total))
 
 
