@@ -1,8 +1,9 @@
-"""Bounded per-session caches for one user's films and heatmaps. No Streamlit.
+"""Bounded caches. No Streamlit.
 
-The caches live in Streamlit's session state (see webapp.state), one set per browser session; the
-bound keeps a long session from growing without limit, and the content key means the same film
-uploaded twice is decoded, scored and explained once.
+Most live in Streamlit's session state (see webapp.state), one set per browser session, for one user's
+films and heatmaps: the bound keeps a long session from growing without limit, and the content key means
+the same film uploaded twice is decoded, scored and explained once. A few are the server's, shared by every
+session under a lock of their module's (site profiles as loaded, a cluster run's rows as read so far).
 """
 from __future__ import annotations
 

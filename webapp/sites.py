@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from covidxr.site import ARRAYS_FILE, MIN_PER_CLASS, ROUGH_PER_CLASS, SITE_FILE, SiteError, SiteProfile
 
+from .lru import LRU
 from .tables import RATES, estimate_cells
 from .wording import class_title, fmt_threshold, is_refused
 
@@ -76,9 +77,9 @@ class Listed:
     error: str | None = None
 
 
-_cache: dict[tuple, SiteProfile | SiteError] = {}
-_cache_lock = threading.Lock()
 _CACHE_SIZE = 64
+_cache: LRU[tuple, SiteProfile | SiteError] = LRU(_CACHE_SIZE)  # by path, files' state, base model
+_cache_lock = threading.Lock()
 
 
 def _stamp(path: Path) -> tuple:
@@ -108,9 +109,7 @@ def load(path: Path, card: Any) -> SiteProfile:
         except OSError as e:
             found = SiteError(f"site profile {path} could not be read: {e}")
         with _cache_lock:
-            if len(_cache) >= _CACHE_SIZE:
-                _cache.clear()
-            _cache[key] = found
+            _cache.put(key, found)
     if isinstance(found, SiteError):
         raise found
     return found
@@ -358,10 +357,8 @@ def scoring_classifier(profile: SiteProfile | None = None):
     if found is None:
         found = clf.with_site(profile)
         with _cache_lock:
-            if len(_with_site) >= _CACHE_SIZE:
-                _with_site.clear()
-            _with_site[key] = found
+            _with_site.put(key, found)
     return found
 
 
-_with_site: dict[tuple, Any] = {}
+_with_site: LRU[tuple, Any] = LRU(_CACHE_SIZE)  # the model at each profile's operating point
