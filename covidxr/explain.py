@@ -83,7 +83,7 @@ class _GradCAM(GradCAM):
 
 
 class _CamPool:
-    """Up to `size` GradCAMs, each on its own copy of the network, lent to one call at a time."""
+    """Up to `size` GradCAMs, each on its own copy of the network's tail (see _Tail), lent to one call at a time."""
 
     def __init__(self, net: CovidNet, side: int, size: int):
         self.net, self.side, self.size, self.made = net, side, size, 0

@@ -161,11 +161,7 @@ def browsers_cpu(skip: list[int]) -> float:
     take from it; the drop -> heatmap latency cannot beat (their CPU + the server's) / cores."""
     tck, children, times = os.sysconf("SC_CLK_TCK"), {}, {}
     for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
+        if d.name.isdigit() and (f := stat_fields(int(d.name))) is not None:
             children.setdefault(int(f[1]), []).append(int(d.name))
             times[int(d.name)] = sum(int(x) for x in f[11:15]) / tck  # utime, stime, cutime, cstime
     todo, total = [c for c in children.get(os.getpid(), []) if c not in skip], 0.0
@@ -176,12 +172,20 @@ def browsers_cpu(skip: list[int]) -> float:
     return total
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (the state is [0], the parent [1], utime [11]); None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU seconds of a process (all its threads) so far, from /proc; None if unknown."""
+    fields = None if pid is None else stat_fields(pid)
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, TypeError):
+    except (ValueError, IndexError, TypeError):
         return None
 
 
