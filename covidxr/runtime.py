@@ -27,9 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-import torch
-from torch import nn
+
+# ONNX Runtime's Linux wheels carry Microsoft's telemetry: unless this is set before the module is imported, every
+# process that makes a session writes a device id and an event queue under ~/.cache/Microsoft and would send them
+# to mobile.events.data.microsoft.com. Films are patient data and the app makes no request outside its own origin:
+# off, unless the operator sets the variable himself.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402 - after the setting above
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 CACHE_ENV = "COVIDXR_CACHE_DIR"
 OUTPUTS = ("cam", "features", "logits")
