@@ -5,14 +5,15 @@ A film's way through predict(): read (films/) -> prepare every network's input i
 the gate (gate.py, with ood.py's statistics), which says whether the film is a frontal chest radiograph at all.
 
 One Classifier is safe to share between threads (a Streamlit server's sessions): predict() only
-reads the networks, and Grad-CAM hooks live on pooled private copies of them (see explain.py).
+reads the networks, and Grad-CAM hooks live on pooled private copies of their tails (see cam.py).
 """
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,21 +39,35 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
-def split_state(state: dict[str, torch.Tensor], n_networks: int, n_classes: int) -> tuple[list[CovidNet], LungNet]:
-    """model.pt holds every network, the i-th under `Network.state_prefix(i)`, and the lung segmenter
-    under `lung.`."""
-    nets = []
-    for i in range(n_networks):
-        prefix = Network.state_prefix(i)
-        net = CovidNet(n_classes)
-        net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        nets.append(net.to(memory_format=torch.channels_last).eval())
+def network_states(state: dict[str, torch.Tensor], n_networks: int) -> list[dict[str, torch.Tensor]]:
+    """model.pt holds every network, the i-th under `Network.state_prefix(i)`: each network's own tensors,
+    refused if the file holds networks the card does not name."""
     extra = {k.split(".", 1)[0] for k in state if k.startswith("cls")} - {Network.state_prefix(i)[:-1] for i in range(n_networks)}
     if extra:
         raise CardError(f"the weights hold networks the card does not name: {', '.join(sorted(extra))}")
+    out = []
+    for i in range(n_networks):
+        prefix = Network.state_prefix(i)
+        out.append({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    return out
+
+
+def build_network(state: dict[str, torch.Tensor], n_classes: int) -> CovidNet:
+    net = CovidNet(n_classes)
+    net.load_state_dict(state)
+    return net.to(memory_format=torch.channels_last).eval()
+
+
+def split_state(state: dict[str, torch.Tensor], n_networks: int, n_classes: int) -> tuple[list[CovidNet], LungNet]:
+    """model.pt's networks (network_states) and the lung segmenter, stored under `lung.`."""
+    nets = [build_network(s, n_classes) for s in network_states(state, n_networks)]
+    return nets, lung_net(state)
+
+
+def lung_net(state: dict[str, torch.Tensor]) -> LungNet:
     lungs = LungNet()
     lungs.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("lung.")})
-    return nets, lungs.eval()
+    return lungs.eval()
 
 
 def stored_in_half(tensor: torch.Tensor) -> bool:
@@ -108,23 +123,57 @@ class Prediction:
     site: str | None = None             # the site profile whose operating point decided (None: the shipped one)
 
 
-class Classifier:
-    """The card's networks, whose logits are averaged; the first also gives the gate's features."""
+class _Networks:
+    """A classifier's networks, or how to build them on first use; shared by the copies with_site() makes."""
 
-    def __init__(self, card: ModelCard, nets: Sequence[CovidNet], lungs: LungNet, directory: Path):
+    def __init__(self, nets: Sequence[CovidNet] | Callable[[], Sequence[CovidNet]], graph_keys: Sequence[str] | None):
+        self.build = nets if callable(nets) else None
+        self.nets = None if callable(nets) else [n.eval() for n in nets]
+        self.graph_keys = graph_keys
+        self.sessions: dict[int, OnnxNetwork] = {}  # held here: runtime shares a keyed session while one holds it
+        self.lock = threading.Lock()
+
+    def get(self) -> list[CovidNet]:
+        with self.lock:
+            if self.nets is None:
+                self.nets = [n.eval() for n in self.build()]
+                self.build = None
+            return self.nets
+
+
+class Classifier:
+    """The card's networks, whose logits are averaged; the first also gives the gate's features.
+
+    `nets`: the networks, or a function that builds them (from_dir): then they are built only when PyTorch
+    itself is needed (Grad-CAM's tail, forward_pytorch, training, or a graph no process has exported yet),
+    and `graph_keys` name each network's ONNX graph in runtime's cache (runtime.file_key). predict()
+    runs on ONNX Runtime, so a batch worker whose graphs are cached never builds them."""
+
+    def __init__(self, card: ModelCard, nets: Sequence[CovidNet] | Callable[[], Sequence[CovidNet]], lungs: LungNet,
+                 directory: Path, graph_keys: Sequence[str] | None = None):
         self.card, self.lungs, self.directory = card, lungs.eval(), directory
-        self.nets = [n.eval() for n in nets]
-        if len(self.nets) != len(card.networks):
-            raise CardError(f"the card names {len(card.networks)} networks, the weights hold {len(self.nets)}")
+        self._networks = _Networks(nets, graph_keys)
+        if self._networks.nets is not None:
+            self._check(self._networks.nets)
         self.ood = OODDetector.load(directory, card) if card.ood.get("file") else None
         self.gate_rules = GateRules.from_card(card.ood.get("gate"))
         child = card.ood.get("paediatric")
         self.child_look = ChildLook.load(directory, child) if self.ood and child else None
         self.site = None  # a covidxr.site.SiteProfile: set only on the copy with_site() returns
 
+    def _check(self, nets: Sequence[CovidNet]) -> None:
+        if len(nets) != len(self.card.networks):
+            raise CardError(f"the card names {len(self.card.networks)} networks, the weights hold {len(nets)}")
+
+    @property
+    def nets(self) -> list[CovidNet]:
+        """The networks in PyTorch (built now if from_dir deferred them)."""
+        return self._networks.get()
+
     @classmethod
     def from_dir(cls, directory: str | Path = DEFAULT_WEIGHTS, threads: int | None = None) -> "Classifier":
-        """Load weights only if their sha256 matches the card, and only as plain tensors."""
+        """Load weights only if their sha256 matches the card, and only as plain tensors. The classifier
+        networks are built in PyTorch only when needed (see Classifier)."""
         directory = Path(directory)
         set_threads(threads)
         card = ModelCard.load(directory)
@@ -133,12 +182,20 @@ class Classifier:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise CardError(f"weights {path} could not be loaded safely: {e}") from None
-        nets, lungs = split_state(state, len(card.networks), len(card.class_names))
-        # Inference-only speed-ups, same outputs to float rounding: BatchNorm folded into the convolutions
-        # (the CAM layer's kept, see fold_batchnorm) and channels-last memory (oneDNN, 25-30% faster here).
-        nets = [fold_batchnorm(n, keep=(n.cam_layer,)).to(memory_format=torch.channels_last) for n in nets]
-        lungs = fold_batchnorm(lungs).to(memory_format=torch.channels_last)
-        return cls(card, nets, lungs, directory)
+        states, n_classes = network_states(state, len(card.networks)), len(card.class_names)
+        missing = [Network.state_prefix(i)[:-1] for i, s in enumerate(states) if not s]
+        if missing:
+            raise CardError(f"the weights hold no network {', '.join(missing)}, which the card names")
+
+        def build() -> list[CovidNet]:
+            # Inference-only speed-ups, same outputs to float rounding: BatchNorm folded into the convolutions
+            # (the CAM layer's kept, see fold_batchnorm) and channels-last memory (oneDNN, 25-30% faster here).
+            nets = [build_network(s, n_classes) for s in states]
+            return [fold_batchnorm(n, keep=(n.cam_layer,)).to(memory_format=torch.channels_last) for n in nets]
+
+        lungs = fold_batchnorm(lung_net(state)).to(memory_format=torch.channels_last)
+        keys = [runtime.file_key(card.weights_sha256, i, card.input_size) for i in range(len(states))]
+        return cls(card, build, lungs, directory, graph_keys=keys)
 
     def with_site(self, profile) -> "Classifier":
         """This model deciding at a site profile's operating point (covidxr.site): a shallow copy sharing the
@@ -174,11 +231,17 @@ class Classifier:
 
     def onnx(self, i: int) -> OnnxNetwork:
         """The i-th network's forward pass on ONNX Runtime (covidxr/runtime.py: 1.7x PyTorch's on CPU)."""
-        return runtime.network(self.nets[i], self.card.input_size)
+        n, side = self._networks, self.card.input_size
+        if n.graph_keys is None:
+            return runtime.network(self.nets[i], side)
+        s = n.sessions.get(i)
+        if s is None:
+            s = n.sessions[i] = runtime.keyed_network(n.graph_keys[i], side, lambda: self.nets[i])
+        return s
 
     def network_outputs(self, inputs: Sequence[FilmInputs]) -> list[NetworkOutputs]:
         """Each network's pooled features and logits for its own view of the films."""
-        return [self.onnx(i).run(self.tensor([x.networks[i] for x in inputs])) for i in range(len(self.nets))]
+        return [self.onnx(i).run(self.tensor([x.networks[i] for x in inputs])) for i in range(len(self.card.networks))]
 
     def forward(self, inputs: Sequence[FilmInputs]) -> tuple[torch.Tensor, torch.Tensor]:
         """The networks' mean logits and the first network's pooled features (the gate's)."""

@@ -5,6 +5,7 @@ network: a hospital's machine often has no internet.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -43,8 +44,8 @@ def fold_batchnorm(net: nn.Module, keep: tuple[nn.Module, ...] = ()) -> nn.Modul
 
     Inference only (10-20% faster on CPU, same outputs to float rounding). Convolutions in `keep` are left
     as they are: Grad-CAM reads the CAM layer's own activations, which folding would rescale and shift."""
-    from timm.layers import BatchNormAct2d
-
+    layers = sys.modules.get("timm.layers")  # a timm BatchNormAct2d exists only once timm is imported: the lung
+    act_norm = layers.BatchNormAct2d if layers else ()  # segmenter alone never imports it (2-3 s, torchvision's)
     net.eval()
     prev = None
     for parent in list(net.modules()):
@@ -59,7 +60,7 @@ def fold_batchnorm(net: nn.Module, keep: tuple[nn.Module, ...] = ()) -> nn.Modul
                         prev.weight.mul_(scale.view(-1, 1, 1, 1))
                         bias = shift if prev.bias is None else shift + prev.bias * scale
                     prev.bias = nn.Parameter(bias.detach(), requires_grad=False)
-                    rest = [child.drop, child.act] if isinstance(child, BatchNormAct2d) else []
+                    rest = [child.drop, child.act] if isinstance(child, act_norm) else []
                     setattr(parent, name, nn.Sequential(*rest) if rest else nn.Identity())
                 prev = None
     return net

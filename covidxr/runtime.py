@@ -13,7 +13,10 @@ Each network is exported once (torch.onnx, about 3 s) to a graph with three outp
 activations, the pooled features and the logits. The graph is kept in memory per network and on disk in
 a cache folder (`COVIDXR_CACHE_DIR`, default ~/.cache/covidxr), named by a hash of the network's
 weights and of the versions that made it, so a later process loads it in a fraction of a second. Only
-model weights are written there, never a film. An unwritable cache folder only costs the export again.
+model weights are written there, never a film. An unwritable cache folder only costs the export again,
+and a damaged file is replaced. A model loaded from its folder (Classifier.from_dir) names its graphs by
+the weights file's checked hash instead (file_key), so that with the graphs cached its networks are never
+built in PyTorch unless Grad-CAM or training needs them.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -67,13 +71,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "covidxr") / "onnx"
 
 
+def _key(what: bytes | str, side: int, parts=()) -> str:
+    h = hashlib.sha256(f"{FORMAT}/{OPSET}/{side}/{torch.__version__}/{ort.__version__}".encode())
+    h.update(what.encode() if isinstance(what, str) else what)
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()[:32]
+
+
 def weights_key(net: nn.Module, side: int) -> str:
     """A name for a network's exported graph: its weights' bytes, its input side and the versions that export."""
-    h = hashlib.sha256(f"{FORMAT}/{OPSET}/{side}/{torch.__version__}/{ort.__version__}".encode())
+    parts = []
     for name, t in net.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()[:32]
+        parts += [name.encode(), t.detach().contiguous().cpu().numpy().tobytes()]
+    return _key("tensors", side, parts)
+
+
+def file_key(weights_sha256: str, index: int, side: int) -> str:
+    """A name for the graph of the index-th network of a weights file, as Classifier.from_dir prepares it
+    (FORMAT changes when that preparation does): known from the file's checked hash before the network is
+    built, so that a process whose graphs are cached never builds the networks in PyTorch (the timm and
+    torchvision imports alone take 2-3 s of every cluster worker's and command's start)."""
+    return _key(f"file/{weights_sha256}/{index}", side)
 
 
 def export(net: nn.Module, side: int) -> bytes:
@@ -89,14 +108,17 @@ def export(net: nn.Module, side: int) -> bytes:
     return buf.getvalue()
 
 
-def graph_bytes(net: nn.Module, side: int) -> bytes:
-    """The exported graph, from the cache folder when a process has already made it."""
-    path = cache_dir() / f"{weights_key(net, side)}.onnx"
+def cached(key: str) -> bytes | None:
+    """The graph stored under `key` in the cache folder, if a process has already made it."""
     try:
-        return path.read_bytes()
+        return (cache_dir() / f"{key}.onnx").read_bytes()
     except OSError:
-        pass
-    data = export(net, side)
+        return None
+
+
+def store(key: str, data: bytes) -> None:
+    """Keep a graph in the cache folder; an unwritable folder is left alone (the next process exports again)."""
+    path = cache_dir() / f"{key}.onnx"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
@@ -104,6 +126,15 @@ def graph_bytes(net: nn.Module, side: int) -> bytes:
         tmp.replace(path)  # atomic: a concurrent process reads the whole file or none
     except OSError:
         pass
+
+
+def graph_bytes(net: nn.Module, side: int) -> bytes:
+    """The network's exported graph, from the cache folder when a process has already made it."""
+    key = weights_key(net, side)
+    data = cached(key)
+    if data is None:
+        data = export(net, side)
+        store(key, data)
     return data
 
 
@@ -134,7 +165,23 @@ def _array(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 _sessions: "weakref.WeakKeyDictionary[nn.Module, OnnxNetwork]" = weakref.WeakKeyDictionary()
+_by_key: "weakref.WeakValueDictionary[str, OnnxNetwork]" = weakref.WeakValueDictionary()
 _lock = threading.Lock()
+
+
+def _session(key: str, side: int, net: Callable[[], nn.Module]) -> OnnxNetwork:
+    """A session on the graph cached under `key`, else on a fresh export of net() (stored there): a cached file
+    that ONNX Runtime cannot load (cut short, damaged) is replaced, not fatal."""
+    threads = torch.get_num_threads()
+    data = cached(key)
+    if data is not None:
+        try:
+            return OnnxNetwork(data, threads)
+        except Exception:  # noqa: BLE001 - onnxruntime raises its own exception types for a bad model
+            pass
+    data = export(net(), side)
+    store(key, data)
+    return OnnxNetwork(data, threads)
 
 
 def network(net: nn.Module, side: int) -> OnnxNetwork:
@@ -143,5 +190,15 @@ def network(net: nn.Module, side: int) -> OnnxNetwork:
     with _lock:
         s = _sessions.get(net)
         if s is None:
-            s = _sessions[net] = OnnxNetwork(graph_bytes(net, side), torch.get_num_threads())
+            s = _sessions[net] = _session(weights_key(net, side), side, lambda: net)
+        return s
+
+
+def keyed_network(key: str, side: int, net: Callable[[], nn.Module]) -> OnnxNetwork:
+    """The session for the graph named `key` (file_key), shared by every holder of it while one lives; `net`
+    builds the network, called only when no process has cached the graph yet."""
+    with _lock:
+        s = _by_key.get(key)
+        if s is None:
+            s = _by_key[key] = _session(key, side, net)
         return s

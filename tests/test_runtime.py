@@ -3,6 +3,10 @@ whole network's map, and the exported graphs are cached by the weights they were
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -116,3 +120,50 @@ def test_an_unwritable_cache_only_costs_the_export(classifier, tmp_path, monkeyp
     data = runtime.graph_bytes(net, side)
     out = runtime.OnnxNetwork(data, 1).run(torch.zeros(2, 3, side, side))
     assert out.logits.shape == (2, len(classifier.card.class_names))
+
+
+_LOAD = """
+import json, sys
+import covidxr
+from covidxr.films import read_film
+clf = covidxr.load()
+films = [read_film(p) for p in sys.argv[1:]]
+probs = [p.probability for p in clf.predict(films)]
+print(json.dumps({"probs": probs, "built": clf._networks.nets is not None,
+                  "imported": sorted(m for m in ("timm", "torchvision", "pytorch_grad_cam") if m in sys.modules)}))
+"""
+
+
+def _load_in_fresh_process(cache, paths) -> dict:
+    home = cache / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update({runtime.CACHE_ENV: str(cache), "HOME": str(home)})
+    r = subprocess.run([sys.executable, "-c", _LOAD, *map(str, paths)], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # ONNX Runtime's telemetry (a device id and an event queue under ~/.cache/Microsoft, sent to Microsoft) is off
+    assert not (home / ".cache" / "Microsoft").exists()
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_model_whose_graphs_are_cached_is_not_built_in_pytorch(classifier, films, tmp_path):
+    """Classifier.from_dir names its graphs by the weights file's hash: the first process builds the networks
+    and exports them; the next one predicts from the cached graphs alone, never importing timm, torchvision
+    or pytorch-grad-cam (seconds of every command's and cluster worker's start), with the same numbers.
+    None of them leaves ONNX Runtime's telemetry behind."""
+    paths = sorted((REPO / "samples").glob("*/*.jpg"))[:3]
+    keys = [runtime.file_key(classifier.card.weights_sha256, i, classifier.card.input_size)
+            for i in range(len(classifier.card.networks))]
+    first = _load_in_fresh_process(tmp_path, paths)
+    assert first["built"] and sorted(f.name for f in (tmp_path / "onnx").iterdir()) == sorted(f"{k}.onnx" for k in keys)
+    second = _load_in_fresh_process(tmp_path, paths)
+    assert not second["built"] and second["imported"] == []
+    assert second["probs"] == first["probs"]
+    want = [p.probability for p in classifier.predict([read_film(p) for p in paths])]
+    np.testing.assert_allclose(second["probs"], want, atol=TOLERANCE)
+    # a damaged cached graph is exported again, not fatal
+    (tmp_path / "onnx" / f"{keys[0]}.onnx").write_bytes(b"not a graph")
+    third = _load_in_fresh_process(tmp_path, paths)
+    assert third["built"] and third["probs"] == first["probs"]
+    assert (tmp_path / "onnx" / f"{keys[0]}.onnx").stat().st_size > 1_000_000
