@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from covidxr import runtime
 from covidxr.engines import score_all
 from covidxr.engines.batch import FIELDS, result_of, row_of
 from covidxr.engines.results import ResultsFile, already_done
@@ -306,10 +307,14 @@ def test_ray_leaves_no_film_name_in_its_files_and_spills_nothing(ray_tmp):
 
 def test_cli_ray_engine_writes_the_in_process_report_and_resumes(tmp_path):
     """`evaluate --engine ray` (its own local Ray, stopped at exit) against `evaluate`; then `--resume` with
-    every film in the results file scores nothing again and writes the same report."""
+    every film in the results file scores nothing again and writes the same report. In a HOME of their own, the
+    driver and its workers leave only Ray's token there (no runtime's telemetry: see docs/privacy.md)."""
     tag = uuid.uuid4().hex
     base = [PY, "-m", "covidxr", "evaluate", str(SAMPLES)]
-    run = dict(cwd=REPO, env=tagged_env(tag), capture_output=True, text=True, timeout=420)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**tagged_env(tag), "HOME": str(home), runtime.CACHE_ENV: str(runtime.cache_dir().parent)}
+    run = dict(cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
     try:
         local = subprocess.run(base + ["--json", str(tmp_path / "local.json")], **run)
         ray_ = subprocess.run(base + ["--engine", "ray", "--workers", "1", "--results", str(tmp_path / "rows.csv"),
@@ -321,6 +326,8 @@ def test_cli_ray_engine_writes_the_in_process_report_and_resumes(tmp_path):
     finally:
         kill_tagged(tag)
     assert not tagged_pids(tag), "the CLI left Ray processes behind"
+    left = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+    assert left in ([], [".ray/auth_token"]), left  # Ray's own token for the local cluster it started
     a, b, c = (json.loads((tmp_path / f).read_text()) for f in ("local.json", "ray.json", "again.json"))
     _assert_same_report(a, b)
     assert b["images"] == c["images"]
