@@ -43,7 +43,7 @@ from torch import nn  # noqa: E402
 
 CACHE_ENV = "COVIDXR_CACHE_DIR"
 OUTPUTS = ("cam", "features", "logits")
-FORMAT = 1  # bump when the exported graph changes, so that cached graphs of the old shape are not reused
+FORMAT = 1  # bump when the exported graph or from_dir's preparation of the networks changes: cached graphs are not reused
 OPSET = 17
 
 
@@ -128,14 +128,16 @@ def store(key: str, data: bytes) -> None:
         pass
 
 
+def _exported(key: str, side: int, net: Callable[[], nn.Module]) -> bytes:
+    data = export(net(), side)
+    store(key, data)
+    return data
+
+
 def graph_bytes(net: nn.Module, side: int) -> bytes:
     """The network's exported graph, from the cache folder when a process has already made it."""
     key = weights_key(net, side)
-    data = cached(key)
-    if data is None:
-        data = export(net, side)
-        store(key, data)
-    return data
+    return cached(key) or _exported(key, side, lambda: net)
 
 
 class OnnxNetwork:
@@ -179,9 +181,7 @@ def _session(key: str, side: int, net: Callable[[], nn.Module]) -> OnnxNetwork:
             return OnnxNetwork(data, threads)
         except Exception:  # noqa: BLE001 - onnxruntime raises its own exception types for a bad model
             pass
-    data = export(net(), side)
-    store(key, data)
-    return OnnxNetwork(data, threads)
+    return OnnxNetwork(_exported(key, side, net), threads)
 
 
 def network(net: nn.Module, side: int) -> OnnxNetwork:
