@@ -41,7 +41,7 @@ def set_threads(threads: int | None = None) -> int:
 
 def network_states(state: dict[str, torch.Tensor], n_networks: int) -> list[dict[str, torch.Tensor]]:
     """model.pt holds every network, the i-th under `Network.state_prefix(i)`: each network's own tensors,
-    refused if the file holds networks the card does not name."""
+    refused if the file holds networks the card does not name, or lacks one it names."""
     extra = {k.split(".", 1)[0] for k in state if k.startswith("cls")} - {Network.state_prefix(i)[:-1] for i in range(n_networks)}
     if extra:
         raise CardError(f"the weights hold networks the card does not name: {', '.join(sorted(extra))}")
@@ -49,6 +49,9 @@ def network_states(state: dict[str, torch.Tensor], n_networks: int) -> list[dict
     for i in range(n_networks):
         prefix = Network.state_prefix(i)
         out.append({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    missing = [Network.state_prefix(i)[:-1] for i, s in enumerate(out) if not s]
+    if missing:
+        raise CardError(f"the weights hold no network {', '.join(missing)}, which the card names")
     return out
 
 
@@ -124,14 +127,15 @@ class Prediction:
 
 
 class _Networks:
-    """A classifier's networks, or how to build them on first use; shared by the copies with_site() makes."""
+    """A classifier's networks, or how to build them on first use, and their sessions on the graphs named
+    `graph_keys`; shared by the copies with_site() makes."""
 
     def __init__(self, nets: Sequence[CovidNet] | Callable[[], Sequence[CovidNet]], graph_keys: Sequence[str] | None):
         self.build = nets if callable(nets) else None
         self.nets = None if callable(nets) else [n.eval() for n in nets]
         self.graph_keys = graph_keys
-        self.sessions: dict[int, OnnxNetwork] = {}  # held here: runtime shares a keyed session while one holds it
-        self.lock = threading.Lock()
+        self.sessions: dict[int, OnnxNetwork] = {}
+        self.lock = threading.RLock()  # a session made here may build the networks (get) on the way
 
     def get(self) -> list[CovidNet]:
         with self.lock:
@@ -139,6 +143,14 @@ class _Networks:
                 self.nets = [n.eval() for n in self.build()]
                 self.build = None
             return self.nets
+
+    def session(self, i: int, side: int) -> OnnxNetwork:
+        """The i-th network's session on its keyed graph, made once (runtime.session)."""
+        with self.lock:
+            s = self.sessions.get(i)
+            if s is None:
+                s = self.sessions[i] = runtime.session(self.graph_keys[i], side, lambda: self.get()[i])
+            return s
 
 
 class Classifier:
@@ -183,9 +195,6 @@ class Classifier:
         except Exception as e:  # noqa: BLE001
             raise CardError(f"weights {path} could not be loaded safely: {e}") from None
         states, n_classes = network_states(state, len(card.networks)), len(card.class_names)
-        missing = [Network.state_prefix(i)[:-1] for i, s in enumerate(states) if not s]
-        if missing:
-            raise CardError(f"the weights hold no network {', '.join(missing)}, which the card names")
 
         def build() -> list[CovidNet]:
             # Inference-only speed-ups, same outputs to float rounding: BatchNorm folded into the convolutions
@@ -232,12 +241,7 @@ class Classifier:
     def onnx(self, i: int) -> OnnxNetwork:
         """The i-th network's forward pass on ONNX Runtime (covidxr/runtime.py: 1.7x PyTorch's on CPU)."""
         n, side = self._networks, self.card.input_size
-        if n.graph_keys is None:
-            return runtime.network(self.nets[i], side)
-        s = n.sessions.get(i)
-        if s is None:
-            s = n.sessions[i] = runtime.keyed_network(n.graph_keys[i], side, lambda: self.nets[i])
-        return s
+        return runtime.network(self.nets[i], side) if n.graph_keys is None else n.session(i, side)
 
     def network_outputs(self, inputs: Sequence[FilmInputs]) -> list[NetworkOutputs]:
         """Each network's pooled features and logits for its own view of the films."""

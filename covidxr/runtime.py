@@ -167,13 +167,14 @@ def _array(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 _sessions: "weakref.WeakKeyDictionary[nn.Module, OnnxNetwork]" = weakref.WeakKeyDictionary()
-_by_key: "weakref.WeakValueDictionary[str, OnnxNetwork]" = weakref.WeakValueDictionary()
 _lock = threading.Lock()
 
 
-def _session(key: str, side: int, net: Callable[[], nn.Module]) -> OnnxNetwork:
-    """A session on the graph cached under `key`, else on a fresh export of net() (stored there): a cached file
-    that ONNX Runtime cannot load (cut short, damaged) is replaced, not fatal."""
+def session(key: str, side: int, net: Callable[[], nn.Module]) -> OnnxNetwork:
+    """A new session, with as many threads as torch uses now, on the graph cached under `key` (weights_key or
+    file_key), else on a fresh export of net() (stored there): net() is called only when no process has cached
+    the graph, and a cached file that ONNX Runtime cannot load (cut short, damaged) is replaced, not fatal. The
+    caller keeps the session (network() per network object; Classifier per network, made once)."""
     threads = torch.get_num_threads()
     data = cached(key)
     if data is not None:
@@ -190,15 +191,5 @@ def network(net: nn.Module, side: int) -> OnnxNetwork:
     with _lock:
         s = _sessions.get(net)
         if s is None:
-            s = _sessions[net] = _session(weights_key(net, side), side, lambda: net)
-        return s
-
-
-def keyed_network(key: str, side: int, net: Callable[[], nn.Module]) -> OnnxNetwork:
-    """The session for the graph named `key` (file_key), shared by every holder of it while one lives; `net`
-    builds the network, called only when no process has cached the graph yet."""
-    with _lock:
-        s = _by_key.get(key)
-        if s is None:
-            s = _by_key[key] = _session(key, side, net)
+            s = _sessions[net] = session(weights_key(net, side), side, lambda: net)
         return s

@@ -114,6 +114,10 @@ def test_weights_round_trip_and_load_from_a_folder(pair, tmp_path: Path, films):
     assert len(nets) == 2 and torch.equal(nets[1].head.weight, other.head.weight)
     with pytest.raises(CardError, match="networks the card does not name"):
         split_state(torch.load(d / "model.pt", weights_only=True), 1, 3)
+    first_only = {k: v for k, v in torch.load(d / "model.pt", weights_only=True).items()
+                  if not k.startswith(Network.state_prefix(1))}
+    with pytest.raises(CardError, match="the weights hold no network cls1, which the card names"):
+        split_state(first_only, 2, 3)
 
 
 def test_a_card_and_weights_that_disagree_on_the_networks_are_refused(pair, tmp_path: Path):
