@@ -25,6 +25,15 @@ if [[ "${1:-}" == "--browser" || "${1:-}" == "--proxy" ]] && [[ ! -x /usr/sbin/n
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
 fi
 
+# PostgreSQL 15: the audit store's server for several replicas; tests/test_audit.py starts its own instance.
+if [[ "${1:-}" == "--browser" ]] && [[ ! -x /usr/lib/postgresql/15/bin/postgres ]]; then
+    echo "setup: installing Debian's postgresql" >&2
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv with $($PYTHON --version)" >&2
     "$PYTHON" -m venv .venv
