@@ -170,6 +170,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             pred = clf.predict([film])[0]
         rows.append(prediction_row(path, pred, args.include_non_chest))
+    if getattr(clf, "site", None) is not None:  # every result names the profile and its version
+        from .profiles import version_of
+
+        for row in rows:
+            if "error" not in row:
+                row["site_version"] = version_of(clf.site)
     if audit is not None:
         from .audit_cli import record_or_exit, predict_event
 
@@ -213,7 +219,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                  include_non_chest=args.include_non_chest)
     result = report.as_dict()
     if getattr(clf, "site", None) is not None:  # scored with a site profile (--site)
-        result = {"site": clf.site.name, **result}
+        from .profiles import version_of
+
+        result = {"site": clf.site.name, "site_version": version_of(clf.site), **result}
     if audit is not None:
         from .audit_cli import evaluate_event, record_or_exit
 

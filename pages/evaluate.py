@@ -11,8 +11,7 @@ import streamlit as st
 from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
-from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError
-from webapp import cluster, sites, state
+from webapp import audit_log, auth, cluster, site_session, sites, state
 from webapp.batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
 from webapp.batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from webapp.films import SAMPLES, UPLOAD_TYPES, sample_films
@@ -24,17 +23,29 @@ from webapp.wording import DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHE
 
 SOURCES = ["Upload films or a .zip", "A folder on the server", "The sample films"]
 
+
+def batch_summary(batch: Batch, source: str) -> dict:
+    """What the audit record of a batch run holds: counts and metrics, no film names."""
+    d = batch.report().as_dict()
+    return {"source": ["upload", "server folder", "samples"][SOURCES.index(source)], "films": batch.total,
+            "scored": d["n"], "failed": d["n_errors"], "not_chest": d["n_not_chest"],
+            **{k: d.get(k) for k in ("threshold", "sensitivity", "specificity", "auc")}}
+
 clf = classifier()  # the shipped model: site profiles are fitted with it
 card = clf.card
-in_use = sites.active()  # the session's operating point (chosen on the Screen page): batches are scored with it
-scorer = clf if in_use.profile is None else sites.scoring_classifier(in_use.profile)
+in_use = site_session.active()  # the session's operating point (chosen on the Screen page): batches are scored with it
+scorer = clf if in_use.profile is None else site_session.scoring_classifier(in_use.profile)
+user = auth.user()
 st.title("Batch evaluation")
 st.caption(f"Films labelled by folder: one subfolder per class, `{card.positive_class}` positive, every other folder "
            "negative (`<source>/<class>/` is recognised too). Scores stream in; the threshold slider "
            "below recomputes every metric from the stored scores.")
 
 state.restore_form(state.EVAL_FORM)  # the form as the user left it on another page
-source = st.radio("Films to evaluate", SOURCES, horizontal=True, key=state.EVAL_SOURCE)
+offered = SOURCES if user.is_admin else [SOURCES[0], SOURCES[2]]  # server folders: site admins only
+if st.session_state.get(state.EVAL_SOURCE) not in offered and st.session_state.get(state.EVAL_SOURCE) is not None:
+    auth.require_admin("batch on a server folder")  # not offered to this user: refused and recorded
+source = st.radio("Films to evaluate", offered, horizontal=True, key=state.EVAL_SOURCE)
 collect = None  # () -> (title, items, keep_for_review), called when the run starts
 if source == SOURCES[0]:
     uploads = st.file_uploader("Drop films, or a .zip of a labelled folder", type=[*UPLOAD_TYPES, "zip"],
@@ -61,7 +72,7 @@ else:
                "training data, so they show how the page works, not how well the model works.")
     collect = lambda: folder_batch(str(SAMPLES), [SAMPLES], card.positive_class)  # noqa: E731
 state.remember_form(state.EVAL_FORM)
-address = cluster.ray_address()  # None: every batch is scored in this session, as without a cluster
+address = cluster.ray_address() if user.is_admin else None  # cluster runs: site admins only
 on_cluster = address is not None and source == SOURCES[1]
 if on_cluster:
     st.caption(f"The folder is scored on the computing cluster (`{address}`). The run belongs to the server, "
@@ -70,14 +81,15 @@ elif address is not None:
     st.caption("Uploads and the sample films are scored here, in your session (the cluster's machines cannot see "
                "files in your browser): keep this tab open until the results appear.")
 if in_use.error:
-    st.error(f"The site profile `{in_use.folder}` can no longer be used ({in_use.error}); the shipped model is in use.",
-             icon="🚫")
+    st.error("The site profile chosen can no longer be used; the shipped model is in use.", icon="🚫")
+    st.text(f"{in_use.folder}: {in_use.error}")
 st.caption(f"Scored with: **{sites.in_use_line(in_use.profile)}** (the operating point in use in this session, "
            "chosen on the Screen page).")
 
 clicked = st.button("Run on the cluster" if on_cluster else "Run evaluation", type="primary",
                     disabled=collect is None, key=state.EVAL_RUN)
 if clicked:
+    audit_log.check()  # fail closed: nothing is scored when the audit trail cannot be written
     try:
         title, items, keep = collect()
     except (PathRefused, ZipRefused, FilmError) as e:
@@ -98,6 +110,7 @@ if clicked and not on_cluster:  # scored here, in this session
     batch = Batch(title, len(items), scorer.threshold, card.positive_class, items if keep else None)
     st.session_state[state.BATCH] = batch
     st.session_state[state.BATCH_SCORED_BY] = {"site": None if in_use.profile is None else in_use.profile.name,
+                                               "version": in_use.version or None,
                                                "profile": in_use.profile,  # the review page decides with it too
                                                "line": sites.in_use_line(in_use.profile),
                                                "threshold": scorer.threshold}
@@ -111,6 +124,9 @@ if clicked and not on_cluster:  # scored here, in this session
         batch.rows.append(row)  # kept even if the run is interrupted (a click elsewhere stops the script)
     batch.done, batch.seconds = True, time.perf_counter() - t0
     bar.empty()
+    audit_log.record("batch", profile=in_use.profile, detail=batch_summary(batch, source))
+if address is None and open_run_id() and not user.is_admin:  # a cluster run's address opened by a clinician
+    auth.require_admin("open a cluster run")
 if address is not None:  # the cluster's runs: the list, and the run this session or its address opened
     opened = open_run_id()
     run_list(opened)
@@ -205,88 +221,26 @@ if report.failures:
     st.dataframe([{"film": r.path, "reason": r.error} for r in report.failures], hide_index=True)
 
 left, right = st.columns(2)
-left.download_button("Download per-image CSV", report.to_csv, file_name="covidxr_evaluation.csv",
+def exported(what: str, make):
+    """The download's content, made on click, once its export is recorded (fail closed: no record, no file)."""
+    record = audit_log.deferred("export", profile=scored_by.get("profile"), detail={"what": what,
+                                                                                   "films": len(batch.rows)})
+
+    def build():
+        record()
+        return make()
+    return build
+
+
+left.download_button("Download per-image CSV", exported("batch csv", report.to_csv), file_name="covidxr_evaluation.csv",
                      mime="text/csv", key=state.EVAL_CSV, on_click="ignore")  # built on click only
 right.download_button("Download full report (JSON)",
-                      lambda: json.dumps({**({"site": scored_by["site"]} if scored_by["site"] else {}), **d,
-                                          "operating_point": fmt_threshold(batch.threshold)}, indent=2),
+                      exported("batch json", lambda: json.dumps(
+                          {**({"site": scored_by["site"], "site_version": scored_by.get("version")}
+                              if scored_by["site"] else {}), **d,
+                           "operating_point": fmt_threshold(batch.threshold)}, indent=2)),
                       file_name="covidxr_evaluation.json", mime="application/json", key=state.EVAL_JSON,
                       on_click="ignore")
 st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon="🔎")
-
-# ---------------------------------------------------------------- a site profile from this batch
-st.divider()
-st.subheader("Fit a site profile from this batch")
-st.caption(f"A site profile recalibrates the model on your own labelled films: at least {MIN_PER_CLASS} of each "
-           f"class; below {ROUGH_PER_CLASS} of a class its figures are rough. It is fitted with the shipped model "
-           "(whatever is in use), its figures are cross-validated beside the shipped model's, and it is saved under "
-           "its name in this server's profile folder, for every user of the server. The films are re-read in "
-           "memory; only the profile is written, with no film names.")
-blocker = sites.fit_blocker(batch)
-name = st.text_input("Profile name (also its folder on the server)", key=state.SITE_NAME, max_chars=sites.MAX_NAME,
-                     disabled=blocker is not None, placeholder="e.g. St Mary radiology 2024")
-folder, problem, exists, overwrite = None, None, False, False
-if blocker is None and name.strip():
-    try:
-        folder = sites.check_name(name)
-    except ValueError as e:
-        problem = f"This name cannot be used: {e}."
-    else:
-        exists = (sites.sites_dir() / folder).exists()
-if exists:
-    overwrite = st.checkbox(f"Replace the profile “{folder}” already saved on this server",
-                            key=state.site_overwrite(folder))
-if blocker:
-    st.info(blocker, icon="ℹ️")
-elif problem:
-    st.error(problem, icon="🚫")
-elif exists and not overwrite:
-    st.warning(f"A profile named “{folder}” is already saved on this server: choose another name, or tick the box "
-               "to replace it.", icon="⚠️")
-if st.button("Fit and save the site profile", key=state.SITE_FIT,
-             disabled=blocker is not None or folder is None or (exists and not overwrite)):
-    bar = st.progress(0.0, text="Reading the films again…")
-
-    def fit_progress(done: int, total: int) -> None:
-        bar.progress(0.8 * done / total if total else 0.8,
-                     text=f"Scoring {done} of {total} films with the shipped model")
-
-    try:
-        profile, skipped = sites.fit(clf, batch.items, folder, progress=fit_progress, fitting=lambda: bar.progress(
-            0.85, text="Fitting and cross-validating the profile…"))
-        path = sites.save(profile, sites.sites_dir(), folder, overwrite=overwrite)
-    except (SiteError, FileExistsError, OSError) as e:  # TooFewFilms is a SiteError
-        bar.empty()
-        st.error(f"No profile was saved: {e}", icon="🚫")
-    else:
-        bar.empty()
-        st.session_state[state.SITE_FITTED] = {"folder": folder, "profile": profile, "skipped": len(skipped)}
-
-fitted = st.session_state.get(state.SITE_FITTED)
-if fitted:
-    p = fitted["profile"]
-    figs = p.figures or {}
-    st.success(f"Saved as “{fitted['folder']}” in the server's profile folder: {p.describe()}. Choose it on the "
-               "Screen page to use it.", icon="💾")
-    st.markdown(f"**Shipped model against the adapted profile on your films**, both cross-validated: "
-                f"{sites.films_text(p, card.positive_class)}, {figs.get('folds', '?')} folds by "
-                f"{figs.get('folds_by', 'film')}; 95% CIs in brackets. Method kept: {sites.method_title(p.method)}.")
-    st.dataframe(sites.figure_rows(p), hide_index=True)
-    if rough := sites.rough_text(p):
-        st.warning(rough, icon="⚠️")
-    kind, text = sites.advice(p)
-    {"info": st.info, "warning": st.warning}[kind](text, icon="⚖️")
-    if fitted["skipped"]:
-        st.caption(f"{fitted['skipped']} film{'s' if fitted['skipped'] > 1 else ''} of the batch left out of the fit "
-                   "(unreadable, unlabelled, or not a frontal chest radiograph).")
-    if roc := sites.roc_rows(p):
-        curves = alt.Chart(alt.Data(values=roc)).mark_line().encode(
-            x=alt.X("fpr:Q", title="1 − specificity (false positive rate)", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("tpr:Q", title="sensitivity (true positive rate)", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("model:N", title=None, legend=alt.Legend(orient="bottom")), order="i:Q")
-        chance = alt.Chart(alt.Data(values=[{"fpr": 0, "tpr": 0}, {"fpr": 1, "tpr": 1}])).mark_line(
-            strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
-        st.markdown("**ROC curves, cross-validated** (out-of-fold scores on your films)")
-        st.altair_chart(chance + curves, width="stretch")
-    st.caption(figs.get("note", ""))
-    st.page_link("pages/screen.py", label="Choose the profile on the Screen page", icon="🩻")
+if auth.user().is_admin:
+    st.page_link("pages/site_profiles.py", label="Fit a site profile from this batch (site admins)", icon="🏥")

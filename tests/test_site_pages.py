@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from covidxr.profiles import version_of
 from streamlit.testing.v1 import AppTest
 
 from covidxr.card import ModelCard
@@ -72,13 +74,15 @@ def test_unsafe_names_are_refused_with_a_reason(name, why):
 def test_save_list_refuse_and_overwrite(tmp_path):
     card = FakeCard()
     good = made_profile("Good", card.weights_sha256)
-    sites.save(good, tmp_path, "Good")
-    assert sorted(p.name for p in (tmp_path / "Good").iterdir()) == ["site.json", "site.npz"]
+    first = sites.save(good, tmp_path, "Good")
+    assert first == tmp_path / "Good" / "versions" / version_of(good)             # a version's own folder
+    assert sorted(p.name for p in first.iterdir()) == ["site.json", "site.npz"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no temporary folder left
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]
     with pytest.raises(FileExistsError):
         sites.save(good, tmp_path, "Good")
     shutil.copytree(tmp_path / "Good", tmp_path / "Tampered")
-    tamper(tmp_path / "Tampered")
+    tamper(tmp_path / "Tampered" / "versions" / version_of(good))
     sites.save(made_profile("Other", "b" * 64), tmp_path, "Other")
     (tmp_path / "not a profile").mkdir()
     listed = {p.folder: p for p in sites.list_profiles(tmp_path, card)}
@@ -87,15 +91,21 @@ def test_save_list_refuse_and_overwrite(tmp_path):
     assert listed["Tampered"].profile is None and "sha256" in listed["Tampered"].error
     assert listed["Other"].profile is None and "another base model" in listed["Other"].error
     again = made_profile("Good", card.weights_sha256, n=10, seed=1)
+    before = {f.name: f.read_bytes() for f in first.iterdir()}
     sites.save(again, tmp_path, "Good", overwrite=True)
-    assert sites.find(tmp_path, "Good", card).profile.n_films == 20           # the cache follows the files
+    assert sites.find(tmp_path, "Good", card).profile.n_films == 20           # the adopted version is the new one
+    assert {f.name: f.read_bytes() for f in first.iterdir()} == before         # the old one was never rewritten
+    assert sites.find(tmp_path, "Good", card, version_of(good)).profile.n_films == 16  # and still decides
+    assert [(v.version, v.state) for v in sites.history(tmp_path, "Good")] == [(version_of(good), "retired"),
+                                                                               (version_of(again), "adopted")]
     assert sites.find(tmp_path, "../Good", card).error and sites.find(tmp_path, "nothing", card).error
 
 
 def test_in_use_line_rows_and_advice():
     prof = made_profile("Ward 7", "a" * 64)
     assert sites.in_use_line(None) == "Shipped model"
-    assert sites.in_use_line(prof) == f"Site profile: Ward 7, fitted on 16 films, {prof.created[:10]}"
+    assert sites.in_use_line(prof) == (f"Site profile: Ward 7, version {version_of(prof)}, fitted on 16 films, "
+                                       f"{prof.created[:10]}")
     rows = sites.figure_rows(prof)
     assert [r["scored by"] for r in rows] == ["Shipped model", "Adapted: temperature (cross-validated)"]
     assert rows[1]["operating point"] == fmt_threshold(prof.threshold)

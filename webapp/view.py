@@ -37,7 +37,7 @@ def explanations() -> LRU[str, Explanation]:
     return state.user_state(state.EXPLANATIONS, lambda: LRU(48))
 
 
-ACTIVE = object()  # explained()/show_result(): the session's operating point (webapp.sites.active)
+from .site_session import ACTIVE  # explained()/show_result(): the session's operating point
 
 
 def explained(key: str, film: Film, profile=ACTIVE) -> Explanation:
@@ -45,14 +45,14 @@ def explained(key: str, film: Film, profile=ACTIVE) -> Explanation:
     for the shipped model's), by default the session's (webapp.sites). Cached by (profile, film): switching
     profiles decides again. The review page passes the profile its batch was scored with, so that the film
     it opens is decided as its row was."""
-    from . import sites
+    from . import site_session, sites
 
     if profile is ACTIVE:
-        profile = sites.active_profile()
+        profile = site_session.active_profile()
     cache = explanations()
     found = cache.get((sites.token(profile), key))
     if found is None:
-        clf = classifier() if profile is None else sites.scoring_classifier(profile)
+        clf = classifier() if profile is None else site_session.scoring_classifier(profile)
         with st.spinner(f"Computing the heatmap for {film.name or 'the film'}…"):
             found = cache.put((sites.token(profile), key), explain(clf, film))
     return found
