@@ -187,8 +187,14 @@ def app(profiles, monkeypatch) -> AppTest:
 
 
 def in_use(at: AppTest) -> str:
-    [line] = [m.value for m in at.markdown if m.value.startswith("**In use:**")]
-    return line.removeprefix("**In use:** ")
+    [line] = [t.value for t in at.text if t.value.startswith("In use: ")]
+    return line.removeprefix("In use: ")
+
+
+def version_dir(profile_dir: Path) -> Path:
+    """The one version folder of a profile saved once (covidxr.profiles)."""
+    [d] = list((profile_dir / "versions").iterdir())
+    return d
 
 
 def verdict(at: AppTest) -> str:
@@ -203,10 +209,12 @@ def test_too_few_films_per_class_disable_fitting(app):
     app.radio(key=state.EVAL_SOURCE).set_value("The sample films").run()
     app.button(key=state.EVAL_RUN).click().run()
     assert not app.exception
+    assert any(c.value == "Scored with: **Shipped model**" for c in app.caption)   # the results say which
+    app.switch_page("pages/site_profiles.py").run()                   # fitting is the site admins' page's
+    assert not app.exception
     assert any("at least 8 labelled chest films of each class" in i.value and "3 COVID-19 and 3 other" in i.value
                for i in app.info)
     assert app.button(key=state.SITE_FIT).disabled and app.text_input(key=state.SITE_NAME).disabled
-    assert any(c.value == "Scored with: **Shipped model**" for c in app.caption)   # the results say which
 
 
 @pytest.mark.model
@@ -219,6 +227,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     app.button(key=state.EVAL_RUN).click().run()
     assert not app.exception and len(app.dataframe[-1].value) == 16
     assert len(app.get("vega_lite_chart")) == 1
+    app.switch_page("pages/site_profiles.py").run()
     fit = app.button(key=state.SITE_FIT)
     assert fit.disabled                                             # no name yet
     app.text_input(key=state.SITE_NAME).set_value("../Ward 7").run()
@@ -229,27 +238,27 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     assert not app.exception
 
     # saved: the profile's two files only, no film names; its figures side by side, the caveat and the advice
-    saved = profiles / "Ward 7"
+    saved = version_dir(profiles / "Ward 7")
     assert sorted(p.name for p in saved.iterdir()) == ["site.json", "site.npz"]
     text = (saved / "site.json").read_text()
     assert not any(f.stem in text for f in site_films.rglob("*.*"))
     meta = json.loads(text)
     assert meta["name"] == "Ward 7" and meta["base_sha256"] == card.weights_sha256
     assert meta["films"] == {"covid": 8, "non-covid": 8}
-    assert any("Saved as “Ward 7”" in s.value for s in app.success)
-    table = app.dataframe[-1].value
+    assert any("Saved and adopted as version" in s.value for s in app.success)
+    table = next(df.value for df in app.dataframe if "scored by" in df.value)
     assert list(table["scored by"]) == ["Shipped model", "Adapted: temperature (cross-validated)"]
     assert table["operating point"][0] == fmt_threshold(card.threshold)
     assert table["operating point"][1] == fmt_threshold(meta["threshold"])
     assert any("rough estimate" in w.value for w in app.warning)
     assert any("clearly better" in m.value for m in [*app.info, *app.warning])
     charts = [c.proto.spec for c in app.get("vega_lite_chart")]
-    assert len(charts) == 2 and '"field": "model"' in charts[1]                # the batch's ROC, then the two CV ones
+    assert len(charts) == 1 and '"field": "model"' in charts[0]                # the two CV ones
 
     # the name is now taken: refused until replacing it is ticked
     app.run()
     assert app.button(key=state.SITE_FIT).disabled
-    assert any("already saved on this server" in w.value for w in app.warning)
+    assert any("already adopted on this server" in w.value for w in app.warning)
     app.checkbox(key=state.site_overwrite("Ward 7")).check().run()
     assert not app.button(key=state.SITE_FIT).disabled
 
@@ -263,7 +272,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     assert fmt_threshold(meta["threshold"]) != fmt_threshold(card.threshold), "a test that cannot fail"
     app.selectbox(key=state.SITE_SELECT).set_value("Ward 7").run()
     assert not app.exception
-    assert in_use(app) == f"Site profile: Ward 7, fitted on 16 films, {meta['created'][:10]}"
+    assert in_use(app) == f"Site profile: Ward 7, version {saved.name}, fitted on 16 films, {meta['created'][:10]}"
     assert f"(operating point {fmt_threshold(meta['threshold'])})" in verdict(app)
     [summary] = [c.value for c in app.code]
     assert "site profile Ward 7" in summary and fmt_threshold(meta["threshold"]) in summary
@@ -307,21 +316,22 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
 def test_a_profile_that_does_not_load_cannot_be_chosen(app, profiles, card):
     sites.save(made_profile("Good", card.weights_sha256), profiles, "Good")
     shutil.copytree(profiles / "Good", profiles / "Tampered")
-    tamper(profiles / "Tampered")
+    tamper(version_dir(profiles / "Tampered"))
     sites.save(made_profile("Elsewhere", "0" * 64), profiles, "Elsewhere")
     app.run()
     assert not app.exception
     assert app.selectbox(key=state.SITE_SELECT).options == ["Shipped model", "Site profile: Good"]
-    errors = [e.value for e in app.error]
-    assert any("`Tampered` cannot be used" in e and "sha256" in e for e in errors)
-    assert any("`Elsewhere` cannot be used" in e and "another base model" in e for e in errors)
+    reasons = [t.value for t in app.text]                              # outside text: shown literally
+    assert any(e.startswith("Tampered: ") and "sha256" in e for e in reasons)
+    assert any(e.startswith("Elsewhere: ") and "another base model" in e for e in reasons)
     app.selectbox(key=state.SITE_SELECT).set_value("Good").run()
-    assert in_use(app).startswith("Site profile: Good, fitted on 16 films")
-    tamper(profiles / "Good")                                        # changed on disk while in use
+    assert in_use(app).startswith("Site profile: Good, version ")
+    tamper(version_dir(profiles / "Good"))                           # changed on disk while in use
     app.run()
     assert not app.exception
     assert in_use(app) == "Shipped model"
-    assert any("`Good` can no longer be used" in e.value and "sha256" in e.value for e in app.error)
+    assert any("can no longer be used" in e.value for e in app.error)
+    assert any(t.value.startswith("Good: ") and "sha256" in t.value for t in app.text)
     assert app.selectbox(key=state.SITE_SELECT).options == ["Shipped model"]
     app.switch_page("pages/model_card.py").run()
     assert not app.exception and not any("site profile in use" in h.value for h in app.subheader)
