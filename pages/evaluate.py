@@ -11,7 +11,7 @@ import streamlit as st
 from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
-from webapp import audit_log, auth, cluster, site_session, sites, state
+from webapp import audit_log, auth, cluster, site_session, site_view, sites, state
 from webapp.batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
 from webapp.batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from webapp.films import SAMPLES, UPLOAD_TYPES, sample_films
@@ -83,7 +83,7 @@ elif address is not None:
 if in_use.error:
     st.error("The site profile chosen can no longer be used; the shipped model is in use.", icon="🚫")
     st.text(f"{in_use.folder}: {in_use.error}")
-st.caption(f"Scored with: **{sites.in_use_line(in_use.profile)}** (the operating point in use in this session, "
+st.caption(f"Scored with: **{site_view.in_use_line(in_use.profile)}** (the operating point in use in this session, "
            "chosen on the Screen page).")
 
 clicked = st.button("Run on the cluster" if on_cluster else "Run evaluation", type="primary",
@@ -112,7 +112,7 @@ if clicked and not on_cluster:  # scored here, in this session
     st.session_state[state.BATCH_SCORED_BY] = {"site": None if in_use.profile is None else in_use.profile.name,
                                                "version": in_use.version or None,
                                                "profile": in_use.profile,  # the review page decides with it too
-                                               "line": sites.in_use_line(in_use.profile),
+                                               "line": site_view.in_use_line(in_use.profile),
                                                "threshold": scorer.threshold}
     bar = st.progress(0.0, text=progress_text(0, len(items), 0.0))
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Screen a film: drop films (or pick a sample) -> decision, probabilities, film and Grad-CAM side by side."""
 import streamlit as st
 
-from webapp import audit_log, site_session, sites, state
+from webapp import audit_log, site_session, site_view, sites, state
 from webapp.films import CHILD_LABEL, UPLOAD_TYPES, is_paediatric_sample, load_film, sample_films, sample_title
 from webapp.model import classifier
 from webapp.view import explained, show_result
@@ -33,7 +33,7 @@ if choice != (was.folder if was.profile is not None else None):  # the user swit
     site_session.choose(choice)
     was = site_session.active()
     audit_log.record("site-select", detail={"to": choice or "shipped"})
-right.text(f"In use: {sites.in_use_line(was.profile)}")
+right.text(f"In use: {site_view.in_use_line(was.profile)}")
 if was.newer:
     right.warning(f"A newer version ({was.newer}) of this profile was adopted; this session still decides with "
                   f"version {was.version} until you switch.", icon="🔄")

@@ -30,7 +30,7 @@ from tests.test_pages import SAMPLES, metric, started_app, texts
 from tests.test_ray import copy_films, kill_tagged
 from tests.test_ray_faults import running_cluster
 from tests.test_webapp import imported_by
-from webapp import cluster, state
+from webapp import cluster, site_view, state
 from webapp.cluster import RUN_PARAM
 
 FOLDER = "A folder on the server"
@@ -268,7 +268,7 @@ def test_a_run_records_and_passes_on_the_sessions_site_profile(registry, classif
     args = run.meta["command"]
     assert args[args.index("--site") + 1] == str(sites.find(sites.sites_dir(), "Ward 7", classifier.card).path)
     assert args[args.index("--weights") + 1] == str(classifier.directory)
-    assert run.meta["site"] == "Ward 7" and run.meta["scored_with"] == sites.in_use_line(profile)
+    assert run.meta["site"] == "Ward 7" and run.meta["scored_with"] == site_view.in_use_line(profile)
     assert run.meta["threshold"] == profile.threshold
     by = cluster.scored_by(run, classifier.card)
     assert by["site"] == "Ward 7" and by["profile"].created == profile.created and by["threshold"] == profile.threshold
@@ -276,7 +276,7 @@ def test_a_run_records_and_passes_on_the_sessions_site_profile(registry, classif
                overwrite=True)
     assert sites.find(sites.sites_dir(), "Ward 7", classifier.card).profile.created != profile.created  # replaced
     assert cluster.scored_by(run, classifier.card)["profile"].created == profile.created  # the run's version stays
-    assert cluster.scored_by(run, classifier.card)["line"] == sites.in_use_line(profile)
+    assert cluster.scored_by(run, classifier.card)["line"] == site_view.in_use_line(profile)
 
 
 # ---------------------------------------------------------------- the registry on its own

@@ -24,7 +24,7 @@ from covidxr.site import SiteError, fit_profile
 from tests.conftest import REPO, shared_data
 from tests.test_pages import started_app
 from tests.test_site import FakeCard, synthetic
-from webapp import sites, state
+from webapp import site_view, sites, state
 from webapp.wording import fmt_threshold
 
 SAMPLES = REPO / "samples"
@@ -103,30 +103,30 @@ def test_save_list_refuse_and_overwrite(tmp_path):
 
 def test_in_use_line_rows_and_advice():
     prof = made_profile("Ward 7", "a" * 64)
-    assert sites.in_use_line(None) == "Shipped model"
-    assert sites.in_use_line(prof) == (f"Site profile: Ward 7, version {version_of(prof)}, fitted on 16 films, "
+    assert site_view.in_use_line(None) == "Shipped model"
+    assert site_view.in_use_line(prof) == (f"Site profile: Ward 7, version {version_of(prof)}, fitted on 16 films, "
                                        f"{prof.created[:10]}")
-    rows = sites.figure_rows(prof)
+    rows = site_view.figure_rows(prof)
     assert [r["scored by"] for r in rows] == ["Shipped model", "Adapted: temperature (cross-validated)"]
     assert rows[1]["operating point"] == fmt_threshold(prof.threshold)
     assert all(r["AUC"].count("(") == 1 for r in rows)                          # value (95% CI)
-    assert {r["model"] for r in sites.roc_rows(prof)} == {"Shipped model", "Adapted (cross-validated)"}
-    assert sites.rough_text(prof) and "rough" in sites.rough_text(prof)
-    assert sites.films_text(prof, "covid") == "16 films: 8 COVID-19, 8 other"
+    assert {r["model"] for r in site_view.roc_rows(prof)} == {"Shipped model", "Adapted (cross-validated)"}
+    assert site_view.rough_text(prof) and "rough" in site_view.rough_text(prof)
+    assert site_view.films_text(prof, "covid") == "16 films: 8 COVID-19, 8 other"
     shipped = {"auc": 0.7, "sensitivity": 0.5, "specificity": 0.6,
                "ci": {"auc": [0.6, 0.8], "sensitivity": [0.4, 0.6], "specificity": [0.5, 0.7]}}
     better = {"auc": 0.7, "sensitivity": 0.9, "specificity": 0.62,
               "ci": {"auc": [0.6, 0.8], "sensitivity": [0.85, 0.95], "specificity": [0.52, 0.72]}}
     prof.figures.update(shipped=shipped, adapted=better)
-    assert sites.clearly_better(prof) == (["sensitivity"], [])
-    kind, text = sites.advice(prof)
+    assert site_view.clearly_better(prof) == (["sensitivity"], [])
+    kind, text = site_view.advice(prof)
     assert kind == "info" and "clearly better" in text and "do not use covidxr" in text
     prof.figures["adapted"] = {**better, "ci": {**better["ci"], "specificity": [0.2, 0.4]}}   # a trade: not better
-    assert sites.clearly_better(prof) == (["sensitivity"], ["specificity"])
-    kind, text = sites.advice(prof)
+    assert site_view.clearly_better(prof) == (["sensitivity"], ["specificity"])
+    kind, text = site_view.advice(prof)
     assert kind == "warning" and "keep the shipped model" in text and "clearly worse on specificity" in text
     prof.figures["adapted"] = shipped
-    kind, text = sites.advice(prof)
+    kind, text = site_view.advice(prof)
     assert kind == "warning" and "not clearly better" in text and "CIs overlap" in text
 
 

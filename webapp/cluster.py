@@ -22,7 +22,7 @@ from covidxr.evaluate import LabelledItem, Row
 from covidxr.metrics import auc, operating_point
 from covidxr.safety import PathRefused, resolve_inside
 
-from . import site_session, sites  # noqa: F401 - site_session: Active, in annotations
+from . import site_session, site_view, sites  # noqa: F401 - site_session: Active, in annotations
 from .batch import Batch, interleave, progress_text
 from .lru import LRU
 
@@ -52,7 +52,7 @@ def submit(folder: str, films: int, threshold: float, positive_class: str, weigh
     the cluster, scored with the session's site profile (`active`, webapp.sites.active()) if it has one."""
     profile = active.profile
     site_dir = None if profile is None else str(active.path)  # the version's own folder: never rewritten
-    extra = {"scored_with": sites.in_use_line(profile), "site_token": list(sites.token(profile) or []) or None}
+    extra = {"scored_with": site_view.in_use_line(profile), "site_token": list(sites.token(profile) or []) or None}
     return runs.submit(runs_dir(), folder, films, ray_address(), title=folder, site=site_dir,
                        site_name=None if profile is None else profile.name, threshold=threshold,
                        positive_class=positive_class, weights=weights, extra=extra)

@@ -14,7 +14,7 @@ import streamlit as st
 from covidxr import profiles
 from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError
 
-from . import audit_log, auth, sites, state
+from . import audit_log, auth, site_view, sites, state
 
 
 def fit_form(clf: Any, batch: Any) -> None:
@@ -84,20 +84,20 @@ def fit_and_save(clf: Any, batch: Any, folder: str, overwrite: bool) -> None:
 def show_fitted(fitted: dict, positive_class: str) -> None:
     p = fitted["profile"]
     figs = p.figures or {}
-    st.success(f"Saved and adopted as version {profiles.version_of(p)}: {sites.in_use_line(p)}. Clinicians choose it "
+    st.success(f"Saved and adopted as version {profiles.version_of(p)}: {site_view.in_use_line(p)}. Clinicians choose it "
                "on the Screen page.", icon="💾")
     st.markdown(f"**Shipped model against the adapted profile on your films**, both cross-validated: "
-                f"{sites.films_text(p, positive_class)}, {figs.get('folds', '?')} folds by "
-                f"{figs.get('folds_by', 'film')}; 95% CIs in brackets. Method kept: {sites.method_title(p.method)}.")
-    st.dataframe(sites.figure_rows(p), hide_index=True)
-    if rough := sites.rough_text(p):
+                f"{site_view.films_text(p, positive_class)}, {figs.get('folds', '?')} folds by "
+                f"{figs.get('folds_by', 'film')}; 95% CIs in brackets. Method kept: {site_view.method_title(p.method)}.")
+    st.dataframe(site_view.figure_rows(p), hide_index=True)
+    if rough := site_view.rough_text(p):
         st.warning(rough, icon="⚠️")
-    kind, text = sites.advice(p)
+    kind, text = site_view.advice(p)
     {"info": st.info, "warning": st.warning}[kind](text, icon="⚖️")
     if fitted["skipped"]:
         st.caption(f"{fitted['skipped']} film{'s' if fitted['skipped'] > 1 else ''} of the batch left out of the fit "
                    "(unreadable, unlabelled, or not a frontal chest radiograph).")
-    if roc := sites.roc_rows(p):
+    if roc := site_view.roc_rows(p):
         curves = alt.Chart(alt.Data(values=roc)).mark_line().encode(
             x=alt.X("fpr:Q", title="1 − specificity (false positive rate)", scale=alt.Scale(domain=[0, 1])),
             y=alt.Y("tpr:Q", title="sensitivity (true positive rate)", scale=alt.Scale(domain=[0, 1])),
