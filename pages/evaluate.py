@@ -97,8 +97,10 @@ if clicked:
         st.stop()
     if on_cluster:
         try:
-            open_run(cluster.submit(title, len(items), scorer.threshold, card.positive_class, str(clf.directory),
-                                    in_use).id)
+            run = cluster.submit(title, len(items), scorer.threshold, card.positive_class, str(clf.directory), in_use)
+            audit_log.record("batch", profile=in_use.profile, detail={"source": "cluster run", "run": run.id,
+                                                                      "films": len(items)})
+            open_run(run.id)
         except OSError as e:  # the run folder cannot be written (the operator's COVIDXR_RUNS_DIR)
             st.error(f"The run could not be started: {e}", icon="🚫")
             st.stop()

@@ -114,6 +114,19 @@ def test_an_admin_sees_the_admin_pages_and_the_audit_trail(env):
     assert at.get("download_button")
 
 
+def test_the_audit_page_filters_by_user_and_action(env):
+    app(CLINICIAN)                                       # a clinician's sign-in
+    at = app(ADMIN)
+    at.switch_page("pages/audit.py").run()
+    users = lambda: set(at.dataframe[0].value["user"])  # noqa: E731
+    assert {"sub-clin", "sub-admin"} <= users()
+    at.text_input(key="audit_user").set_value("sub-clin").run()
+    assert users() == {"sub-clin"}
+    at.text_input(key="audit_user").set_value("").run()
+    at.selectbox(key="audit_action").set_value("sign-in").run()
+    assert set(at.dataframe[0].value["action"]) == {"sign-in"}
+
+
 def test_no_role_no_page(env):
     at = app({"is_logged_in": True, "sub": "sub-x", "name": "Visitor", "groups": ["other"]})
     assert any("no covidxr role" in e.value for e in at.error) and not at.file_uploader

@@ -37,6 +37,7 @@ def explanations() -> LRU[str, Explanation]:
     return state.user_state(state.EXPLANATIONS, lambda: LRU(48))
 
 
+from . import site_session
 from .site_session import ACTIVE  # explained()/show_result(): the session's operating point
 
 
@@ -111,12 +112,22 @@ def show_result(key: str, film: Film, threshold: float | None = None, profile=AC
     show_decision(pred, positive, t, positive_class)
     for w in gate_warnings(pred.ood):
         st.warning(w, icon=ICONS["warning"])
-    show_drawing(key, film, ex, positive, t, positive_class)
+    show_drawing(key, film, ex, positive, t, positive_class,
+                 _export_record(key, pred, positive, site_session.active_profile() if profile is ACTIVE else profile))
     return ex
 
 
+def _export_record(key: str, pred, positive: bool, profile):
+    """The audit record of the overlay's download (webapp.audit_log.deferred): recorded when the file is made."""
+    from . import audit_log
+
+    return audit_log.deferred("export", obj=key, profile=profile, decision=pred.label, probability=pred.probability,
+                              detail={"what": "overlay png", "positive": positive})
+
+
 @st.fragment
-def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float, positive_class: str) -> None:
+def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float, positive_class: str,
+                 record_export=lambda: None) -> None:
     """Everything of a result that follows the opacity slider: film and overlay, colour scale, larger view,
     table, download and summary. A fragment, so that moving the slider reruns only this film's drawing, not
     the page (nor the other films on it); its images come encoded from this session's cache."""
@@ -152,7 +163,8 @@ def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float
     lines = [verdict(pred.probability, positive, t, positive_class) + (f". {other}" if other else ""),
              f"Model: {model_version(pred.site)}", f"Date: {today}", DISCLAIMER_PLAIN]
 
-    def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked
+    def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked (and recorded)
+        record_export()
         return png_bytes(annotated(drawn(film, ex, positive, alpha), lines))
 
     cols[1].download_button("Download overlay (PNG)", full_size,
