@@ -39,7 +39,7 @@ def cmd_site_fit(args: argparse.Namespace) -> int:
 
     from .classifier import Classifier
     from .evaluate import scan_folder, scan_zip
-    from .safety import PathRefused, ZipRefused, check_zip
+    from .safety import MAX_TOTAL_BYTES, PathRefused, ZipRefused, check_zip, read_regular
     from .site import ROUGH_PER_CLASS, TooFewFilms, collect, fit_profile
 
     clf = Classifier.from_dir(args.weights, threads=args.threads)
@@ -48,7 +48,7 @@ def cmd_site_fit(args: argparse.Namespace) -> int:
     zf = None
     try:
         if src.is_file() and src.suffix.lower() == ".zip":
-            data = src.read_bytes()
+            data = read_regular(src, MAX_TOTAL_BYTES)
             infos = check_zip(data)
             zf = zipfile.ZipFile(io.BytesIO(data))
             items = scan_zip(zf, infos, prefix=f"{src}!", positive_class=pos)

@@ -29,9 +29,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 from .card import decision_label
 from .films import DICOM_MAGIC, DICOM_MAGIC_AT, FILM_SUFFIXES, Film, FilmError, is_dicom, read_film
 from .metrics import BinaryReport, OperatingPoint, binary_report
-from .safety import MAX_ENTRY_BYTES, PathRefused, ZipRefused, check_zip, link_escapes, read_entry
+from .safety import (MAX_ENTRY_BYTES, MAX_FILE_BYTES, FileRefused, PathRefused, ZipRefused, check_zip, link_escapes,
+                     read_entry, read_regular)
 
 MANIFEST = "MANIFEST.csv"
+MAX_MANIFEST_BYTES = 64 << 20  # a MANIFEST.csv of a million films is far below this
 CSV_COLUMNS = ["path", "label", "source", "probability", "prediction", "error", "chest_xray", "reasons", "details",
                "warnings"]
 _SKIPPED_PARTS = ("__MACOSX",)
@@ -50,7 +52,9 @@ class LabelledItem:
     read: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)  # default: the file
 
     def load(self) -> bytes:
-        return self.read() if self.read is not None else Path(self.path).read_bytes()
+        """The film's bytes: from `read`, or from the file through the bounded reader (safety.read_regular:
+        a FIFO, a device or an oversized file raises FileRefused, an OSError, before anything is read)."""
+        return self.read() if self.read is not None else read_regular(self.path, MAX_FILE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -161,8 +165,7 @@ def _items(rels: Sequence[PurePosixPath], paths: Sequence[str], readers: Sequenc
 
 
 def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(DICOM_MAGIC_AT + len(DICOM_MAGIC))
+    return read_regular(path, first=DICOM_MAGIC_AT + len(DICOM_MAGIC))
 
 
 def scan_folder(root: str | os.PathLike, positive_class: str | None = None) -> list[LabelledItem]:
@@ -198,7 +201,10 @@ def scan_folder(root: str | os.PathLike, positive_class: str | None = None) -> l
     manifest_file = root / MANIFEST
     manifest = {}
     if manifest_file.is_file() and not link_escapes(manifest_file, root):
-        manifest = _manifest_sources(manifest_file.read_text(errors="replace"))
+        try:
+            manifest = _manifest_sources(read_regular(manifest_file, MAX_MANIFEST_BYTES).decode("utf-8", "replace"))
+        except OSError as e:
+            raise PathRefused(f"{MANIFEST}: {e.strerror or e}") from None
     if not rels:
         raise PathRefused(f"{root}: no films found (expected one subfolder per class, e.g. covid/ and normal/)")
     return _items(rels, [str(root / r) for r in rels], [None] * len(rels), errors, manifest, positive_class)
@@ -241,8 +247,10 @@ def _read(item: LabelledItem) -> tuple[Film | None, str | None]:
         return None, item.error
     try:
         return read_film(item.load(), name=PurePosixPath(item.path).name), None
-    except FilmError as e:
+    except (FilmError, FileRefused) as e:
         return None, str(e)
+    except OSError as e:
+        return None, f"could not be read: {e.strerror or e}"
     except Exception as e:  # noqa: BLE001 - an I/O or decoder failure is this file's problem only
         return None, f"could not be read: {e}"
 
