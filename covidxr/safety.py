@@ -179,6 +179,29 @@ def sha256_regular(path: str | os.PathLike) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# CSV cells
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list: a spreadsheet may run such a cell as a formula
+
+
+def spreadsheet_safe(value):
+    """A CSV cell that no spreadsheet runs as a formula (OWASP's rule): a text beginning with =, +, -, @, tab
+    or carriage return gets a leading single quote. A text already beginning with a quote gets one more, so
+    that `spreadsheet_raw` gives every text back exactly. Numbers, booleans and None pass unchanged (a
+    number's cell cannot be a formula). Every CSV covidxr writes goes through this; JSON keeps raw values."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS + ("'",)):
+        return "'" + value
+    return value
+
+
+def spreadsheet_raw(cell: str) -> str:
+    """The text that `spreadsheet_safe` turned into `cell` (for a CSV covidxr reads back, e.g. --results)."""
+    if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS + ("'",)):
+        return cell[1:]
+    return cell
+
+
+# ---------------------------------------------------------------------------------------------
 # zips
 
 _DRIVE = re.compile(r"^[A-Za-z]:")

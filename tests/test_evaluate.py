@@ -196,10 +196,10 @@ def test_uploads_labels_and_a_refused_zip(classifier, labelled):
              ("evil.zip", b"PK\x03\x04 not really")]
     r = evaluate_uploads(classifier, files)
     by = {row.path: row for row in r.rows}
-    assert by["covid/" + covid[0].name].label == "covid"
+    assert by["covid/" + covid[0].name].label is None  # a loose upload's name is a name, never a folder (#29)
     assert by["loose.jpg"].label is None and by["loose.jpg"].probability is not None
     assert "refused" in by["evil.zip"].error
-    assert (r.n, r.n_unlabelled, r.n_errors) == (1, 1, 1)
+    assert (r.n, r.n_unlabelled, r.n_errors) == (0, 2, 1)
     assert evaluate_uploads(classifier, files[1:2], label="Normal").rows[0].label == "normal"
     with pytest.raises(FilmError, match="no films"):
         scan_uploads([])

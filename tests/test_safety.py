@@ -8,6 +8,7 @@ import zipfile
 import pytest
 
 from covidxr.evaluate import scan_folder
+from tests.hostile import special_files
 from covidxr.safety import (ROOTS_ENV, PathRefused, ZipRefused, allowed_roots, check_zip, read_entry,
                             resolve_inside)
 
@@ -195,31 +196,6 @@ def alarm():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
-
-
-def special_files(folder) -> dict[str, str]:
-    """name -> the words its refusal must hold: a FIFO, a 5 GB sparse file, a character device (when this
-    process may make one: root), a link to /dev/zero, and a socket; all named as films."""
-    folder.mkdir(parents=True, exist_ok=True)
-    made = {}
-    os.mkfifo(folder / "p.png")
-    made["p.png"] = "named pipe"
-    with open(folder / "huge.dcm", "wb") as f:
-        f.truncate(5 << 30)  # sparse: no disk used
-    made["huge.dcm"] = "too large"
-    try:
-        os.mknod(folder / "zero.png", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # what /dev/zero is
-        made["zero.png"] = "character device"
-    except PermissionError:
-        pass
-    (folder / "devzero.jpg").symlink_to("/dev/zero")
-    made["devzero.jpg"] = "character device"
-    import socket
-    if len(str(folder / "s.png")) < 100:  # AF_UNIX paths are short
-        with socket.socket(socket.AF_UNIX) as s:
-            s.bind(str(folder / "s.png"))
-        made["s.png"] = "socket"
-    return made
 
 
 def test_read_regular_refuses_special_and_huge_files_without_reading(tmp_path, alarm):
