@@ -62,6 +62,19 @@ def is_inside(path: Path, root: Path) -> bool:
 
 
 def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], *, want_dir: bool = True) -> Path:
+    """See _resolve_inside; a path the system cannot even look up (a name too long, ENAMETOOLONG; no permission)
+    is refused with PathRefused and the system's reason too, so that a user's typing never raises anything else."""
+    try:
+        return _resolve_inside(path, roots, want_dir=want_dir)
+    except PathRefused:
+        raise
+    except (OSError, ValueError) as e:
+        text = os.fspath(path)
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise PathRefused(f"{shown}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], *, want_dir: bool = True) -> Path:
     """The real location of `path` if, and only if, it lies inside one of `roots`.
 
     A relative path is taken relative to each root in turn. Refused, with PathRefused: no roots
