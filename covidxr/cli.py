@@ -47,7 +47,7 @@ def cmd_site_fit(args: argparse.Namespace) -> int:
     src = Path(args.folder)
     zf = None
     try:
-        if src.is_file() and src.suffix.lower() == ".zip":
+        if src.suffix.lower() == ".zip" and not src.is_dir():  # read_regular refuses a FIFO or device by name
             data = read_regular(src, MAX_TOTAL_BYTES)
             infos = check_zip(data)
             zf = zipfile.ZipFile(io.BytesIO(data))
