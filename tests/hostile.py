@@ -8,8 +8,11 @@ spreadsheet runs (covidxr.safety.spreadsheet_safe).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
+
+from webapp.literal import JOINER
 
 # Spreadsheet formulas (OWASP's CSV injection cases)
 FORMULAS = [
@@ -87,3 +90,9 @@ def special_files(folder: Path) -> dict[str, str]:
 def safe_file_name(text: str) -> str:
     """`text` as a name this file system takes (no slash, no NUL), for writing corpus films to disk."""
     return text.replace("/", "\u2215").replace("\0", "")
+
+
+def plain(markdown: str) -> str:
+    """Markdown made by webapp.literal back to the words a reader sees: escapes and word joiners dropped.
+    For tests that read a page's texts (AppTest gives the Markdown source)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", str(markdown)).replace(JOINER, "")
