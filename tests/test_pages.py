@@ -21,6 +21,8 @@ from tests.conftest import REPO, shared_data
 from webapp import state
 from webapp.wording import fmt_threshold
 
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
 APP = str(REPO / "app.py")
 SAMPLES = REPO / "samples"
 COVID_SAMPLE = SAMPLES / "covid" / "006f3a8a.jpg"
