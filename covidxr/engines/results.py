@@ -8,13 +8,13 @@ changed since is scored again and its newer line wins. Reading keeps one row per
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..card import sha256_file
 from .batch import FIELDS
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -117,14 +117,11 @@ class ResultsFile:
 
 
 def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
+    """The file's sha256, or "" when it cannot be read (it is then scored again, and reported there)."""
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError:
         return ""
-    return h.hexdigest()
 
 
 def already_done(records: list[dict], done: dict[str, dict], threads: int = 8) -> Iterator[tuple[dict, dict | None]]:
