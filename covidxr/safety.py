@@ -180,15 +180,12 @@ def sha256_regular(path: str | os.PathLike) -> str:
     not a regular file (so a FIFO never blocks a --resume)."""
     import hashlib
 
-    h = hashlib.sha256()
     try:
         fd, _ = open_regular(path, None)
         with os.fdopen(fd, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return ""
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from tests.conftest import REPO
 from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, SCRIPT_IDLE, VERDICT_PATTERN,
                             require_chromium, running_app)
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 SAMPLES = REPO / "samples"
 RESULT_TIMEOUT_MS = 300_000  # generous: on a loaded 2-core box torch alone can take a minute to import
 VIEWPORT = {"width": 1440, "height": 1400}

@@ -34,6 +34,8 @@ from tests.test_webapp import imported_by
 from webapp import cluster, state
 from webapp.cluster import RUN_PARAM
 
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
 FOLDER = "A folder on the server"
 RUN_TIMEOUT = 300  # seconds for one run on a loaded 2-core machine (the actor loads the model first)
 

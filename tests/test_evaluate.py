@@ -119,6 +119,7 @@ def test_report_predictions_follow_the_threshold(report):
     assert len(lines) == 8
 
 
+@pytest.mark.slow
 def test_streamed_scores_equal_predict(classifier, labelled, report):
     good = [r for r in report.rows if r.error is None]
     direct = classifier.predict([read_film(r.path) for r in good])
@@ -282,6 +283,7 @@ def with_non_chest(labelled, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_folder_leaves_refused_films_out_and_the_switch_brings_them_in(classifier, with_non_chest, report):
     default = evaluate_folder(classifier, with_non_chest)
     d = default.as_dict()

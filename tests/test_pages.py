@@ -23,6 +23,8 @@ from tests.hostile import plain
 from webapp.literal import literal
 from webapp.wording import fmt_threshold
 
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
 APP = str(REPO / "app.py")
 SAMPLES = REPO / "samples"
 COVID_SAMPLE = SAMPLES / "covid" / "006f3a8a.jpg"
