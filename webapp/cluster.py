@@ -24,7 +24,7 @@ from covidxr.safety import PathRefused, resolve_inside
 
 from . import sites
 from .batch import Batch, interleave, progress_text
-from .lru import LRU
+from covidxr.lru import LRU
 
 RAY_ENV = "COVIDXR_RAY_ADDRESS"
 RUNS_ENV = "COVIDXR_RUNS_DIR"
