@@ -23,7 +23,7 @@ from . import state
 from .images import (DISPLAY_SIDE, LARGE_SIDE, Drawing, annotated, colour_bar, jpeg_bytes, muted_overlay,
                      overlay_name, png_bytes, to_uint8)
 from .literal import literal
-from .lru import LRU
+from covidxr.lru import LRU
 from .model import card, classifier
 from .tables import class_rows
 from .wording import (DISCLAIMER_PLAIN, class_title, gate_warnings, other_finding_sentence, refusal, summary_line,
