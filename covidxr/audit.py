@@ -293,14 +293,17 @@ class AuditStore:
 
 
 def records_csv(records: Iterable[AuditRecord]) -> str:
-    """The records as CSV, one row each, detail as its JSON text."""
+    """The records as CSV, one row each, detail as its JSON text; texts made safe for spreadsheets
+    (safety.spreadsheet_safe: a user name such as `=cmd|...` is not run as a formula), as the batch reports are."""
+    from .safety import spreadsheet_safe
+
     out = io.StringIO()
-    w = csv.DictWriter(out, RECORD_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(out, RECORD_FIELDS, lineterminator="\r\n")  # RFC 4180, as covidxr.report's CSV
     w.writeheader()
     for r in records:
         d = r.as_dict()
         d["detail"] = _detail_text(d["detail"])
-        w.writerow(d)
+        w.writerow({k: spreadsheet_safe(v) for k, v in d.items()})
     return out.getvalue()
 
 

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from webapp import audit_log, site_session, site_view, sites, state
+from webapp.literal import literal
 from webapp.films import CHILD_LABEL, UPLOAD_TYPES, is_paediatric_sample, load_film, sample_films, sample_title
 from webapp.model import classifier
 from webapp.view import explained, show_result
@@ -33,21 +34,21 @@ if choice != (was.folder if was.profile is not None else None):  # the user swit
     site_session.choose(choice)
     was = site_session.active()
     audit_log.record("site-select", detail={"to": choice or "shipped"})
-right.text(f"In use: {site_view.in_use_line(was.profile)}")
+right.markdown(f"**In use:** {literal(site_view.in_use_line(was.profile))}")
 if was.newer:
-    right.warning(f"A newer version ({was.newer}) of this profile was adopted; this session still decides with "
-                  f"version {was.version} until you switch.", icon="🔄")
+    right.warning(f"A newer version ({literal(was.newer)}) of this profile was adopted; this session still decides "
+                  f"with version {literal(was.version)} until you switch.", icon="🔄")
     if right.button("Switch to the newer version", key=state.SITE_SWITCH):
         site_session.choose(was.folder, was.newer)
         audit_log.record("site-select", detail={"to": was.folder, "version": was.newer})
         st.rerun()
 if was.error:
-    st.error("The site profile chosen can no longer be used; the shipped model is in use.", icon="🚫")
-    st.text(f"{was.folder}: {was.error}")
+    st.error(f"The site profile {literal(was.folder)} can no longer be used ({literal(was.error)}); the shipped model "
+             "is in use.",
+             icon="🚫")
 for p in listed:
     if p.profile is None and p.folder != was.folder:
-        st.error("A site profile on this server cannot be used:", icon="🚫")
-        st.text(f"{p.folder}: {p.error}")
+        st.error(f"Site profile {literal(p.folder)} cannot be used: {literal(p.error)}", icon="🚫")
 uploads = st.file_uploader("Drop one or more films", type=UPLOAD_TYPES, accept_multiple_files=True,
                            key=state.SCREEN_UPLOAD)
 samples = sample_films()
@@ -68,13 +69,13 @@ shown: set[str] = set()
 for name, data in inputs:
     loaded = load_film(name, data)
     if loaded.key in shown:  # the same film twice: once is enough (and its widgets are keyed by content)
-        st.caption(f"{name} is the same film as one above.")
+        st.caption(f"{literal(name)} is the same film as one above.")
         continue
     shown.add(loaded.key)
     with st.container(border=True):
-        st.subheader(name)
+        st.subheader(literal(name))
         if loaded.film is None:
-            st.error(f"{name} could not be read: {loaded.error}", icon="🚫")
+            st.error(f"{literal(name)} could not be read: {literal(loaded.error)}", icon="🚫")
             continue
         if name in children:
             st.warning(f"A child's film {CHILD_LABEL}: shown to demonstrate the app, not to be relied on.", icon="⚠️")

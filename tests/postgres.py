@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from webapp.browser import free_port, stop_group
+from tests.browser import free_port, stop_group
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 USER = "covidxr"

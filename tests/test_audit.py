@@ -29,7 +29,7 @@ def pg_server():
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])  # a server start: slow tier
 def url(request, tmp_path):
     """A fresh, empty store URL of each kind (one database per test on the module's PostgreSQL)."""
     if request.param == "sqlite":

@@ -11,7 +11,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from covidxr.audit import AuditStore
 from tests.conftest import REPO
-from webapp.browser import CHROMIUM, CHROMIUM_ARGS, SCRIPT_IDLE, free_port, require_chromium, running_app
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, SCRIPT_IDLE, free_port, require_chromium, running_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 TIMEOUT_MS = 240_000

@@ -24,7 +24,8 @@ from covidxr.safety import PathRefused, resolve_inside
 
 from . import site_session, site_view, sites  # noqa: F401 - site_session: Active, in annotations
 from .batch import Batch, interleave, progress_text
-from .lru import LRU
+from .literal import literal, without_paths
+from covidxr.lru import LRU
 
 RAY_ENV = "COVIDXR_RAY_ADDRESS"
 RUNS_ENV = "COVIDXR_RUNS_DIR"
@@ -49,7 +50,7 @@ def runs_dir() -> Path:
 def submit(folder: str, films: int, threshold: float, positive_class: str, weights: str,
            active: "site_session.Active") -> runs.Run:
     """Start a run of a server folder (already checked against the allowed roots and scanned: `films` found) on
-    the cluster, scored with the session's site profile (`active`, webapp.sites.active()) if it has one."""
+    the cluster, scored with the session's site profile (`active`, webapp.site_session.active()) if it has one."""
     profile = active.profile
     site_dir = None if profile is None else str(active.path)  # the version's own folder: never rewritten
     extra = {"scored_with": site_view.in_use_line(profile), "site_token": list(sites.token(profile) or []) or None}
@@ -133,6 +134,22 @@ def partial_metrics(rows: Sequence[Row], threshold: float) -> dict:
 def started_text(run: runs.Run) -> str:
     """"started 2026-12-02 08:10 UTC"."""
     return f"started {str(run.meta.get('started', '?'))[:16].replace('T', ' ')} UTC"
+
+
+def shows_run_errors() -> bool:
+    """Whether this session may see a cluster run's error line (its stderr): site admins only. Sign-in and
+    roles are not wired yet (#23), so nobody sees it in the app; the operator reads stderr.txt in the run's
+    folder. The line is shown without paths (webapp.literal.without_paths) even then."""
+    return False
+
+
+def failure_text(status: runs.Status, admin: bool | None = None) -> str:
+    """The failed run's message as Markdown: the error line itself (literal, no paths) for a site admin only."""
+    head = f"The run failed after {status.done} of {status.total} films"
+    admin = shows_run_errors() if admin is None else admin
+    if admin and status.error:
+        return f"{head}: {literal(without_paths(status.error))}"
+    return f"{head}. What went wrong is in the run's stderr.txt on the server (shown here to site admins)."
 
 
 def status_text(status: runs.Status) -> str:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import altair as alt
 import streamlit as st
 
 from covidxr import profiles
 from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError
 
 from . import audit_log, auth, site_view, sites, state
+from .charts import roc_chart
+from .literal import literal, without_paths
 
 
 def fit_form(clf: Any, batch: Any) -> None:
@@ -35,7 +36,7 @@ def fit_form(clf: Any, batch: Any) -> None:
         try:
             folder = sites.check_name(name)
         except ValueError as e:
-            problem = f"This name cannot be used: {e}."
+            problem = f"This name cannot be used: {literal(e)}."
         else:
             exists = profiles.current(sites.sites_dir() / folder) is not None
     if exists:
@@ -71,8 +72,7 @@ def fit_and_save(clf: Any, batch: Any, folder: str, overwrite: bool) -> None:
     except (SiteError, FileExistsError, OSError) as e:  # TooFewFilms is a SiteError
         bar.empty()
         audit_log.record("site-fit", outcome=audit_log.FAILURE, profile=None, detail={"name": folder, "why": str(e)})
-        st.error("No profile was saved:", icon="🚫")
-        st.text(str(e))
+        st.error(f"No profile was saved: {literal(without_paths(e))}", icon="🚫")
         return
     bar.empty()
     audit_log.record("site-fit", profile=profile, detail={"films": profile.n_films, "method": profile.method,
@@ -84,8 +84,8 @@ def fit_and_save(clf: Any, batch: Any, folder: str, overwrite: bool) -> None:
 def show_fitted(fitted: dict, positive_class: str) -> None:
     p = fitted["profile"]
     figs = p.figures or {}
-    st.success(f"Saved and adopted as version {profiles.version_of(p)}: {site_view.in_use_line(p)}. Clinicians choose it "
-               "on the Screen page.", icon="💾")
+    st.success(f"Saved and adopted as version {profiles.version_of(p)}: {literal(site_view.in_use_line(p))}. Clinicians "
+               "choose it on the Screen page.", icon="💾")
     st.markdown(f"**Shipped model against the adapted profile on your films**, both cross-validated: "
                 f"{site_view.films_text(p, positive_class)}, {figs.get('folds', '?')} folds by "
                 f"{figs.get('folds_by', 'film')}; 95% CIs in brackets. Method kept: {site_view.method_title(p.method)}.")
@@ -98,14 +98,8 @@ def show_fitted(fitted: dict, positive_class: str) -> None:
         st.caption(f"{fitted['skipped']} film{'s' if fitted['skipped'] > 1 else ''} of the batch left out of the fit "
                    "(unreadable, unlabelled, or not a frontal chest radiograph).")
     if roc := site_view.roc_rows(p):
-        curves = alt.Chart(alt.Data(values=roc)).mark_line().encode(
-            x=alt.X("fpr:Q", title="1 − specificity (false positive rate)", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("tpr:Q", title="sensitivity (true positive rate)", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("model:N", title=None, legend=alt.Legend(orient="bottom")), order="i:Q")
-        chance = alt.Chart(alt.Data(values=[{"fpr": 0, "tpr": 0}, {"fpr": 1, "tpr": 1}])).mark_line(
-            strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
         st.markdown("**ROC curves, cross-validated** (out-of-fold scores on your films)")
-        st.altair_chart(chance + curves, width="stretch")
+        st.altair_chart(roc_chart(roc, by="model"), width="stretch")
     st.caption(figs.get("note", ""))
 
 
