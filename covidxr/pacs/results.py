@@ -32,6 +32,10 @@ import numpy as np
 from ..films import Film, FilmError, read_film
 from . import require
 
+# highdicom and pydicom warn about odd header values by quoting them (a patient's name among them): no such
+# value may reach a log, and warnings.catch_warnings is not thread-safe (the node scores on several threads).
+warnings.filterwarnings("ignore", module=r"(highdicom|pydicom)(\.|$)")
+
 MANUFACTURER = "covidxr (open source research software)"
 SERIES_DESCRIPTION = {"SR": "covidxr COVID-19 result: RESEARCH USE, NOT FOR DIAGNOSIS",   # LO: at most 64
                       "SC": "covidxr Grad-CAM: RESEARCH USE, NOT FOR DIAGNOSIS"}
