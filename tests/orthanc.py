@@ -83,6 +83,7 @@ class Orthanc:
         return path
 
     def start(self) -> "Orthanc":
+        self.folder.mkdir(parents=True, exist_ok=True)
         log = open(self.folder / "orthanc.log", "ab")
         self.proc = subprocess.Popen([ORTHANC, str(self.config())], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)

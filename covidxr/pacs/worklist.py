@@ -29,12 +29,21 @@ DELIVERY = ("pending", "delivered", "undelivered")
 
 
 def default_url() -> str:
-    """$COVIDXR_DB, else an SQLite file in $XDG_DATA_HOME/covidxr (~/.local/share/covidxr)."""
+    """$COVIDXR_DB, else an SQLite file in $XDG_DATA_HOME/covidxr (~/.local/share/covidxr), its folder made."""
+    return database_url(create=True)
+
+
+def database_url(create: bool = True) -> str | None:
+    """$COVIDXR_DB, else the default SQLite file's URL; with create=False None when that file does not exist
+    (the Worklist page reads, and never makes a database)."""
     url = os.environ.get(DB_ENV)
     if url:
         return url
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "covidxr"
-    base.mkdir(parents=True, exist_ok=True)
+    if create:
+        base.mkdir(parents=True, exist_ok=True)
+    elif not (base / "covidxr.db").exists():
+        return None
     return f"sqlite:///{base / 'covidxr.db'}"
 
 
