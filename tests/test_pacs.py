@@ -149,3 +149,68 @@ def test_the_command_gives_an_error_row_and_exit_2_for_a_file_that_is_no_dicom_f
     assert [set(r) for r in got] == [{"path", "error"}] * 2
     assert "not a DICOM file" in got[0]["error"] and "no image" in got[1]["error"]
     assert not out.exists() or not any(out.rglob("*"))                     # nothing written for them
+
+
+# ---------------------------------------------------------------- the node's settings and its worklist (no network)
+
+def test_destinations_parse_or_say_what_is_wrong():
+    from covidxr.pacs.node import Destination, NodeConfig
+
+    d = Destination.parse("ORTHANC@pacs.example:4242")
+    assert (d.ae_title, d.host, d.port, d.stow_url) == ("ORTHANC", "pacs.example", 4242, "")
+    assert Destination.parse(None, "http://pacs:8042/dicom-web").stow_url == "http://pacs:8042/dicom-web"
+    for bad in ("ORTHANC", "ORTHANC@pacs", "@pacs:1", "A_TITLE_LONGER_THAN_16@h:1", "X@h:99999"):
+        with pytest.raises(ValueError, match="AET@HOST:PORT"):
+            Destination.parse(bad)
+    with pytest.raises(ValueError, match="--send-to"):
+        Destination.parse(None, None)
+    assert NodeConfig("COVIDXR", 1, d).allowed == ("ORTHANC",)           # default: only the PACS it answers
+    assert NodeConfig("COVIDXR", 1, d, allow=("A", "B")).allowed == ("A", "B")
+
+
+def test_serve_refuses_to_start_without_anyone_allowed(capsys):
+    from covidxr import cli
+
+    rc = cli.main(["dicom", "serve", "--ae-title", "X", "--port", "1", "--stow-url", "http://pacs/dicom-web"])
+    assert rc == 1 and "--allow" in capsys.readouterr().err
+
+
+def test_a_missing_library_gives_one_clear_line(monkeypatch):
+    import importlib.util
+
+    from covidxr import pacs
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pynetdicom" else real(name, *a))
+    with pytest.raises(pacs.PacsDependencyError, match=r"pynetdicom not installed.*covidxr\[pacs\]"):
+        pacs.require("pynetdicom", "highdicom")
+
+
+def test_the_worklist_ranks_studies_keeps_no_identity_and_forgets_after_retention(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from covidxr.pacs.worklist import Worklist
+
+    wl = Worklist.open(f"sqlite:///{tmp_path / 'w.db'}")
+    a = wl.received("1.2.3", "1.2.3.1", "1.2.3.1.1", "ACC1", "ORTHANC")
+    b1 = wl.received("1.2.4", "1.2.4.1", "1.2.4.1.1", "ACC2", "ORTHANC")
+    b2 = wl.received("1.2.4", "1.2.4.1", "1.2.4.1.2", "ACC2", "ORTHANC")
+    c = wl.received("1.2.5", "1.2.5.1", "1.2.5.1.1", "", "ORTHANC")
+    wl.update(a, state="scored", probability=0.2, decision="covid", delivery="delivered")
+    wl.update(b1, state="scored", probability=0.9, decision="covid", delivery="delivered")
+    wl.update(b2, state="scored", probability=0.1, decision="non-covid", delivery="undelivered", error="down")
+    wl.update(c, state="refused", decision="not assessed", reason="DICOM modality is CT", delivery="delivered")
+    studies = wl.studies()
+    assert [s.study_uid for s in studies] == ["1.2.4", "1.2.3", "1.2.5"]   # by the study's highest score, unscored last
+    assert studies[0].probability == 0.9 and studies[0].delivery == "undelivered" and len(studies[0].films) == 2
+    assert studies[2].state == "refused" and "CT" in studies[2].reason
+    with pytest.raises(ValueError):
+        wl.update(a, state="maybe")
+    columns = {c.name for c in wl.table.columns}
+    assert not {c for c in columns if "patient" in c or "name" in c or "pixel" in c}
+    old = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(days=31)
+    with wl.engine.begin() as conn:
+        conn.execute(wl.table.update().where(wl.table.c.id == a).values(received_at=old))
+    assert wl.purge() == 1 and {r["id"] for r in wl.rows()} == {b1, b2, c}
+    monkeypatch.setenv("COVIDXR_WORKLIST_DAYS", "0")
+    assert wl.purge() == 3

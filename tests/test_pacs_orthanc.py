@@ -171,3 +171,21 @@ def test_the_pacs_down_then_up_still_gets_the_results(node, pacs):
     assert delivered
     sid = pacs.study_id(study_uid)
     assert sid and sorted(i["modality"] for i in pacs.instances(sid)) == ["OT", "SR"]  # the film itself never went in
+
+
+def test_results_by_stow_rs(pacs, classifier, tmp_path):
+    """--stow-url: the same results, sent by STOW-RS (dicomweb-client) to Orthanc's DICOMweb root."""
+    config = NodeConfig(ae_title="COVIDXR2", port=free_port(), host="127.0.0.1",
+                        destination=Destination.parse(None, pacs.dicomweb), allow=("MODALITY",))
+    n = Node(classifier, config, Worklist.open(f"sqlite:///{tmp_path / 'stow.db'}"), say=lambda m: None)
+    n.start(warm=False)
+    try:
+        film = shared_data("dicom", "cxr", "nih-cxr_DX_1024_8bit.dcm")   # DX in a secondary capture
+        assert c_store(config.port, film, calling="MODALITY") == (True, 0x0000)
+        study_uid = pydicom.dcmread(film, stop_before_pixels=True).StudyInstanceUID
+        assert wait_for(lambda: n.idle(), RESULT_TIMEOUT_S)
+        sid = pacs.study_id(study_uid)
+        assert sid and sorted(i["modality"] for i in pacs.instances(sid)) == ["OT", "SR"]
+        assert [r["delivery"] for r in n.worklist.rows()] == ["delivered"]
+    finally:
+        n.stop(wait=False)

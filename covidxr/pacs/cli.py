@@ -99,6 +99,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    if not args.allow and not dest.ae_title:
+        print("error: say which calling AE titles may send films: --allow AET ... (without it only the --send-to "
+              "PACS may)", file=sys.stderr)
+        return EXIT_FAILED
     clf = _classifier(args)
     config = NodeConfig(ae_title=args.ae_title, port=args.port, host=args.host, allow=tuple(args.allow or ()),
                         destination=dest, retries=args.retries, retry_base_s=args.retry_after)
