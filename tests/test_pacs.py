@@ -214,3 +214,32 @@ def test_the_worklist_ranks_studies_keeps_no_identity_and_forgets_after_retentio
     assert wl.purge() == 1 and {r["id"] for r in wl.rows()} == {b1, b2, c}
     monkeypatch.setenv("COVIDXR_WORKLIST_DAYS", "0")
     assert wl.purge() == 3
+
+
+def test_the_worklist_page_without_a_database_says_so_and_creates_none(classifier, monkeypatch, tmp_path):
+    from tests.test_pages import started_app
+
+    monkeypatch.delenv("COVIDXR_DB", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    at = started_app(classifier.directory, monkeypatch)
+    at.switch_page("pages/worklist.py").run()
+    assert not at.exception
+    assert any("No worklist database yet" in i.value for i in at.info)
+    assert not any(tmp_path.rglob("*"))                                   # the page made no database
+
+
+def test_the_worklist_page_lists_studies_with_dicom_values_as_data(classifier, monkeypatch, tmp_path):
+    from covidxr.pacs.worklist import Worklist
+    from tests.test_pages import started_app
+
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    wl = Worklist.open(db)
+    row = wl.received("1.2.3", "1.2.3.1", "1.2.3.1.1", "**ACC_1**", "ORTHANC")   # markdown-looking accession
+    wl.update(row, state="scored", probability=0.7, decision="covid", delivery="undelivered", error="down")
+    monkeypatch.setenv("COVIDXR_DB", db)
+    at = started_app(classifier.directory, monkeypatch)
+    at.switch_page("pages/worklist.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["accession"]) == ["**ACC_1**"] and "NOT in the PACS" in table["delivery"][0]
+    assert "**ACC_1**" in at.selectbox[0].options[1]                     # shown literally in the chooser
