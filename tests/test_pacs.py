@@ -243,3 +243,14 @@ def test_the_worklist_page_lists_studies_with_dicom_values_as_data(classifier, m
     table = at.dataframe[0].value
     assert list(table["accession"]) == ["**ACC_1**"] and "NOT in the PACS" in table["delivery"][0]
     assert "**ACC_1**" in at.selectbox[0].options[1]                     # shown literally in the chooser
+
+
+def test_an_audit_that_cannot_be_written_stops_dicom_score_before_it_writes(classifier, tmp_path):
+    from covidxr.pacs.events import AuditFailed
+
+    def broken(event):
+        raise OSError("disk full")
+
+    with pytest.raises(AuditFailed, match="disk full"):
+        score_files(classifier, [str(CHEST_NEG)], tmp_path / "out", events=broken)
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .events import Hook, event, no_op
+from .events import AuditFailed, Hook, default_hook, emit, event, no_op
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 
@@ -28,15 +28,19 @@ def score_files(classifier, paths: list[str], out: str | Path, events: Hook = no
             scored = results.score(classifier, data, Path(path).name)
         except FilmError as e:
             rows.append({"path": path, "error": str(e)})
-            events(event("dicom.score", user, "error", classifier, detail={"error": str(e)}))
+            emit(events, event("dicom.score", user, "error", classifier, detail={"error": str(e)}))
             continue
         try:
             made = results.results(scored, classifier)
         except Exception as e:  # noqa: BLE001 - a header highdicom cannot carry: this film's row, not the run
             msg = f"its DICOM results could not be made ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
             rows.append({"path": path, "study_uid": scored.study_uid, "error": msg})
-            events(event("dicom.score", user, "error", classifier, scored, detail={"error": msg}))
+            emit(events, event("dicom.score", user, "error", classifier, scored, detail={"error": msg}))
             continue
+        # recorded before anything is written: an audit that cannot be written stops the run (fail closed)
+        emit(events, event("dicom.score", user, "scored" if scored.assessed else "refused", classifier, scored,
+                           detail={"sr_uid": str(made[0].SOPInstanceUID), "reasons": scored.reasons,
+                                   "sc_uid": str(made[1].SOPInstanceUID) if len(made) > 1 else None}))
         written = results.write(made, out)
         sr, sc = written[0], (written[1] if len(written) > 1 else None)
         pred = scored.prediction
@@ -49,9 +53,6 @@ def score_files(classifier, paths: list[str], out: str | Path, events: Hook = no
         if pred.site:
             row["site"] = pred.site
         rows.append(row)
-        events(event("dicom.score", user, "scored" if scored.assessed else "refused", classifier, scored,
-                     detail={"sr_uid": str(made[0].SOPInstanceUID), "reasons": scored.reasons,
-                             "sc_uid": str(made[1].SOPInstanceUID) if len(made) > 1 else None}))
     return rows
 
 
@@ -66,7 +67,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     from ..cli import _classifier
 
     clf = _classifier(args)
-    rows = score_files(clf, args.files, args.out, events=getattr(args, "events", None) or no_op)
+    try:
+        rows = score_files(clf, args.files, args.out, events=default_hook())
+    except AuditFailed as e:
+        print(f"error: {e}; stopped, nothing more is scored or written", file=sys.stderr)
+        return EXIT_FAILED
     for r in rows:
         if "error" in r:
             print(f"{r['path']}: {r['error']}", file=sys.stderr)
@@ -106,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     clf = _classifier(args)
     config = NodeConfig(ae_title=args.ae_title, port=args.port, host=args.host, allow=tuple(args.allow or ()),
                         destination=dest, retries=args.retries, retry_base_s=args.retry_after)
-    node = Node(clf, config, Worklist.open(args.db), events=getattr(args, "events", None) or no_op)
+    node = Node(clf, config, Worklist.open(args.db), events=default_hook())
     node.serve_forever()
     return EXIT_OK
 

@@ -11,8 +11,27 @@ from typing import Any, Callable
 Hook = Callable[[dict], Any]
 
 
+class AuditFailed(RuntimeError):
+    """The hook could not record an event: the caller fails closed (nothing written or sent for that film)."""
+
+
+def emit(hook: Hook, ev: dict) -> None:
+    """Give one event to the hook; AuditFailed (with the hook's reason) when it cannot record it."""
+    try:
+        hook(ev)
+    except Exception as e:  # noqa: BLE001 - whatever the store raises (AuditUnavailable, a database error)
+        raise AuditFailed(f"the audit trail cannot be written ({type(e).__name__}: {str(e)[:200]})") from e
+
+
 def no_op(event: dict) -> None:
     """The default hook: record nothing."""
+
+
+def default_hook() -> Hook:
+    """The hook `dicom score` and `dicom serve` use: for now no_op. Wiring the audit trail (#23) is this one
+    function, e.g. `store = covidxr.audit.store_from_env()` and `lambda e: store.record(AuditEvent(**e))`
+    (record() raises AuditUnavailable when it cannot write: the callers then fail closed)."""
+    return no_op
 
 
 def event(action: str, user: str, outcome: str, classifier=None, scored=None, study_uid: str = "", sop_uid: str = "",

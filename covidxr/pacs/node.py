@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .events import Hook, event, no_op
+from .events import AuditFailed, Hook, emit, event, no_op
 from .worklist import Worklist
 
 CR_DX_CLASSES = {
@@ -184,7 +184,7 @@ class Node:
         calling = str(ev.assoc.requestor.ae_title).strip()
         self.say(f"refused an association from AE title {calling!r} at {ev.assoc.requestor.address} "
                  "(not an allowed calling AE title)")
-        self.events(event("dicom.node.association", calling, "refused",
+        self._record(event("dicom.node.association", calling, "refused",
                           detail={"address": str(ev.assoc.requestor.address), "called": self.config.ae_title}))
 
     def on_store(self, ev) -> int:
@@ -196,7 +196,7 @@ class Node:
         if not (sop_class in CR_DX_CLASSES or (sop_class == SECONDARY_CAPTURE and modality in FILM_MODALITIES)):
             self.say(f"ignored an instance of SOP class {sop_class} (modality {modality or '?'}) from {calling!r}: "
                      "only CR and DX films are scored")
-            self.events(event("dicom.node.ignored", calling, "ignored", study_uid=str(ds.get("StudyInstanceUID", "")),
+            self._record(event("dicom.node.ignored", calling, "ignored", study_uid=str(ds.get("StudyInstanceUID", "")),
                               sop_uid=str(ds.get("SOPInstanceUID", "")), detail={"sop_class": sop_class,
                                                                                  "modality": modality}))
             return 0x0000
@@ -222,19 +222,25 @@ class Node:
             msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             self.worklist.update(row, state="error", reason=msg, delivery="undelivered", scored_at=_now())
             self.say(f"could not score a film from {calling!r}: {msg}")
-            self.events(event("dicom.node.score", calling, "error", self.classifier, detail={"error": msg}))
+            self._record(event("dicom.node.score", calling, "error", self.classifier, detail={"error": msg}))
             self._done()
             return
         finally:
             del data
         pred = scored.prediction
+        try:  # recorded before the results leave: an audit that cannot be written keeps them here (fail closed)
+            emit(self.events, event("dicom.node.score", calling, "scored" if scored.assessed else "refused",
+                                    self.classifier, scored, detail={"results": [str(d.SOPInstanceUID) for d in made]}))
+        except AuditFailed as e:
+            self.worklist.update(row, state="error", reason=f"not sent: {e}", delivery="undelivered", scored_at=_now())
+            self.say(f"results for study {scored.study_uid} not sent: {e}")
+            self._done()
+            return
         self.worklist.update(
             row, state="scored" if scored.assessed else "refused", scored_at=_now(),
             probability=float(pred.probability) if scored.assessed else None, threshold=float(pred.threshold),
             decision=pred.label if scored.assessed else "not assessed", reason="; ".join(scored.reasons),
             result_uids=[str(d.SOPInstanceUID) for d in made])
-        self.events(event("dicom.node.score", calling, "scored" if scored.assessed else "refused", self.classifier,
-                          scored, detail={"results": [str(d.SOPInstanceUID) for d in made]}))
         with self.lock:
             self.pending[row] = made
         self.delivery.submit(self._deliver, row, scored.study_uid, scored.sop_uid, calling)
@@ -252,7 +258,7 @@ class Node:
             except DeliveryError as e:
                 self.worklist.update(row, delivery="undelivered", attempts=attempt, error=str(e))
                 if attempt == 1:
-                    self.events(event("dicom.node.deliver", calling, "undelivered", self.classifier,
+                    self._record(event("dicom.node.deliver", calling, "undelivered", self.classifier,
                                       study_uid=study_uid, sop_uid=sop_uid, detail={"error": str(e)}))
                 if self.stopping.is_set():
                     self.say(f"node stopping: results for study {study_uid} left undelivered ({e})")
@@ -271,10 +277,17 @@ class Node:
             self.worklist.update(row, delivery="delivered", attempts=attempt, delivered_at=_now(), error="")
             if attempt > 1:
                 self.say(f"delivered the results for study {study_uid} after {attempt} attempts")
-            self.events(event("dicom.node.deliver", calling, "delivered", self.classifier, study_uid=study_uid,
+            self._record(event("dicom.node.deliver", calling, "delivered", self.classifier, study_uid=study_uid,
                               sop_uid=sop_uid, detail={"attempts": attempt, "to": str(self.config.destination)}))
             self._done()
             return
+
+    def _record(self, ev: dict) -> None:
+        """An event that holds nothing back (a refusal, an ignored instance, a delivery): a failed audit is said."""
+        try:
+            emit(self.events, ev)
+        except AuditFailed as e:
+            self.say(f"{e} (event {ev['action']} {ev['outcome']})")
 
     def _done(self) -> None:
         with self.lock:
