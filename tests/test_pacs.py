@@ -254,3 +254,21 @@ def test_an_audit_that_cannot_be_written_stops_dicom_score_before_it_writes(clas
     with pytest.raises(AuditFailed, match="disk full"):
         score_files(classifier, [str(CHEST_NEG)], tmp_path / "out", events=broken)
     assert not (tmp_path / "out").exists()
+
+
+def test_with_a_site_profile_the_sr_names_it_and_decides_at_its_point(classifier, tmp_path, capsys):
+    from covidxr import cli
+    from tests.test_site_pages import made_profile
+
+    profile = made_profile("Ward 7", classifier.card.weights_sha256)
+    profile.save(tmp_path / "ward7")
+    rc = cli.main(["dicom", "score", str(CHEST_NEG), "--out", str(tmp_path / "out"), "--json", "--site",
+                   str(tmp_path / "ward7"), "--weights", str(classifier.directory)])
+    row = json.loads(capsys.readouterr().out)[0]
+    assert rc == 0 and row["site"] == "Ward 7" and row["threshold"] == pytest.approx(profile.threshold)
+    sr = pydicom.dcmread(row["sr"])
+    texts = " ".join(str(i.TextValue) for i in items(sr) if i.ValueType == "TEXT")
+    assert "site profile Ward 7" in texts and profile.created in texts
+    nums = {concept(i): float(i.MeasuredValueSequence[0].NumericValue) for i in items(sr) if i.ValueType == "NUM"}
+    assert nums["CAD Operating Point"] == pytest.approx(profile.threshold, abs=1e-5)
+    assert dciodvfy_errors(Path(row["sr"])) == [] and dciodvfy_errors(Path(row["sc"])) == []
