@@ -15,8 +15,6 @@ from covidxr.pacs import results
 from covidxr.pacs.cli import score_files
 from tests.conftest import shared_data
 
-pytestmark = pytest.mark.slow
-
 CHEST = shared_data("dicom", "cxr", "nema-wg04_RG1_J2KI.dcm")          # scored positive
 CHEST_NEG = shared_data("dicom", "cxr", "siim-acr_CR_PA_jpeg-baseline.dcm")
 HEADERLESS = shared_data("dicom", "cxr", "fo-dicom_CR-MONO1-10-chest.dcm")  # no File Meta, no preamble
@@ -53,6 +51,7 @@ def concept(item) -> str:
     return item.ConceptNameCodeSequence[0].CodeMeaning
 
 
+@pytest.mark.slow
 def test_every_result_passes_dciodvfy_and_sits_in_the_films_study_in_a_new_series(scored_out):
     out, rows, _ = scored_out
     files = sorted(p for p in out.rglob("*.dcm"))
@@ -73,6 +72,7 @@ def test_every_result_passes_dciodvfy_and_sits_in_the_films_study_in_a_new_serie
             assert results.MANUFACTURER in equipment
 
 
+@pytest.mark.slow
 def test_the_sr_carries_the_finding_probability_decision_operating_point_and_algorithm(scored_out, classifier):
     _, rows, _ = scored_out
     row = rows[0]
@@ -103,6 +103,7 @@ def test_the_sr_carries_the_finding_probability_decision_operating_point_and_alg
                for i in items(negative) if i.ValueType == "CODE")
 
 
+@pytest.mark.slow
 def test_the_secondary_capture_is_the_apps_report_picture_burned_in(scored_out, classifier):
     _, rows, _ = scored_out
     sc = pydicom.dcmread(rows[0]["sc"])
@@ -118,6 +119,7 @@ def test_the_secondary_capture_is_the_apps_report_picture_burned_in(scored_out, 
     assert (top[..., 0] - top[..., 2] > 60).any()                       # jet's red: the film was called positive
 
 
+@pytest.mark.slow
 def test_a_refused_film_gets_an_sr_saying_not_assessed_and_why_and_no_sc(scored_out):
     _, rows, events = scored_out
     for row, why in ((rows[3], "HIP"), (rows[4], "CT")):
@@ -134,6 +136,7 @@ def test_a_refused_film_gets_an_sr_saying_not_assessed_and_why_and_no_sc(scored_
     assert CHEST.name not in json.dumps(events)                            # no file names in the trail
 
 
+@pytest.mark.slow
 def test_the_command_gives_an_error_row_and_exit_2_for_a_file_that_is_no_dicom_film(tmp_path, capsys, classifier):
     from covidxr import cli
 
@@ -216,6 +219,7 @@ def test_the_worklist_ranks_studies_keeps_no_identity_and_forgets_after_retentio
     assert wl.purge() == 3
 
 
+@pytest.mark.slow
 def test_the_worklist_page_without_a_database_says_so_and_creates_none(classifier, monkeypatch, tmp_path):
     from tests.test_pages import started_app
 
@@ -228,6 +232,7 @@ def test_the_worklist_page_without_a_database_says_so_and_creates_none(classifie
     assert not any(tmp_path.rglob("*"))                                   # the page made no database
 
 
+@pytest.mark.slow
 def test_the_worklist_page_lists_studies_with_dicom_values_as_data(classifier, monkeypatch, tmp_path):
     from covidxr.pacs.worklist import Worklist
     from tests.test_pages import started_app
@@ -245,6 +250,7 @@ def test_the_worklist_page_lists_studies_with_dicom_values_as_data(classifier, m
     assert "**ACC_1**" in at.selectbox[0].options[1]                     # shown literally in the chooser
 
 
+@pytest.mark.slow
 def test_an_audit_that_cannot_be_written_stops_dicom_score_before_it_writes(classifier, tmp_path):
     from covidxr.pacs.events import AuditFailed
 
@@ -256,6 +262,7 @@ def test_an_audit_that_cannot_be_written_stops_dicom_score_before_it_writes(clas
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_with_a_site_profile_the_sr_names_it_and_decides_at_its_point(classifier, tmp_path, capsys):
     from covidxr import cli
     from tests.test_site_pages import made_profile
