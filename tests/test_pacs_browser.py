@@ -17,7 +17,7 @@ from covidxr.films import read_film
 from covidxr.pacs.worklist import Worklist
 from tests.conftest import shared_data
 from tests.orthanc import available, running_orthanc
-from webapp.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, SCRIPT_IDLE, VERDICT_PATTERN, require_chromium, running_app
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, SCRIPT_IDLE, VERDICT_PATTERN, require_chromium, running_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

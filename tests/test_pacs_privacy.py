@@ -22,7 +22,7 @@ from tests.conftest import REPO, shared_data
 from tests.orthanc import available, free_port, running_orthanc, wait_for
 from tests.test_privacy import allowed, leaks, server_env, slices, strace, strace_prefix, traced_writes, weights_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.model]
 
 FILM = shared_data("dicom", "cxr", "siim-acr_CR_PA_jpeg-baseline.dcm")
 CANARY = f"Canary^Privacy{uuid.uuid4().hex[:12]}"
