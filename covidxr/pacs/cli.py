@@ -8,9 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE
 from .events import AuditFailed, Hook, default_hook, emit, event, no_op
-
-EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 
 
 def score_files(classifier, paths: list[str], out: str | Path, events: Hook = no_op, user: str | None = None) -> list[dict]:
@@ -64,9 +63,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     except PacsDependencyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    from ..cli import _classifier
+    from ..classifier import load
 
-    clf = _classifier(args)
+    clf = load(args.weights, threads=args.threads, site=args.site)  # as every command loads it
     try:
         rows = score_files(clf, args.files, args.out, events=default_hook())
     except AuditFailed as e:
@@ -95,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except PacsDependencyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    from ..cli import _classifier
+    from ..classifier import load
     from .node import Destination, Node, NodeConfig
     from .worklist import Worklist
 
@@ -108,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("error: say which calling AE titles may send films: --allow AET ... (without it only the --send-to "
               "PACS may)", file=sys.stderr)
         return EXIT_FAILED
-    clf = _classifier(args)
+    clf = load(args.weights, threads=args.threads, site=args.site)  # as every command loads it
     config = NodeConfig(ae_title=args.ae_title, port=args.port, host=args.host, allow=tuple(args.allow or ()),
                         destination=dest, retries=args.retries, retry_base_s=args.retry_after)
     node = Node(clf, config, Worklist.open(args.db), events=default_hook())
