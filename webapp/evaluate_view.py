@@ -51,7 +51,7 @@ def choose_films(card: ModelCard) -> tuple[str, Collect | None]:
             st.info("No server folders are enabled. The operator lists the folders this page may read in "
                     "the environment variable `COVIDXR_DATA_ROOTS` or as `data_roots` in `.streamlit/secrets.toml`.")
         else:
-            st.caption("Allowed folders: " + ", ".join(f"`{r}`" for r in roots))
+            st.caption("Allowed folders: " + ", ".join(literal(str(r)) for r in roots))
             folder = st.text_input("Folder (absolute, or relative to an allowed folder)", key=state.EVAL_FOLDER)
             if folder.strip():
                 collect = lambda: folder_batch(folder, roots, card.positive_class)  # noqa: E731
