@@ -1,4 +1,4 @@
-"""`python -m covidxr predict|evaluate|train|site`: JSON out, meaningful exit codes, no tracebacks for bad input.
+"""`python -m covidxr predict|evaluate|train|site|dicom`: JSON out, meaningful exit codes, no tracebacks for bad input.
 
 Exit codes: 0 every film scored; 2 some input could not be read (the rest are still scored);
 1 the tool itself could not run (missing or tampered weights, bad arguments).
@@ -206,6 +206,9 @@ def parser() -> argparse.ArgumentParser:
     sf.add_argument("--out", required=True, metavar="SITE_DIR", help="where to write site.json and site.npz")
     sf.add_argument("--name", default=None, help="the profile's name (default: SITE_DIR's name)")
     sf.set_defaults(run=cmd_site_fit)
+    from .pacs.cli import add_parser as dicom_parser  # `dicom score|serve`: covidxr/pacs, docs/pacs.md
+
+    dicom_parser(sub, common)
     st = sub.add_parser("train", help="train the model and write weights + model card")
     st.add_argument("--data", required=True, help="folder with MANIFEST.csv (../shared/data/cxr)")
     st.add_argument("--out", default="weights", help="where to write model.pt and model_card.json")
