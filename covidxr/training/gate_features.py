@@ -2,8 +2,8 @@
 validating gate rules (covidxr.training.gate) reruns in seconds.
 
 Per film: both networks' pooled features, the segmenter's lung map and the squashed film it read (64 x 64,
-float16), the current gate's statistics (feature distance, turned probability, lung share, lung-field
-shape, paediatric look) and its verdict. Written in chunks of CHUNK films, one .npz each, so that an
+float16), the gate's statistics (feature distance, turned probability, lung share, lung-field shape,
+paediatric look) and the verdict of its rules other than the image-kind logistic (covidxr.gate.KindLook). Written in chunks of CHUNK films, one .npz each, so that an
 interrupted run resumes where it stopped; pixels of the films are never stored, only these summaries.
 
     python -m covidxr.training.gate_features --data ../shared/data/nonchest --out artifacts/gate_features/nonchest
@@ -35,8 +35,8 @@ def evidence(clf, films) -> dict[str, np.ndarray]:
     inputs = clf.prepare(films)
     outs = clf.network_outputs(inputs)
     feats0 = outs[0].features
-    verdicts = [clf.ood.check(f0, x.lung_fraction, film, x.overview, x.lung_prob, clf.gate_rules, clf.child_look,
-                              getattr(clf, "kind_look", None))
+    # the gate's other rules alone (the image-kind logistic is what covidxr.training.gate fits on this cache)
+    verdicts = [clf.ood.check(f0, x.lung_fraction, film, x.overview, x.lung_prob, clf.gate_rules, clf.child_look)
                 for f0, x, film in zip(feats0, inputs, films)]
     fields = [lung_fields(x.lung_prob, clf.gate_rules) for x in inputs]
     logits = np.mean([o.logits for o in outs], axis=0)
