@@ -146,11 +146,12 @@ def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float
                          "probability", min_value=0.0, max_value=100.0, format="%.0f%%")})
         show_facts(film)
     today = dt.date.today().isoformat()
+    warned = gate_warnings(pred.ood)
     summary = summary_line(film.name or "film", pred.probability, positive, t, positive_class,
-                           pred.class_probabilities, model_version(pred.site), today)
+                           pred.class_probabilities, model_version(pred.site), today, warned)
     other = None if positive else other_finding_sentence(pred.class_probabilities, positive_class)
     lines = [verdict(pred.probability, positive, t, positive_class) + (f". {other}" if other else ""),
-             f"Model: {model_version(pred.site)}", f"Date: {today}", DISCLAIMER_PLAIN]
+             *(f"Warning: {w}" for w in warned), f"Model: {model_version(pred.site)}", f"Date: {today}", DISCLAIMER_PLAIN]
 
     def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked
         return png_bytes(annotated(drawn(film, ex, positive, alpha), lines))

@@ -132,11 +132,14 @@ def tone(positive: bool, class_probabilities: Mapping[str, float], positive_clas
 
 
 def summary_line(name: str, probability: float, positive: bool, threshold: float, positive_class: str,
-                 class_probabilities: Mapping[str, float], model: str, date: str) -> str:
-    """One line to paste into a report: film, decision, other finding, model and version, date, disclaimer."""
+                 class_probabilities: Mapping[str, float], model: str, date: str,
+                 warnings: Iterable[str] = ()) -> str:
+    """One line to paste into a report: film, decision, other finding, the gate's warnings (a child's film),
+    model and version, date, disclaimer."""
     parts = [name, verdict(probability, positive, threshold, positive_class)]
     if not positive and (other := other_finding_sentence(class_probabilities, positive_class)):
         parts.append(other.rstrip("."))
+    parts += [f"warning: {w}" for w in warnings]
     parts += [f"model {model}", date, "research screening aid, not a diagnosis"]
     return " · ".join(parts)
 
@@ -216,6 +219,14 @@ def row_reasons(row: Any) -> str:
         if value:
             return "; ".join(_split_numbers(str(v))[0] for v in ([value] if isinstance(value, str) else value))
     return ""
+
+
+def row_warnings(row: Any) -> str:
+    """A scored batch row's warnings ("; "-joined; e.g. a child's film); "" for a refused row, which has no score
+    to read with care."""
+    if is_refused(row):
+        return ""
+    return "; ".join(str(w) for w in (getattr(row, "warnings", None) or ()))
 
 
 def is_refused(row: Any) -> bool:
