@@ -132,7 +132,8 @@ def check_all(clf: Classifier, det: OODDetector, items: list[Item], batch: int =
 
 
 def reason_kind(reason: str) -> str:
-    for key, kind in (("rotated or inverted", "orientation"), ("DICOM", "dicom tags"), ("lateral view", "lateral"),
+    for key, kind in (("CT slice", "kind: CT"), ("lateral chest film", "kind: lateral"),
+                      ("not look like a radiograph", "kind: not a radiograph"), ("rotated or inverted", "orientation"), ("DICOM", "dicom tags"), ("lateral view", "lateral"),
                       ("features", "features"), ("lungs", "lungs"), ("colour", "colour"), ("unreadable", "unreadable")):
         if key in reason:
             return kind

@@ -260,7 +260,8 @@ def measure(gs: GateSet, c: float = KIND_C, threshold: float = KIND_THRESHOLD) -
         ct_source, half = SPLITS[direction]
         out[direction] = {
             "fitted_on": f"{ct_source} CT slices, half {half} of the lateral cases and frontal patients, "
-                         f"{int((gs.kind[fit] == 'other').sum())} generated non-radiographs",
+                         f"{int((gs.kind[fit] == 'other').sum())} generated non-radiographs, "
+                         f"{int((gs.source[fit] == TURNED).sum())} turned or inverted frontal films of that half",
             "gate": table(part, by_kind | part.base_refused),
             "kind_look_alone": table(part, by_kind),
             "other_rules_alone": table(part, part.base_refused)}
