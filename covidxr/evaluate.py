@@ -21,19 +21,18 @@ import io
 import os
 import time
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .card import decision_label
 from .films import DICOM_MAGIC, DICOM_MAGIC_AT, FILM_SUFFIXES, Film, FilmError, is_dicom, read_film
-from .metrics import BinaryReport, OperatingPoint, binary_report
-from .safety import MAX_ENTRY_BYTES, PathRefused, ZipRefused, check_zip, link_escapes, read_entry
+from .report import CSV_COLUMNS, EvaluationReport, Row, build_report, decision, truth  # noqa: F401 - re-exported
+from .safety import (MAX_ENTRY_BYTES, MAX_FILE_BYTES, FileRefused, PathRefused, ZipRefused, check_zip, link_escapes,
+                     read_entry, read_regular)
 
 MANIFEST = "MANIFEST.csv"
-CSV_COLUMNS = ["path", "label", "source", "probability", "prediction", "error", "chest_xray", "reasons", "details",
-               "warnings"]
+MAX_MANIFEST_BYTES = 64 << 20  # a MANIFEST.csv of a million films is far below this
 _SKIPPED_PARTS = ("__MACOSX",)
 
 Progress = Callable[[int, int], None]
@@ -50,67 +49,9 @@ class LabelledItem:
     read: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)  # default: the file
 
     def load(self) -> bytes:
-        return self.read() if self.read is not None else Path(self.path).read_bytes()
-
-
-@dataclass(frozen=True)
-class Row:
-    path: str
-    label: str | None                  # class folder name, lower-cased
-    source: str | None
-    probability: float | None = None   # calibrated COVID-19 probability; None when the film failed
-    prediction: str | None = None      # the decision at the threshold in use (decision_label)
-    error: str | None = None
-    truth: bool | None = None          # is the label the positive class? None when unlabelled
-    chest_xray: bool | None = None     # the gate's verdict; None when the film failed or no gate ran
-    reasons: tuple[str, ...] = ()      # why the gate refused it, most decisive first
-    details: str | None = None         # the gate's numbers
-    warnings: tuple[str, ...] = ()     # shown with the score, do not withhold it (e.g. a child's film)
-    class_probabilities: dict[str, float] | None = None  # every class's, when the score is shown (predict's rows)
-
-    @property
-    def positive(self) -> bool | None:
-        """The truth: is this a film of the positive class? None when unlabelled."""
-        return self.truth
-
-    @property
-    def refused(self) -> bool:
-        """The gate judged it not a frontal chest radiograph."""
-        return self.chest_xray is False
-
-    def as_dict(self) -> dict:
-        if self.error is not None:
-            return {"path": self.path, "label": self.label, "source": self.source, "error": self.error}
-        return {"path": self.path, "label": self.label, "source": self.source,
-                "probability": self.probability, "prediction": self.prediction, "chest_xray": self.chest_xray,
-                "reasons": list(self.reasons), "details": self.details, "warnings": list(self.warnings)}
-
-    def csv_dict(self) -> dict:
-        d = self.as_dict()
-        for k in ("reasons", "warnings"):
-            if k in d:
-                d[k] = "; ".join(d[k])
-        return d
-
-    def gate(self) -> dict | None:
-        """The gate's verdict as every export carries it (covidxr.gate.Verdict.as_dict); None when no gate ran."""
-        if self.chest_xray is None:
-            return None
-        return {"chest_xray": self.chest_xray, "reasons": list(self.reasons), "details": self.details,
-                "warnings": list(self.warnings)}
-
-    def withheld(self) -> "Row":
-        """This row without its score (a refused film's, when refused films are left out)."""
-        return replace(self, probability=None, prediction=None, class_probabilities=None)
-
-
-def decision(probability: float, threshold: float, positive_class: str) -> str:
-    return decision_label(probability >= threshold, positive_class)
-
-
-def truth(label: str | None, positive_class: str) -> bool | None:
-    """Whether a class folder's films are positive: the folder is named as the positive class (any case)."""
-    return None if label is None else label.lower() == positive_class.lower()
+        """The film's bytes: from `read`, or from the file through the bounded reader (safety.read_regular:
+        a FIFO, a device or an oversized file raises FileRefused, an OSError, before anything is read)."""
+        return self.read() if self.read is not None else read_regular(self.path, MAX_FILE_BYTES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +102,7 @@ def _items(rels: Sequence[PurePosixPath], paths: Sequence[str], readers: Sequenc
 
 
 def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(DICOM_MAGIC_AT + len(DICOM_MAGIC))
+    return read_regular(path, first=DICOM_MAGIC_AT + len(DICOM_MAGIC))
 
 
 def scan_folder(root: str | os.PathLike, positive_class: str | None = None) -> list[LabelledItem]:
@@ -198,7 +138,10 @@ def scan_folder(root: str | os.PathLike, positive_class: str | None = None) -> l
     manifest_file = root / MANIFEST
     manifest = {}
     if manifest_file.is_file() and not link_escapes(manifest_file, root):
-        manifest = _manifest_sources(manifest_file.read_text(errors="replace"))
+        try:
+            manifest = _manifest_sources(read_regular(manifest_file, MAX_MANIFEST_BYTES).decode("utf-8", "replace"))
+        except OSError as e:
+            raise PathRefused(f"{MANIFEST}: {e.strerror or e}") from None
     if not rels:
         raise PathRefused(f"{root}: no films found (expected one subfolder per class, e.g. covid/ and normal/)")
     return _items(rels, [str(root / r) for r in rels], [None] * len(rels), errors, manifest, positive_class)
@@ -241,8 +184,10 @@ def _read(item: LabelledItem) -> tuple[Film | None, str | None]:
         return None, item.error
     try:
         return read_film(item.load(), name=PurePosixPath(item.path).name), None
-    except FilmError as e:
+    except (FilmError, FileRefused) as e:
         return None, str(e)
+    except OSError as e:
+        return None, f"could not be read: {e.strerror or e}"
     except Exception as e:  # noqa: BLE001 - an I/O or decoder failure is this file's problem only
         return None, f"could not be read: {e}"
 
@@ -308,94 +253,6 @@ def score_batch(classifier, items: Sequence[LabelledItem], threshold: float | No
             for it, (pred, err) in zip(items, results)]
 
 
-# ---------------------------------------------------------------------------------------------
-# the report
-
-
-@dataclass
-class EvaluationReport:
-    """Scored rows plus the metrics at one threshold. `at()` moves the threshold without re-scoring."""
-    threshold: float
-    rows: list[Row]
-    metrics: BinaryReport
-    positive_class: str                # the decision's class (the model card's), as the rows name it
-    seconds: float | None = None       # wall time of the scoring, when known
-    include_non_chest: bool = False    # films the gate refused are in the metrics (else left out, listed)
-
-    @property
-    def n(self) -> int:
-        """Films scored that carry a label (the films behind the metrics)."""
-        return self.metrics.n
-
-    @property
-    def n_errors(self) -> int:
-        return sum(r.error is not None for r in self.rows)
-
-    @property
-    def n_unlabelled(self) -> int:
-        return sum(r.error is None and r.label is None for r in self.rows)
-
-    @property
-    def failures(self) -> list[Row]:
-        return [r for r in self.rows if r.error is not None]
-
-    @property
-    def not_chest(self) -> list[Row]:
-        """The films the gate judged not frontal chest radiographs (out of the metrics by default)."""
-        return [r for r in self.rows if r.error is None and r.refused]
-
-    @property
-    def n_not_chest(self) -> int:
-        return len(self.not_chest)
-
-    def metrics_at(self, threshold: float) -> OperatingPoint:
-        return self.metrics.metrics_at(threshold)
-
-    def at(self, threshold: float) -> "EvaluationReport":
-        rows = [r if r.probability is None else replace(r, prediction=decision(r.probability, threshold, self.positive_class))
-                for r in self.rows]
-        return replace(self, threshold=float(threshold), rows=rows, metrics=self.metrics.at(threshold))
-
-    def as_dict(self) -> dict:
-        """The JSON report: n, n_errors, n_unlabelled, n_not_chest, not_chest [paths], include_non_chest,
-        threshold, sensitivity, specificity, accuracy, ppv, npv, auc, ece, ci {metric: [low, high]},
-        confusion {tp, fp, tn, fn}, roc {fpr, tpr, thresholds}, reliability, per_source, seconds, images
-        [{path, label, source, probability, prediction, chest_xray, reasons, details, warnings} or
-        {path, label, source, error}]; a refused film's probability and prediction are null unless
-        include_non_chest. Plain JSON types only; undefined metrics are null."""
-        m = self.metrics.as_dict()
-        return {"n": m.pop("n"), "n_errors": self.n_errors, "n_unlabelled": self.n_unlabelled,
-                "n_not_chest": self.n_not_chest, "not_chest": [r.path for r in self.not_chest],
-                "include_non_chest": self.include_non_chest, **m,
-                "seconds": None if self.seconds is None else round(float(self.seconds), 3),
-                "images": [r.as_dict() for r in self.rows]}
-
-    def to_csv(self) -> str:
-        """The per-image table: path, label, source, probability, prediction, error, chest_xray, reasons,
-        details, warnings (reasons and warnings joined by "; ")."""
-        out = io.StringIO()
-        w = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(r.csv_dict() for r in self.rows)
-        return out.getvalue()
-
-
-def build_report(rows: Iterable[Row], threshold: float, positive_class: str, n_boot: int | None = None,
-                 seed: int = 0, include_non_chest: bool = False, seconds: float | None = None) -> EvaluationReport:
-    """Metrics over the labelled, scored rows; predictions restated at `threshold`. Sources enter
-    the per-source breakdown when any row has one (rows without are grouped as "unknown"). Films the
-    gate refused lose their score and stay out of the metrics unless `include_non_chest`."""
-    rows = [r.withheld() if r.refused and not include_non_chest else r for r in rows]
-    rows = [r if r.probability is None else replace(r, prediction=decision(r.probability, threshold, positive_class))
-            for r in rows]
-    scored = [r for r in rows if r.probability is not None and r.label is not None]
-    sources = [r.source or "unknown" for r in scored] if any(r.source for r in scored) else None
-    kw = {} if n_boot is None else {"n_boot": n_boot}
-    metrics = binary_report([r.positive for r in scored], [r.probability for r in scored], threshold,
-                            sources=sources, seed=seed, **kw)
-    return EvaluationReport(float(threshold), rows, metrics, positive_class, seconds, include_non_chest)
-
-
 def evaluate_items(classifier, items: Sequence[LabelledItem], threshold: float | None = None,
                    progress: Progress | None = None, batch_size: int = 16,
                    include_non_chest: bool = False) -> EvaluationReport:
@@ -430,14 +287,12 @@ def evaluate_zip(classifier, data: bytes, threshold: float | None = None, progre
 
 def upload_items(files: Iterable[tuple[str, bytes]], label: str | None = None,
                  positive_class: str | None = None) -> list[LabelledItem]:
-    """Items for uploaded (name, bytes): a name with folders (`covid/a.png`) is labelled like a folder;
-    a bare name gets `label` (None: unlabelled, scored but outside the metrics). Kept in memory."""
-    files = list(files)
-    rels = [PurePosixPath(name.replace("\\", "/").lstrip("/")) for name, _ in files]
-    layout = _layout(rels, positive_class) if any(len(r.parts) > 1 for r in rels) else [(None, None)] * len(rels)
+    """Items for uploaded (name, bytes), kept in memory, each labelled `label` (None: unlabelled, scored but
+    outside the metrics). A loose upload's name is a name, never a path: slashes or backslashes in it (a
+    browser sends base names; a crafted request need not) give no folder, label or source. Folders label
+    films in a zip only. `positive_class` is accepted for the signature of scan_uploads and not used."""
     default = None if label is None else label.lower()
-    return [LabelledItem(name, lab if lab is not None else default, src, read=partial(bytes, data))
-            for (name, data), (lab, src) in zip(files, layout)]
+    return [LabelledItem(name, default, None, read=partial(bytes, data)) for name, data in files]
 
 
 def _is_zip_name(name: str) -> bool:
@@ -446,7 +301,7 @@ def _is_zip_name(name: str) -> bool:
 
 def scan_uploads(files: Iterable[tuple[str, bytes]], label: str | None = None, positive_class: str | None = None,
                  **limits) -> list[LabelledItem]:
-    """Items for uploaded (name, bytes), all in memory: films as in upload_items; an upload named
+    """Items for uploaded (name, bytes), all in memory: loose films as in upload_items; an upload named
     *.zip is checked (safety.check_zip, `limits` passed on) and its films listed as
     `<zip name>/<member>`, labelled by the zip's own folders; a refused zip becomes one item with
     the reason. Raises FilmError when there is nothing to score."""

@@ -15,6 +15,8 @@ from covidxr.site import SiteData, SiteError, SiteProfile, TooFewFilms, cv_folds
 
 from .conftest import shared_data
 
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class FakeCard:

@@ -333,7 +333,7 @@ def test_upload_types_come_from_the_film_suffixes():
 # ---------------------------------------------------------------- where Streamlit may be imported
 
 PURE = ("webapp.wording", "webapp.tables", "webapp.review", "webapp.batch", "webapp.images", "webapp.lru",
-        "webapp.browser", "webapp.card_view", "webapp.sites")
+        "webapp.card_view", "webapp.sites")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -348,6 +348,7 @@ def imported_by(code: str) -> set[str]:
     return set(json.loads(fresh_python(f"{code}\nimport json, sys; print(json.dumps(sorted(sys.modules)))")))
 
 
+@pytest.mark.slow
 def test_pure_modules_and_the_core_never_import_streamlit_or_webapp():
     assert "streamlit" not in imported_by("import " + ", ".join(PURE))
     core = imported_by("import covidxr, covidxr.evaluate, covidxr.explain, covidxr.cli")
