@@ -3,7 +3,7 @@ first; "Open" shows a film large in a dialog where the user is, with previous/ne
 A film the gate refused is listed with its reasons and never a score."""
 import streamlit as st
 
-from webapp import sites, state
+from webapp import audit_log, sites, state
 from webapp.batch import Batch
 from webapp.films import load_item, thumbnail
 from webapp.literal import literal
@@ -88,6 +88,8 @@ def film_dialog() -> None:
     if loaded.film is None:
         st.error(f"{literal(row.path)} could not be read again: {literal(loaded.error)}", icon="🚫")
     else:
+        audit_log.once("review-open", loaded.key, profile=batch_profile, probability=row.probability,
+                       decision=outcome_of[i], detail={"threshold": batch.threshold})
         show_result(loaded.key, loaded.film, threshold=batch.threshold, profile=batch_profile)
 
 

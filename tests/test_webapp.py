@@ -241,6 +241,9 @@ def test_a_childs_scored_film_carries_its_warning_in_the_batch_table_and_the_rep
     line = wording.summary_line("kid.jpg", 0.2, False, 0.15, "covid", {"covid": 0.2}, "m", "d", [CHILD_WARNING])
     assert f"warning: {CHILD_WARNING}" in line
     assert "warning" not in wording.summary_line("a.jpg", 0.2, False, 0.15, "covid", {"covid": 0.2}, "m", "d")
+    lines = wording.report_lines(0.2, False, 0.15, "covid", {"covid": 0.2}, "m", "d", [CHILD_WARNING])
+    assert lines[1] == f"Warning: {CHILD_WARNING}"              # under the report picture (download, DICOM SC)
+    assert not any(x.startswith("Warning") for x in wording.report_lines(0.2, False, 0.15, "covid", {}, "m", "d"))
 
 
 def test_batch_report_moves_threshold_without_rebuilding_and_knows_interruption(monkeypatch):
