@@ -157,10 +157,11 @@ def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float
                          "probability", min_value=0.0, max_value=100.0, format="%.0f%%")})
         show_facts(film)
     today = dt.date.today().isoformat()
+    warned = gate_warnings(pred.ood)
     summary = summary_line(film.name or "film", pred.probability, positive, t, positive_class,
-                           pred.class_probabilities, model_version(pred.site), today)
+                           pred.class_probabilities, model_version(pred.site), today, warned)
     lines = report_lines(pred.probability, positive, t, positive_class, pred.class_probabilities,
-                         model_version(pred.site), today)
+                         model_version(pred.site), today, warned)
 
     def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked (and recorded)
         record_export()
