@@ -8,8 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE
+from ..audit import AuditUnavailable
 from .events import AuditFailed, Hook, default_hook, emit, event, no_op
+
+EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 
 
 def score_files(classifier, paths: list[str], out: str | Path, events: Hook = no_op, user: str | None = None) -> list[dict]:
@@ -63,11 +65,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     except PacsDependencyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    from ..classifier import load
+    from ..cli_common import classifier_for
 
-    clf = load(args.weights, threads=args.threads, site=args.site)  # as every command loads it
+    clf = classifier_for(args)
     try:
-        rows = score_files(clf, args.files, args.out, events=default_hook())
+        hook = default_hook()
+    except AuditUnavailable as e:
+        print(f"error: {e}; nothing was scored", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        rows = score_files(clf, args.files, args.out, events=hook)
     except AuditFailed as e:
         print(f"error: {e}; stopped, nothing more is scored or written", file=sys.stderr)
         return EXIT_FAILED
@@ -94,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except PacsDependencyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    from ..classifier import load
+    from ..cli_common import classifier_for
     from .node import Destination, Node, NodeConfig
     from .worklist import Worklist
 
@@ -107,10 +114,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("error: say which calling AE titles may send films: --allow AET ... (without it only the --send-to "
               "PACS may)", file=sys.stderr)
         return EXIT_FAILED
-    clf = load(args.weights, threads=args.threads, site=args.site)  # as every command loads it
+    clf = classifier_for(args)
     config = NodeConfig(ae_title=args.ae_title, port=args.port, host=args.host, allow=tuple(args.allow or ()),
                         destination=dest, retries=args.retries, retry_base_s=args.retry_after)
-    node = Node(clf, config, Worklist.open(args.db), events=default_hook())
+    try:
+        hook = default_hook(args.db, always=True)  # the node's events go to the trail of its own database
+    except AuditUnavailable as e:
+        print(f"error: {e}; the node does not start without its audit trail", file=sys.stderr)
+        return EXIT_FAILED
+    node = Node(clf, config, Worklist.open(args.db), events=hook)
     node.serve_forever()
     return EXIT_OK
 
