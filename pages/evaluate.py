@@ -12,7 +12,7 @@ from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
 from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError
-from webapp import cluster, sites, state
+from webapp import cluster, site_choice, sites, state
 from webapp.batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
 from webapp.batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from webapp.films import SAMPLES, UPLOAD_TYPES, sample_films
@@ -219,9 +219,10 @@ st.divider()
 st.subheader("Fit a site profile from this batch")
 st.caption(f"A site profile recalibrates the model on your own labelled films: at least {MIN_PER_CLASS} of each "
            f"class; below {ROUGH_PER_CLASS} of a class its figures are rough. It is fitted with the shipped model "
-           "(whatever is in use), its figures are cross-validated beside the shipped model's, and it is saved under "
-           "its name in this server's profile folder, for every user of the server. The films are re-read in "
-           "memory; only the profile is written, with no film names.")
+           "(whatever is in use) and checked on films it was not fitted on, beside the shipped model. Fit it, choose "
+           "the sensitivity to aim at and read what it costs; only then save it under its name in this server's "
+           "profile folder, for every user of the server. The films are re-read in memory; only the profile is "
+           "written, with no film names.")
 blocker = sites.fit_blocker(batch)
 name = st.text_input("Profile name (also its folder on the server)", key=state.SITE_NAME, max_chars=sites.MAX_NAME,
                      disabled=blocker is not None, placeholder="e.g. St Mary radiology 2024")
@@ -243,7 +244,7 @@ elif problem:
 elif exists and not overwrite:
     st.warning(f"A profile named “{folder}” is already saved on this server: choose another name, or tick the box "
                "to replace it.", icon="⚠️")
-if st.button("Fit and save the site profile", key=state.SITE_FIT,
+if st.button("Fit a site profile", key=state.SITE_FIT,
              disabled=blocker is not None or folder is None or (exists and not overwrite)):
     bar = st.progress(0.0, text="Reading the films again…")
 
@@ -253,25 +254,34 @@ if st.button("Fit and save the site profile", key=state.SITE_FIT,
 
     try:
         profile, skipped = sites.fit(clf, batch.items, folder, progress=fit_progress, fitting=lambda: bar.progress(
-            0.85, text="Fitting and cross-validating the profile…"))
-        path = sites.save(profile, sites.sites_dir(), folder, overwrite=overwrite)
-    except (SiteError, FileExistsError, OSError) as e:  # TooFewFilms is a SiteError
+            0.85, text="Fitting the profile and checking it on films it was not fitted on…"))
+    except SiteError as e:  # TooFewFilms is a SiteError
         bar.empty()
-        st.error(f"No profile was saved: {e}", icon="🚫")
+        st.error(f"No profile was fitted: {e}", icon="🚫")
     else:
         bar.empty()
         st.session_state[state.SITE_FITTED] = {"folder": folder, "profile": profile, "skipped": len(skipped)}
 
 fitted = st.session_state.get(state.SITE_FITTED)
 if fitted:
-    p = fitted["profile"]
-    figs = p.figures or {}
-    st.success(f"Saved as “{fitted['folder']}” in the server's profile folder: {p.describe()}. Choose it on the "
-               "Screen page to use it.", icon="💾")
-    st.markdown(f"**Shipped model against the adapted profile on your films**, both cross-validated: "
-                f"{sites.films_text(p, card.positive_class)}, {figs.get('folds', '?')} folds by "
-                f"{figs.get('folds_by', 'film')}; 95% CIs in brackets. Method kept: {sites.method_title(p.method)}.")
+    st.markdown(f"**Fitted “{fitted['folder']}”, not saved yet.** Choose the sensitivity to aim at; the figures "
+                "are of your films, each scored by a profile fitted without it.")
+    p = site_choice.choose(fitted["profile"], key=state.SITE_TARGET)
+    st.markdown(f"**Shipped model against the adapted profile on your films**: "
+                f"{sites.films_text(p, card.positive_class)}; 95% CIs in brackets.")
     st.dataframe(sites.figure_rows(p), hide_index=True)
+    adopted, allowed = site_choice.adopt_controls(p, key=state.SITE_OVERRIDE)
+    if st.button("Save the profile at this sensitivity", key=state.SITE_SAVE, disabled=not allowed or (
+            exists and not overwrite) or folder != fitted["folder"]):
+        try:
+            sites.save(adopted, sites.sites_dir(), fitted["folder"], overwrite=overwrite)
+        except (SiteError, FileExistsError, OSError) as e:
+            st.error(f"No profile was saved: {e}", icon="🚫")
+        else:
+            st.session_state[state.SITE_SAVED] = fitted["folder"]
+    if st.session_state.get(state.SITE_SAVED) == fitted["folder"]:
+        st.success(f"Saved as “{fitted['folder']}” in the server's profile folder: {p.describe()}. Choose it on the "
+                   "Screen page to use it.", icon="💾")
     if rough := sites.rough_text(p):
         st.warning(rough, icon="⚠️")
     kind, text = sites.advice(p)
@@ -286,7 +296,7 @@ if fitted:
             color=alt.Color("model:N", title=None, legend=alt.Legend(orient="bottom")), order="i:Q")
         chance = alt.Chart(alt.Data(values=[{"fpr": 0, "tpr": 0}, {"fpr": 1, "tpr": 1}])).mark_line(
             strokeDash=[4, 4], color="gray").encode(x="fpr:Q", y="tpr:Q")
-        st.markdown("**ROC curves, cross-validated** (out-of-fold scores on your films)")
+        st.markdown("**ROC curves on your films** (each film scored by a profile fitted without it)")
         st.altair_chart(chance + curves, width="stretch")
-    st.caption(figs.get("note", ""))
+    site_choice.engineering(p)
     st.page_link("pages/screen.py", label="Choose the profile on the Screen page", icon="🩻")

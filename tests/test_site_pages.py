@@ -97,10 +97,10 @@ def test_in_use_line_rows_and_advice():
     assert sites.in_use_line(None) == "Shipped model"
     assert sites.in_use_line(prof) == f"Site profile: Ward 7, fitted on 16 films, {prof.created[:10]}"
     rows = sites.figure_rows(prof)
-    assert [r["scored by"] for r in rows] == ["Shipped model", "Adapted: temperature (cross-validated)"]
+    assert [r["scored by"] for r in rows] == ["Shipped model", sites.ADAPTED]
     assert rows[1]["operating point"] == fmt_threshold(prof.threshold)
     assert all(r["AUC"].count("(") == 1 for r in rows)                          # value (95% CI)
-    assert {r["model"] for r in sites.roc_rows(prof)} == {"Shipped model", "Adapted (cross-validated)"}
+    assert {r["model"] for r in sites.roc_rows(prof)} == {"Shipped model", sites.ADAPTED}
     assert sites.rough_text(prof) and "rough" in sites.rough_text(prof)
     assert sites.films_text(prof, "covid") == "16 films: 8 COVID-19, 8 other"
     shipped = {"auc": 0.7, "sensitivity": 0.5, "specificity": 0.6,
@@ -217,6 +217,11 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     app.text_input(key=state.SITE_NAME).set_value("Ward 7").run()
     app.button(key=state.SITE_FIT).click().run()
     assert not app.exception
+    assert not (profiles / "Ward 7").exists()                      # fitted, shown, not saved until asked
+    assert app.select_slider(key=state.SITE_TARGET).value == 0.9
+    app.select_slider(key=state.SITE_TARGET).set_value(0.95).run()
+    app.button(key=state.SITE_SAVE).click().run()
+    assert not app.exception
 
     # saved: the profile's two files only, no film names; its figures side by side, the caveat and the advice
     saved = profiles / "Ward 7"
@@ -225,10 +230,10 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     assert not any(f.stem in text for f in site_films.rglob("*.*"))
     meta = json.loads(text)
     assert meta["name"] == "Ward 7" and meta["base_sha256"] == card.weights_sha256
-    assert meta["films"] == {"covid": 8, "non-covid": 8}
+    assert meta["films"] == {"covid": 8, "non-covid": 8} and meta["target_sensitivity"] == 0.95
     assert any("Saved as “Ward 7”" in s.value for s in app.success)
     table = app.dataframe[-1].value
-    assert list(table["scored by"]) == ["Shipped model", "Adapted: temperature (cross-validated)"]
+    assert list(table["scored by"]) == ["Shipped model", sites.ADAPTED]
     assert table["operating point"][0] == fmt_threshold(card.threshold)
     assert table["operating point"][1] == fmt_threshold(meta["threshold"])
     assert any("rough estimate" in w.value for w in app.warning)
@@ -272,7 +277,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     app.switch_page("pages/model_card.py").run()
     assert not app.exception
     assert any(h.value == "The site profile in use: Ward 7" for h in app.subheader)
-    assert any(list(df.value.get("scored by", [])) == ["Shipped model", "Adapted: temperature (cross-validated)"]
+    assert any(list(df.value.get("scored by", [])) == ["Shipped model", sites.ADAPTED]
                for df in app.dataframe)
 
     # back to the shipped model on the Screen page

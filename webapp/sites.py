@@ -29,6 +29,7 @@ SITES_ENV = "COVIDXR_SITES_DIR"
 APP_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = "sites"
 SHIPPED = "Shipped model"
+ADAPTED = "Adapted to your films"
 MAX_NAME = 64
 N_BOOT = 1000            # bootstrap resamples of the fitted figures' CIs (covidxr.site.fit_profile)
 FIT_METHODS = None       # None: every method of covidxr.site (tests narrow it to keep their runtime short)
@@ -104,6 +105,7 @@ def load(path: Path, card: Any) -> SiteProfile:
     if found is None:
         try:
             found = SiteProfile.load(path, card)
+            found.check_adoptable()  # clearly worse than the shipped model and no override recorded: not offered
         except SiteError as e:
             found = e
         except OSError as e:
@@ -200,7 +202,7 @@ def figure_rows(profile: SiteProfile) -> list[dict[str, str]]:
     """Shipped against adapted on the site's films, both cross-validated, each "value (95% CI)"."""
     f = profile.figures or {}
     rows = []
-    for what, title in (("shipped", SHIPPED), ("adapted", f"Adapted: {profile.method} (cross-validated)")):
+    for what, title in (("shipped", SHIPPED), ("adapted", ADAPTED)):
         r = f.get(what) or {}
         rows.append({"scored by": title,
                      "operating point": fmt_threshold(r["threshold"]) if r.get("threshold") is not None else "—",
@@ -211,7 +213,7 @@ def figure_rows(profile: SiteProfile) -> list[dict[str, str]]:
 def roc_rows(profile: SiteProfile) -> list[dict[str, Any]]:
     """The cross-validated ROC points of both rows, for one chart: {model, fpr, tpr, i}."""
     out = []
-    for what, title in (("shipped", SHIPPED), ("adapted", "Adapted (cross-validated)")):
+    for what, title in (("shipped", SHIPPED), ("adapted", ADAPTED)):
         points = profile.roc.get(what)
         if points is None or len(points) != 2:
             continue
@@ -247,8 +249,8 @@ def advice(profile: SiteProfile) -> tuple[str, str]:
             "equipment, the protocol or the population changes.")
     if better and not worse:
         return "info", (f"The adapted row is clearly better on your films: its 95% CI for "
-                        f"{' and '.join(names[k] for k in better)} lies above the shipped model's. The method was "
-                        "chosen on the same folds, so the adapted row is slightly optimistic; check it on a fresh "
+                        f"{' and '.join(names[k] for k in better)} lies above the shipped model's. The kind of profile "
+                        "was chosen on the same films, so the adapted row is slightly optimistic; check it on a fresh "
                         "labelled batch scored with the profile. " + tail)
     why = (f"it is clearly worse on {' and '.join(names[k] for k in worse)}" if worse
            else "the 95% CIs overlap")
