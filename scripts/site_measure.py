@@ -365,8 +365,9 @@ def measure(work: Path, args) -> int:
             folds[s]["adabn"] = adabn(work, Path(args.data), s)
             log(s, "adabn", folds[s]["adabn"])
     result = {
-        "what": "each held-out source of the leave-one-source-out folds with both classes: the fold model (both "
-                "networks at the fold length, trained without the source, calibrated on its own validation films) "
+        "what": "each held-out source of the leave-one-source-out folds with both classes: the fold model (the "
+                "shipped recipe's first fold_networks networks at the fold length, trained without the source, "
+                "calibrated on its own validation films) "
                 "scores the source's films; the source's patients are split in two halves, a site profile is fitted "
                 "on one (its threshold read at the target sensitivity inside that half, by nested cross-validation) "
                 "and judged on the other at its own threshold, then the other way round; AUC per half (mean), "
