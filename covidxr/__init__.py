@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .card import CardError, ModelCard
+from . import classifier as _classifier
 from .classifier import DEFAULT_WEIGHTS, Classifier, Prediction, set_threads
 from .evaluate import EvaluationReport, evaluate_folder
 from .explain import Explanation, explain
@@ -26,6 +27,7 @@ __all__ = ["CardError", "Classifier", "EvaluationReport", "Explanation", "FILM_S
 __version__ = "1.0.0"
 
 
-def load(directory: str | Path = DEFAULT_WEIGHTS, threads: int | None = None) -> Classifier:
-    """The model in `directory` (default: the shipped weights/), refused unless it matches its model card."""
-    return Classifier.from_dir(directory, threads=threads)
+def load(directory: str | Path = DEFAULT_WEIGHTS, threads: int | None = None, site: str | Path | None = None) -> Classifier:
+    """The model in `directory` (default: the shipped weights/), refused unless it matches its model card; with
+    `site`, deciding at that site profile's operating point (a folder written by `covidxr site fit`)."""
+    return _classifier.load(directory, threads=threads, site=site)

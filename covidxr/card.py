@@ -26,11 +26,22 @@ class CardError(ValueError):
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
+    """The hex sha256 of a file's bytes, read in chunks (never the whole file in memory)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_sha256(path: Path, expected: object, what: str) -> Path:
+    """`path`, refused with CardError unless it exists and its sha256 is the one the model card gives for it: a
+    file that was changed, or that belongs to another card, never reaches a clinician's result. `what` names the
+    file in the message (e.g. "weights", "OOD statistics")."""
+    if not path.is_file():
+        raise CardError(f"{what} {path} {'are' if what.endswith('s') else 'is'} missing")
+    digest = sha256_file(path)
+    if digest != expected:
+        raise CardError(f"{what} {path} {'have' if what.endswith('s') else 'has'} sha256 {digest[:12]}…, the model "
+                        f"card expects {str(expected)[:12]}…: the file was changed or does not belong to this card")
+    return path
 
 
 @dataclass(frozen=True)
@@ -172,11 +183,4 @@ class ModelCard:
 
     def check_weights(self, directory: str | Path) -> Path:
         """Refuse weights whose hash differs from the card: a tampered or stale file."""
-        path = Path(directory) / self.weights_file
-        if not path.exists():
-            raise CardError(f"weights file {path} is missing")
-        digest = sha256_file(path)
-        if digest != self.weights_sha256:
-            raise CardError(f"weights {path} have sha256 {digest[:12]}…, the model card expects "
-                            f"{self.weights_sha256[:12]}…: the file was changed or does not belong to this card")
-        return path
+        return check_sha256(Path(directory) / self.weights_file, self.weights_sha256, "weights")

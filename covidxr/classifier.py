@@ -301,3 +301,16 @@ class Classifier:
                 logits, feats = self.forward(inputs)
             out += [self.decide(f, x, lg, ft) for f, x, lg, ft in zip(chunk, inputs, logits, feats)]
         return out
+
+
+def load(directory: str | Path = DEFAULT_WEIGHTS, threads: int | None = None, site: str | Path | None = None) -> Classifier:
+    """The one way a model is loaded (covidxr.load, the command line, every engine's workers, the app): the model in
+    `directory`, refused unless it matches its card, deciding at the site profile in the folder `site` if one is named."""
+    clf = Classifier.from_dir(directory or DEFAULT_WEIGHTS, threads=threads)
+    if site:
+        from .site import SiteProfile
+
+        profile = SiteProfile.load(site, clf.card)
+        profile.check_adoptable()  # one clearly worse than the shipped model is used only with a recorded override
+        clf = clf.with_site(profile)
+    return clf

@@ -12,45 +12,35 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
+from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, prediction_row, print_predictions
 
 
 def _classifier(args: argparse.Namespace):
-    from .classifier import Classifier
+    """The model as every path loads it (covidxr.classifier.load), at the `--site` profile's point if one is named."""
+    from .classifier import load
 
-    return _with_site(Classifier.from_dir(args.weights, threads=args.threads), args)
+    return load(args.weights, threads=args.threads, site=getattr(args, "site", None))
 
 
 # --- site profiles (covidxr.site): `site fit`, and `--site` on predict/evaluate -------------------------------
-
-
-def _with_site(clf, args: argparse.Namespace):
-    """The classifier at the site profile's operating point when `--site` names one (else unchanged)."""
-    if not getattr(args, "site", None):
-        return clf
-    from .site import SiteProfile
-
-    profile = SiteProfile.load(args.site, clf.card)
-    profile.check_adoptable()  # one clearly worse than the shipped model is used only with a recorded override
-    return clf.with_site(profile)
 
 
 def cmd_site_fit(args: argparse.Namespace) -> int:
     import io
     import zipfile
 
-    from .classifier import Classifier
+    from .classifier import load
     from .evaluate import scan_folder, scan_zip
-    from .safety import PathRefused, ZipRefused, check_zip
+    from .safety import MAX_TOTAL_BYTES, PathRefused, ZipRefused, check_zip, read_regular
     from .site import DEFAULT_TARGET, ROUGH_PER_CLASS, TooFewFilms, collect, fit_profile
 
-    clf = Classifier.from_dir(args.weights, threads=args.threads)
+    clf = load(args.weights, threads=args.threads)
     pos = clf.card.positive_class
     src = Path(args.folder)
     zf = None
     try:
-        if src.is_file() and src.suffix.lower() == ".zip":
-            data = src.read_bytes()
+        if src.suffix.lower() == ".zip" and not src.is_dir():  # read_regular refuses a FIFO or device by name
+            data = read_regular(src, MAX_TOTAL_BYTES)
             infos = check_zip(data)
             zf = zipfile.ZipFile(io.BytesIO(data))
             items = scan_zip(zf, infos, prefix=f"{src}!", positive_class=pos)
@@ -119,33 +109,6 @@ def _read(path: str):
         return None, str(e)
 
 
-def prediction_row(path: str, pred, include_non_chest: bool = False) -> dict:
-    """One `predict --json` object of an in-process Prediction. A film the gate refuses (chest_xray false) has
-    null probability, label and class_probabilities unless `include_non_chest`; its reasons say why."""
-    verdict = pred.ood
-    withheld = verdict is not None and not verdict.is_chest and not include_non_chest
-    return predict_json(path, None if withheld else pred.probability, None if withheld else pred.label,
-                        pred.threshold, None if withheld else pred.class_probabilities,
-                        None if verdict is None else verdict.as_dict(), getattr(pred, "site", None))
-
-
-def predict_json(path: str, probability: float | None, label: str | None, threshold: float,
-                 class_probabilities: dict[str, float] | None, gate: dict | None, site: str | None) -> dict:
-    """The fields of one `predict --json` object, whichever engine scored the film. `gate`: the gate's
-    verdict as its exports carry it (chest_xray, reasons, details, warnings); `site`: the site profile's name."""
-    row = {"path": path, "probability": None if probability is None else round(probability, 6),
-           "label": label, "threshold": threshold,
-           "class_probabilities": None if class_probabilities is None
-           else {k: round(v, 6) for k, v in class_probabilities.items()}}
-    if site:  # scored with a site profile (--site)
-        row["site"] = site
-    if gate is not None:
-        row.update(gate)
-        if not gate["chest_xray"]:
-            row["warning"] = "does not look like a frontal chest radiograph: " + "; ".join(gate["reasons"])
-    return row
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     clf = _classifier(args)
     if args.engine != "local":  # covidxr.engines: the films scored on a Ray cluster
@@ -177,37 +140,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_UNREADABLE if failed else EXIT_OK
 
 
-def print_predictions(rows: list[dict], as_json: bool) -> None:
-    """`predict`'s output, whatever engine scored the films: a JSON array, or a line per scored film."""
-    if as_json:
-        print(json.dumps(rows, indent=1))
-        return
-    for r in rows:
-        if "error" in r:
-            continue
-        extra = "".join(f"  [warning: {w}]" for w in r.get("warnings", []))
-        if r["probability"] is None:
-            print(f"{r['path']}: not scored, {r['warning']}")
-        else:
-            flag = f"  [{r['warning']}]" if "warning" in r else ""
-            print(f"{r['path']}: {r['label']} (p = {r['probability']:.3f}, threshold {r['threshold']:.3f}){flag}{extra}")
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_folder
-
     clf = _classifier(args)
 
     def progress(done: int, total: int) -> None:
         print(f"\rscored {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    if args.engine != "local" or args.results:  # covidxr.engines: streamed to --results, resumable, Ray
-        from .engines.cli import evaluate_with
+    from .engines.cli import evaluate_with
 
-        report = evaluate_with(clf, args, progress)
-    else:
-        report = evaluate_folder(clf, args.folder, threshold=args.threshold, progress=progress,
-                                 include_non_chest=args.include_non_chest)
+    report = evaluate_with(clf, args, progress)  # on the chosen engine (local: this process), streamed to --results
     result = report.as_dict()
     if getattr(clf, "site", None) is not None:  # scored with a site profile (--site)
         result = {"site": clf.site.name, **result}

@@ -29,9 +29,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 from .card import decision_label
 from .films import DICOM_MAGIC, DICOM_MAGIC_AT, FILM_SUFFIXES, Film, FilmError, is_dicom, read_film
 from .metrics import BinaryReport, OperatingPoint, binary_report
-from .safety import MAX_ENTRY_BYTES, PathRefused, ZipRefused, check_zip, link_escapes, read_entry
+from .safety import (MAX_ENTRY_BYTES, MAX_FILE_BYTES, FileRefused, PathRefused, ZipRefused, check_zip, link_escapes,
+                     read_entry, read_regular, spreadsheet_safe)
 
 MANIFEST = "MANIFEST.csv"
+MAX_MANIFEST_BYTES = 64 << 20  # a MANIFEST.csv of a million films is far below this
 CSV_COLUMNS = ["path", "label", "source", "probability", "prediction", "error", "chest_xray", "reasons", "details",
                "warnings"]
 _SKIPPED_PARTS = ("__MACOSX",)
@@ -50,7 +52,9 @@ class LabelledItem:
     read: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)  # default: the file
 
     def load(self) -> bytes:
-        return self.read() if self.read is not None else Path(self.path).read_bytes()
+        """The film's bytes: from `read`, or from the file through the bounded reader (safety.read_regular:
+        a FIFO, a device or an oversized file raises FileRefused, an OSError, before anything is read)."""
+        return self.read() if self.read is not None else read_regular(self.path, MAX_FILE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,13 @@ class Row:
                 "reasons": list(self.reasons), "details": self.details, "warnings": list(self.warnings)}
 
     def csv_dict(self) -> dict:
+        """as_dict's values as CSV cells: lists joined by "; ", every text made safe for spreadsheets
+        (safety.spreadsheet_safe: a film named `=cmd|...` is not run as a formula)."""
         d = self.as_dict()
         for k in ("reasons", "warnings"):
             if k in d:
                 d[k] = "; ".join(d[k])
-        return d
+        return {k: spreadsheet_safe(v) for k, v in d.items()}
 
     def gate(self) -> dict | None:
         """The gate's verdict as every export carries it (covidxr.gate.Verdict.as_dict); None when no gate ran."""
@@ -161,8 +167,7 @@ def _items(rels: Sequence[PurePosixPath], paths: Sequence[str], readers: Sequenc
 
 
 def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(DICOM_MAGIC_AT + len(DICOM_MAGIC))
+    return read_regular(path, first=DICOM_MAGIC_AT + len(DICOM_MAGIC))
 
 
 def scan_folder(root: str | os.PathLike, positive_class: str | None = None) -> list[LabelledItem]:
@@ -198,7 +203,10 @@ def scan_folder(root: str | os.PathLike, positive_class: str | None = None) -> l
     manifest_file = root / MANIFEST
     manifest = {}
     if manifest_file.is_file() and not link_escapes(manifest_file, root):
-        manifest = _manifest_sources(manifest_file.read_text(errors="replace"))
+        try:
+            manifest = _manifest_sources(read_regular(manifest_file, MAX_MANIFEST_BYTES).decode("utf-8", "replace"))
+        except OSError as e:
+            raise PathRefused(f"{MANIFEST}: {e.strerror or e}") from None
     if not rels:
         raise PathRefused(f"{root}: no films found (expected one subfolder per class, e.g. covid/ and normal/)")
     return _items(rels, [str(root / r) for r in rels], [None] * len(rels), errors, manifest, positive_class)
@@ -241,8 +249,10 @@ def _read(item: LabelledItem) -> tuple[Film | None, str | None]:
         return None, item.error
     try:
         return read_film(item.load(), name=PurePosixPath(item.path).name), None
-    except FilmError as e:
+    except (FilmError, FileRefused) as e:
         return None, str(e)
+    except OSError as e:
+        return None, f"could not be read: {e.strerror or e}"
     except Exception as e:  # noqa: BLE001 - an I/O or decoder failure is this file's problem only
         return None, f"could not be read: {e}"
 
@@ -372,9 +382,9 @@ class EvaluationReport:
 
     def to_csv(self) -> str:
         """The per-image table: path, label, source, probability, prediction, error, chest_xray, reasons,
-        details, warnings (reasons and warnings joined by "; ")."""
+        details, warnings (reasons and warnings joined by "; "); texts made safe for spreadsheets (csv_dict)."""
         out = io.StringIO()
-        w = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\r\n")  # RFC 4180: a CR or LF in a cell is quoted
         w.writeheader()
         w.writerows(r.csv_dict() for r in self.rows)
         return out.getvalue()
@@ -430,14 +440,12 @@ def evaluate_zip(classifier, data: bytes, threshold: float | None = None, progre
 
 def upload_items(files: Iterable[tuple[str, bytes]], label: str | None = None,
                  positive_class: str | None = None) -> list[LabelledItem]:
-    """Items for uploaded (name, bytes): a name with folders (`covid/a.png`) is labelled like a folder;
-    a bare name gets `label` (None: unlabelled, scored but outside the metrics). Kept in memory."""
-    files = list(files)
-    rels = [PurePosixPath(name.replace("\\", "/").lstrip("/")) for name, _ in files]
-    layout = _layout(rels, positive_class) if any(len(r.parts) > 1 for r in rels) else [(None, None)] * len(rels)
+    """Items for uploaded (name, bytes), kept in memory, each labelled `label` (None: unlabelled, scored but
+    outside the metrics). A loose upload's name is a name, never a path: slashes or backslashes in it (a
+    browser sends base names; a crafted request need not) give no folder, label or source. Folders label
+    films in a zip only. `positive_class` is accepted for the signature of scan_uploads and not used."""
     default = None if label is None else label.lower()
-    return [LabelledItem(name, lab if lab is not None else default, src, read=partial(bytes, data))
-            for (name, data), (lab, src) in zip(files, layout)]
+    return [LabelledItem(name, default, None, read=partial(bytes, data)) for name, data in files]
 
 
 def _is_zip_name(name: str) -> bool:
@@ -446,7 +454,7 @@ def _is_zip_name(name: str) -> bool:
 
 def scan_uploads(files: Iterable[tuple[str, bytes]], label: str | None = None, positive_class: str | None = None,
                  **limits) -> list[LabelledItem]:
-    """Items for uploaded (name, bytes), all in memory: films as in upload_items; an upload named
+    """Items for uploaded (name, bytes), all in memory: loose films as in upload_items; an upload named
     *.zip is checked (safety.check_zip, `limits` passed on) and its films listed as
     `<zip name>/<member>`, labelled by the zip's own folders; a refused zip becomes one item with
     the reason. Raises FilmError when there is nothing to score."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .card import CardError, sha256_file
+from .card import CardError, check_sha256, sha256_file
 from .films import Film, dicom_age_years
 
 # --- evidence from the file ------------------------------------------------------------------------
@@ -166,13 +166,8 @@ class ChildLook:
         """The logistic named in the card's ood.paediatric, refused when its sha256 differs from the card's."""
         from pathlib import Path
 
-        path = Path(directory) / str(entry.get("file", ""))
-        if not entry.get("file") or not path.exists():
-            raise CardError(f"the paediatric-look statistics {path} are missing")
-        digest = sha256_file(path)
-        if digest != entry.get("sha256"):
-            raise CardError(f"the paediatric-look statistics {path} have sha256 {digest[:12]}…, the model card expects "
-                            f"{str(entry.get('sha256'))[:12]}…: the file was changed or does not belong to this card")
+        path = check_sha256(Path(directory) / str(entry.get("file", "")), entry.get("sha256"),
+                            "the paediatric-look statistics")
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["child_w"], float(z["child_b"]), float(entry["threshold"]))

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .card import CardError, ModelCard, sha256_file
+from .card import CardError, ModelCard, check_sha256, sha256_file
 from .films import Film
 from .gate import GateRules, Verdict, check as gate_check
 from .orientation import ORIENT_SIZE, OrientNet, from_arrays, orientation_input, state_arrays, threshold_at, turned_probability
@@ -37,17 +37,12 @@ OODResult = Verdict  # the gate's verdict under its former name (covidxr.OODResu
 
 def ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
     """Covariance of centred rows `z`, shrunk toward a scaled identity by the Ledoit-Wolf (2004)
-    optimal amount, so that it stays well conditioned with fewer films than 1280 dimensions."""
-    n, d = z.shape
-    emp = z.T @ z / n
-    mu = np.trace(emp) / d
-    z2 = z ** 2
-    beta = (np.sum(z2.T @ z2) / n - np.sum(emp ** 2)) / (d * n)
-    delta = (np.sum(emp ** 2) - 2 * mu * np.trace(emp) + d * mu ** 2) / d
-    shrink = 0.0 if delta <= 0 else float(min(beta, delta) / delta)
-    cov = (1.0 - shrink) * emp
-    cov[np.diag_indices(d)] += shrink * mu
-    return cov, shrink
+    optimal amount, so that it stays well conditioned with fewer films than 1280 dimensions
+    (scikit-learn's estimator; imported here, as only fitting the statistics needs it)."""
+    from sklearn.covariance import ledoit_wolf as estimate
+
+    cov, shrink = estimate(z, assume_centered=True)
+    return cov, float(shrink)
 
 
 @dataclass
@@ -160,13 +155,7 @@ class OODDetector:
         entry = card.ood
         if "threshold" not in entry or "sha256" not in entry:
             raise CardError("model card's ood section needs file, sha256 and threshold")
-        path = Path(directory) / entry["file"]
-        if not path.exists():
-            raise CardError(f"OOD statistics {path} are missing")
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            raise CardError(f"OOD statistics {path} have sha256 {digest[:12]}…, the model card expects "
-                            f"{str(entry['sha256'])[:12]}…: the file was changed or does not belong to this card")
+        path = check_sha256(Path(directory) / entry["file"], entry["sha256"], "OOD statistics")
         try:
             with np.load(path, allow_pickle=False) as z:
                 det = cls(mean=z["mean"], basis=z["basis"], variances=z["variances"],

@@ -1,5 +1,10 @@
 """Guards for input that names server files or arrives as an archive.
 
+Files: every file named by a path (a server folder's films, the CLI's arguments, a zip given to
+`site fit`) is read by `read_regular`, which refuses anything but a regular file and anything larger
+than its limit before reading a byte, and never reads more than the limit: a FIFO, a character device
+(`/dev/zero` named `zero.png`) or a 5 GB sparse file cannot stall a batch or fill the memory.
+
 Server folders: only below roots the operator allows (env COVIDXR_DATA_ROOTS, or roots the app reads
 from st.secrets). Zips: checked from their central directory before any entry is inflated, and
 each entry read in memory under a size cap, because declared sizes can lie.
@@ -18,13 +23,18 @@ ROOTS_ENV = "COVIDXR_DATA_ROOTS"
 
 MAX_ENTRIES = 20_000
 MAX_TOTAL_BYTES = 4 << 30       # declared uncompressed size of all entries together
-MAX_ENTRY_BYTES = 256 << 20     # one film: far above a 16-bit 4k x 4k DICOM
+MAX_FILE_BYTES = 256 << 20      # one film: far above a 16-bit 4k x 4k DICOM
+MAX_ENTRY_BYTES = MAX_FILE_BYTES  # one film inside a zip
 MAX_RATIO = 100                 # films hardly compress (JPEG/PNG ~1:1, raw DICOM a few x); bombs do
 RATIO_FLOOR = 1 << 20           # below this, an entry's ratio is harmless whatever it is
 
 
 class PathRefused(ValueError):
     """A server path that may not be read; the message says why."""
+
+
+class FileRefused(OSError):
+    """A path that names no regular file, or one too large to read; the message says why (no path in it)."""
 
 
 class ZipRefused(ValueError):
@@ -52,6 +62,19 @@ def is_inside(path: Path, root: Path) -> bool:
 
 
 def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], *, want_dir: bool = True) -> Path:
+    """See _resolve_inside; a path the system cannot even look up (a name too long, ENAMETOOLONG; no permission)
+    is refused with PathRefused and the system's reason too, so that a user's typing never raises anything else."""
+    try:
+        return _resolve_inside(path, roots, want_dir=want_dir)
+    except PathRefused:
+        raise
+    except (OSError, ValueError) as e:
+        text = os.fspath(path)
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise PathRefused(f"{shown}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], *, want_dir: bool = True) -> Path:
     """The real location of `path` if, and only if, it lies inside one of `roots`.
 
     A relative path is taken relative to each root in turn. Refused, with PathRefused: no roots
@@ -90,6 +113,102 @@ def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], 
 def link_escapes(path: Path, root: Path) -> bool:
     """True when `path`, inside `root` by name, really lies elsewhere (through a symbolic link)."""
     return not is_inside(path.resolve(), root.resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _kind(mode: int) -> str | None:
+    """Why a file of this mode is refused, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | os.PathLike, limit: int | None = MAX_FILE_BYTES) -> tuple[int, int]:
+    """(an open read-only descriptor, the file's size) for a regular file no larger than `limit` (None: any
+    size). The type is checked with stat before opening (a FIFO or a device is never opened: opening a FIFO
+    blocks, reading a device never ends) and again with fstat on the opened descriptor (the name may have
+    been swapped in between; O_NONBLOCK keeps even that open from blocking). Raises FileRefused (an OSError)
+    with the reason; other OSErrors (missing, no permission, a name too long) pass as they are."""
+    why = _kind(os.stat(path).st_mode)
+    if why is None:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            why = _kind(st.st_mode)
+            if why is None and limit is not None and st.st_size > limit:
+                raise FileRefused(f"the file is too large ({_size(st.st_size)}; the limit is {_size(limit)}): "
+                                  "refused before reading")
+            if why is None:
+                os.set_blocking(fd, True)
+                return fd, st.st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise FileRefused(f"not a regular file but {why}: refused without reading it")
+
+
+def read_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES, first: int | None = None) -> bytes:
+    """The bytes of a regular file (see open_regular for what is refused), reading at most `limit` bytes:
+    a file that grows past its limit while read is refused too. `first`: read only the first `first` bytes
+    (a format's magic number), whatever the file's size."""
+    fd, size = open_regular(path, None if first is not None else limit)
+    cap = limit if first is None else first
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        data = f.read(min(size, cap) + 1)  # one allocation; the extra byte tells a file that grew
+        while len(data) <= cap and (more := f.read(min(1 << 20, cap + 1 - len(data)))):  # short read, or it grew
+            data += more
+    if first is not None:
+        return data[:first]
+    if len(data) > limit:
+        raise FileRefused(f"the file grew beyond the {_size(limit)} limit while it was read")
+    return data
+
+
+def sha256_regular(path: str | os.PathLike) -> str:
+    """The sha256 of a regular file's bytes, read in chunks (any size); "" when it cannot be read or is
+    not a regular file (so a FIFO never blocks a --resume)."""
+    import hashlib
+
+    try:
+        fd, _ = open_regular(path, None)
+        with os.fdopen(fd, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV cells
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list: a spreadsheet may run such a cell as a formula
+
+
+def spreadsheet_safe(value):
+    """A CSV cell that no spreadsheet runs as a formula (OWASP's rule): a text beginning with =, +, -, @, tab
+    or carriage return gets a leading single quote. A text already beginning with a quote gets one more, so
+    that `spreadsheet_raw` gives every text back exactly. Numbers, booleans and None pass unchanged (a
+    number's cell cannot be a formula). Every CSV covidxr writes goes through this; JSON keeps raw values."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS + ("'",)):
+        return "'" + value
+    return value
+
+
+def spreadsheet_raw(cell: str) -> str:
+    """The text that `spreadsheet_safe` turned into `cell` (for a CSV covidxr reads back, e.g. --results)."""
+    if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS + ("'",)):
+        return cell[1:]
+    return cell
 
 
 # ---------------------------------------------------------------------------------------------

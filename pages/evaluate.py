@@ -16,6 +16,7 @@ from webapp import cluster, site_choice, sites, state
 from webapp.batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
 from webapp.batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from webapp.films import SAMPLES, UPLOAD_TYPES, sample_films
+from webapp.literal import literal, without_paths
 from webapp.model import classifier
 from webapp.roots import data_roots
 from webapp.tables import (breakdown_rows, confusion_table, fmt_metric, image_rows, metric_rows,
@@ -70,9 +71,10 @@ elif address is not None:
     st.caption("Uploads and the sample films are scored here, in your session (the cluster's machines cannot see "
                "files in your browser): keep this tab open until the results appear.")
 if in_use.error:
-    st.error(f"The site profile `{in_use.folder}` can no longer be used ({in_use.error}); the shipped model is in use.",
+    st.error(f"The site profile {literal(in_use.folder)} can no longer be used ({literal(in_use.error)}); the shipped "
+             "model is in use.",
              icon="🚫")
-st.caption(f"Scored with: **{sites.in_use_line(in_use.profile)}** (the operating point in use in this session, "
+st.caption(f"Scored with: **{literal(sites.in_use_line(in_use.profile))}** (the operating point in use in this session, "
            "chosen on the Screen page).")
 
 clicked = st.button("Run on the cluster" if on_cluster else "Run evaluation", type="primary",
@@ -81,14 +83,14 @@ if clicked:
     try:
         title, items, keep = collect()
     except (PathRefused, ZipRefused, FilmError) as e:
-        st.error(f"Nothing was evaluated: {e}", icon="🚫")
+        st.error(f"Nothing was evaluated: {literal(e)}", icon="🚫")
         st.stop()
     if on_cluster:
         try:
             open_run(cluster.submit(title, len(items), scorer.threshold, card.positive_class, str(clf.directory),
                                     in_use).id)
         except OSError as e:  # the run folder cannot be written (the operator's COVIDXR_RUNS_DIR)
-            st.error(f"The run could not be started: {e}", icon="🚫")
+            st.error(f"The run could not be started: {literal(without_paths(e))}", icon="🚫")
             st.stop()
     elif address is not None:
         close_run()
@@ -123,10 +125,10 @@ if batch is None or not batch.rows:
 
 # ---------------------------------------------------------------- results
 st.divider()
-st.subheader(f"Results · {batch.title}")
+st.subheader(f"Results · {literal(batch.title)}")
 scored_by = st.session_state.get(state.BATCH_SCORED_BY) or {"site": None, "line": sites.SHIPPED,
                                                             "threshold": card.threshold}
-st.caption(f"Scored with: **{scored_by['line']}**")
+st.caption(f"Scored with: **{literal(scored_by['line'])}**")
 if batch.interrupted:
     st.warning(f"The evaluation was interrupted after {len(batch.rows)} of {batch.total} films; the results "
                "below cover the films scored so far.", icon="⏸️")
@@ -231,18 +233,18 @@ if blocker is None and name.strip():
     try:
         folder = sites.check_name(name)
     except ValueError as e:
-        problem = f"This name cannot be used: {e}."
+        problem = f"This name cannot be used: {literal(e)}."
     else:
         exists = (sites.sites_dir() / folder).exists()
 if exists:
-    overwrite = st.checkbox(f"Replace the profile “{folder}” already saved on this server",
+    overwrite = st.checkbox(f"Replace the profile “{literal(folder)}” already saved on this server",
                             key=state.site_overwrite(folder))
 if blocker:
     st.info(blocker, icon="ℹ️")
 elif problem:
     st.error(problem, icon="🚫")
 elif exists and not overwrite:
-    st.warning(f"A profile named “{folder}” is already saved on this server: choose another name, or tick the box "
+    st.warning(f"A profile named “{literal(folder)}” is already saved on this server: choose another name, or tick the box "
                "to replace it.", icon="⚠️")
 if st.button("Fit a site profile", key=state.SITE_FIT,
              disabled=blocker is not None or folder is None or (exists and not overwrite)):
@@ -257,15 +259,15 @@ if st.button("Fit a site profile", key=state.SITE_FIT,
             0.85, text="Fitting the profile and checking it on films it was not fitted on…"))
     except SiteError as e:  # TooFewFilms is a SiteError
         bar.empty()
-        st.error(f"No profile was fitted: {e}", icon="🚫")
+        st.error(f"No profile was fitted: {literal(without_paths(e))}", icon="🚫")
     else:
         bar.empty()
         st.session_state[state.SITE_FITTED] = {"folder": folder, "profile": profile, "skipped": len(skipped)}
 
 fitted = st.session_state.get(state.SITE_FITTED)
 if fitted:
-    st.markdown(f"**Fitted “{fitted['folder']}”, not saved yet.** Choose the sensitivity to aim at; the figures "
-                "are of your films, each scored by a profile fitted without it.")
+    st.markdown(f"**Fitted “{literal(fitted['folder'])}”, not saved yet.** Choose the sensitivity to aim at; the "
+                "figures are of your films, each scored by a profile fitted without it.")
     p = site_choice.choose(fitted["profile"], key=state.SITE_TARGET)
     st.markdown(f"**Shipped model against the adapted profile on your films**: "
                 f"{sites.films_text(p, card.positive_class)}; 95% CIs in brackets.")
@@ -276,12 +278,12 @@ if fitted:
         try:
             sites.save(adopted, sites.sites_dir(), fitted["folder"], overwrite=overwrite)
         except (SiteError, FileExistsError, OSError) as e:
-            st.error(f"No profile was saved: {e}", icon="🚫")
+            st.error(f"No profile was saved: {literal(without_paths(e))}", icon="🚫")
         else:
             st.session_state[state.SITE_SAVED] = fitted["folder"]
     if st.session_state.get(state.SITE_SAVED) == fitted["folder"]:
-        st.success(f"Saved as “{fitted['folder']}” in the server's profile folder: {p.describe()}. Choose it on the "
-                   "Screen page to use it.", icon="💾")
+        st.success(f"Saved as “{literal(fitted['folder'])}” in the server's profile folder: {literal(p.describe())}. "
+                   "Choose it on the Screen page to use it.", icon="💾")
     if rough := sites.rough_text(p):
         st.warning(rough, icon="⚠️")
     kind, text = sites.advice(p)

@@ -5,6 +5,7 @@ import streamlit as st
 
 from webapp import card_view as cv
 from webapp import sites
+from webapp.literal import literal
 from webapp.model import card as model_card
 from webapp.tables import breakdown_rows, confusion_table, metric_rows
 from webapp.wording import METRIC_HELP, METRIC_TITLES, class_title, fmt_threshold
@@ -37,7 +38,7 @@ st.header("How it decides")
 st.markdown(cv.decision_text(card))
 st.caption(f"How the operating point was chosen: {card.threshold_rule}")
 if (profile := sites.active_profile()) is not None:
-    st.subheader(f"The site profile in use: {profile.name}")
+    st.subheader(f"The site profile in use: {literal(profile.name)}")
     st.markdown(f"In this session the Screen and Batch evaluation pages decide at this profile's operating point, "
                 f"**{fmt_threshold(profile.threshold)}**, not the shipped one. Fitted {profile.created[:10]} on "
                 f"{sites.films_text(profile, card.positive_class)}; method: {sites.method_title(profile.method)}. "

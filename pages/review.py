@@ -6,6 +6,7 @@ import streamlit as st
 from webapp import sites, state
 from webapp.batch import Batch
 from webapp.films import load_item, thumbnail
+from webapp.literal import literal
 from webapp.model import classifier
 from webapp.review import ERRORS, OUTCOMES, REFUSED, neighbours, outcome, review_items
 from webapp.view import heat_thumbnail, show_result
@@ -28,8 +29,9 @@ if not entries:
 card = classifier().card
 scored_by = st.session_state.get(state.BATCH_SCORED_BY) or {}
 batch_profile = scored_by.get("profile")  # the films are decided as the batch was scored, whatever is in use now
-st.caption(f"{batch.title} · {len(entries)} films · outcomes at operating point {fmt_threshold(batch.threshold)} "
-           f"(set on the Batch evaluation page) · scored with: {scored_by.get('line', sites.SHIPPED)}")
+st.caption(f"{literal(batch.title)} · {len(entries)} films · outcomes at operating point "
+           f"{fmt_threshold(batch.threshold)} (set on the Batch evaluation page) · scored with: "
+           f"{literal(scored_by.get('line', sites.SHIPPED))}")
 pairs = [(r.probability, r.positive, is_refused(r)) for _, r in entries]
 present = [o for o in ALL if o in {it.outcome for it in review_items(pairs, batch.threshold)}]
 left, mid, right = st.columns([3, 1, 1])
@@ -65,11 +67,11 @@ def film_dialog() -> None:
     where = f"{sequence.index(i) + 1} of {len(sequence)} {'errors' if sequence is errors else 'films'}" \
         if i in sequence else ""
     title, why = describe(i)
-    st.subheader(row.path)
-    st.caption(" · ".join(x for x in (where, f"label: {row.label or 'none'}",
-                                      f"source: {row.source}" if row.source else "") if x))
+    st.subheader(literal(row.path))
+    st.caption(literal(" · ".join(x for x in (where, f"label: {row.label or 'none'}",
+                                              f"source: {row.source}" if row.source else "") if x)))
     if why:
-        (st.info if outcome_of[i] == REFUSED else st.warning)(why, icon="ℹ️")
+        (st.info if outcome_of[i] == REFUSED else st.warning)(literal(why), icon="ℹ️")
     back, fwd, close = st.columns(3)
     back.button("◀ Previous", key=state.REVIEW_PREV, disabled=prev is None, width="stretch",
                 on_click=lambda: st.session_state.update({state.REVIEW_DIALOG: prev}))
@@ -84,7 +86,7 @@ def film_dialog() -> None:
         return
     loaded = load_item(batch.items[i])
     if loaded.film is None:
-        st.error(f"{row.path} could not be read again: {loaded.error}", icon="🚫")
+        st.error(f"{literal(row.path)} could not be read again: {literal(loaded.error)}", icon="🚫")
     else:
         show_result(loaded.key, loaded.film, threshold=batch.threshold, profile=batch_profile)
 
@@ -111,9 +113,9 @@ for r0 in range(start, min(start + PER_PAGE, len(items)), COLUMNS):
                     st.image(thumb, width="stretch", alt=f"{row.path} (heatmap)" if heatmaps and not refused
                              else row.path)
             title, why = describe(i)
-            st.markdown(f"**{items[k].outcome}** · {title}")
+            st.markdown(f"**{items[k].outcome}** · {literal(title)}")
             if why:
-                st.caption(why)
-            st.caption(row.path)
+                st.caption(literal(why))
+            st.caption(literal(row.path))
             st.button("Open", key=state.review_open_button(i), width="stretch",
                       on_click=lambda i=i: st.session_state.update({state.REVIEW_DIALOG: i}))

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from webapp import sites, state
+from webapp.literal import literal
 from webapp.films import CHILD_LABEL, UPLOAD_TYPES, is_paediatric_sample, load_film, sample_films, sample_title
 from webapp.model import classifier
 from webapp.view import show_result
@@ -29,13 +30,14 @@ choice = left.selectbox("Operating point", options, key=state.SITE_SELECT,
                         if len(options) == 1 else "A site profile is this model recalibrated on a hospital's own "
                                                   "labelled films; use one only where its figures were clearly better.")
 st.session_state[state.SITE_ACTIVE] = choice
-right.markdown(f"**In use:** {sites.in_use_line(usable.get(choice))}")
+right.markdown(f"**In use:** {literal(sites.in_use_line(usable.get(choice)))}")
 if was.error:
-    st.error(f"The site profile `{was.folder}` can no longer be used ({was.error}); the shipped model is in use.",
+    st.error(f"The site profile {literal(was.folder)} can no longer be used ({literal(was.error)}); the shipped model "
+             "is in use.",
              icon="🚫")
 for p in listed:
     if p.profile is None and p.folder != was.folder:
-        st.error(f"Site profile `{p.folder}` cannot be used: {p.error}", icon="🚫")
+        st.error(f"Site profile {literal(p.folder)} cannot be used: {literal(p.error)}", icon="🚫")
 uploads = st.file_uploader("Drop one or more films", type=UPLOAD_TYPES, accept_multiple_files=True,
                            key=state.SCREEN_UPLOAD)
 samples = sample_films()
@@ -55,13 +57,13 @@ shown: set[str] = set()
 for name, data in inputs:
     loaded = load_film(name, data)
     if loaded.key in shown:  # the same film twice: once is enough (and its widgets are keyed by content)
-        st.caption(f"{name} is the same film as one above.")
+        st.caption(f"{literal(name)} is the same film as one above.")
         continue
     shown.add(loaded.key)
     with st.container(border=True):
-        st.subheader(name)
+        st.subheader(literal(name))
         if loaded.film is None:
-            st.error(f"{name} could not be read: {loaded.error}", icon="🚫")
+            st.error(f"{literal(name)} could not be read: {literal(loaded.error)}", icon="🚫")
             continue
         if name in children:
             st.warning(f"A child's film {CHILD_LABEL}: shown to demonstrate the app, not to be relied on.", icon="⚠️")

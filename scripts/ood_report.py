@@ -366,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def record_gate(clf: Classifier, path: Path) -> int:
     """The gate's verdict and reasons on scripts/same_answers.py's films (tests/test_same_answers.py)."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import same_answers
+    import same_answers  # this script's own folder, first on its sys.path when run as scripts/ood_report.py
 
     paths = same_answers.films()
     preds = clf.predict([read_film(p) for p in paths])

@@ -1,9 +1,10 @@
 """Shared test helpers. Real data lies beside the clone in ../shared (CI has it there too).
 
-Tiers (markers, set here by what a test needs, so that no test file can forget one):
-  browser  serves the app and drives Debian's Chromium (tests/test_browser.py, test_load.py, test_privacy.py)
-  model    loads the shipped model (uses the `classifier` fixture, or runs the app's pages)
-  slow     takes more than about a second on its own (SLOW below, measured with --durations)
+Tiers (markers): each test file says its own with `pytestmark` (a whole file) or `@pytest.mark.slow` (one test):
+  browser  serves the app and drives Debian's Chromium (with slow)
+  model    loads the shipped model: set here for every test that uses the `classifier` fixture; files that load
+           it otherwise (running the app's pages, the command line) mark themselves
+  slow     takes more than about a second on its own (measured with --durations)
 A developer's fast tier: `./run.sh test -m "not slow and not browser"` (under a minute);
 `.ci/run` runs everything.
 """
@@ -18,23 +19,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SCREENSHOTS = REPO / "docs" / "screenshots"
-
-BROWSER_FILES = {"test_browser.py", "test_load.py", "test_privacy.py", "test_proxy.py"}
-MODEL_FILES = {"test_pages.py", "test_cli.py", "test_bench.py", "test_same_answers.py", "test_concurrency.py",
-               "test_cluster_app.py"}
-# Files whose tests (or module fixtures) take seconds: training steps, many films, subprocesses.
-SLOW_FILES = {"test_train.py", "test_bench.py", "test_cli.py", "test_pages.py", "test_concurrency.py",
-              "test_same_answers.py", "test_ood_report.py", "test_generalisation.py", "test_ray.py", "test_ray_faults.py",
-              "test_site.py", "test_cluster_app.py"}
-
-
-# Single tests that take over a second here (pytest --durations), in files that are otherwise quick.
-SLOW_TESTS = {"test_pure_modules_and_the_core_never_import_streamlit_or_webapp",
-              "test_orientation_net_learns_up_from_down_and_survives_save_load",
-              "test_weights_round_trip_and_load_from_a_folder", "test_attention_falls_on_the_lungs",
-              "test_evaluate_folder_leaves_refused_films_out_and_the_switch_brings_them_in",
-              "test_real_chest_films_pass", "test_concurrent_reads_equal_single_reads",
-              "test_tampered_ood_statistics_are_refused", "test_streamed_scores_equal_predict"}
 
 
 def _interrupted(signum, frame):
@@ -56,14 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        name = item.path.name
-        if name in BROWSER_FILES:
-            item.add_marker(pytest.mark.browser)
-            item.add_marker(pytest.mark.slow)
-        if name in MODEL_FILES or "classifier" in getattr(item, "fixturenames", ()):
+        if "classifier" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.model)
-        if name in SLOW_FILES or item.originalname in SLOW_TESTS:
-            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ import sys
 import pytest
 from tests.conftest import REPO, shared_data
 
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
 KEYS = ("predict_ms", "predict_gradcam_ms", "throughput_fps", "baseline_predict_ms", "baseline_predict_gradcam_ms",
         "baseline_throughput_fps", "cold_start_s", "peak_rss_mb", "weights_mb")
 

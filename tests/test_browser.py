@@ -21,6 +21,8 @@ from tests.conftest import REPO
 from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, SCRIPT_IDLE, VERDICT_PATTERN,
                             require_chromium, running_app)
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 SAMPLES = REPO / "samples"
 RESULT_TIMEOUT_MS = 300_000  # generous: on a loaded 2-core box torch alone can take a minute to import
 VIEWPORT = {"width": 1440, "height": 1400}
@@ -221,6 +223,29 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
         print(f"\n[browser] chunk requests the browser cancelled: {traffic['failed']}")
     assert real_failures(traffic["failed"], server) == []
     assert traffic["bad_responses"] == [] and traffic["console_errors"] == []
+
+
+def test_hostile_names_render_literally_in_chromium(page: Page, server: str, traffic):
+    """Issue #29's names on the real app: the Screen page's film headings and the batch's results read exactly
+    as the names (webapp.literal.visible), with no link, emphasis, colour or formula anywhere on the page."""
+    from tests.hostile import MARKUP
+    from webapp.literal import visible
+
+    names = [f"{t}.jpg" for t in MARKUP[:3]] + ["report\u202egnp.pdf.jpg"]
+    film = (SAMPLES / "normal" / "00001362_004.jpg").read_bytes()
+    page.goto(server)
+    drop = uploader(page, "Drop one or more films")
+    drop.wait_for(state="attached")
+    drop.set_input_files(files=[{"name": n, "mimeType": "image/jpeg", "buffer": film + bytes(i + 1)}
+                                for i, n in enumerate(names)])
+    expect(page.get_by_text(re.compile(VERDICT_PATTERN))).to_have_count(len(names))
+    heads = page.locator(".stMain h3").all_inner_texts()
+    assert [" ".join(h.replace("\u2060", "").split()) for h in heads[:len(names)]] == [visible(n) for n in names]
+    main = page.locator(".stMain")
+    assert main.locator("a[href^='http'], a[href^='mailto']").count() == 0
+    assert main.locator("[data-testid=stMarkdownContainer] :is(em, .katex, [class*=Colored])").count() == 0
+    assert not [b for b in main.locator("strong").all_inner_texts() if "BOLD" in b]  # only the app's own bold
+    assert outside(traffic["requests"], server) == []
 
 
 def test_only_cancelled_own_chunks_are_forgiven():

@@ -79,6 +79,7 @@ def test_pickled_code_is_not_run_even_with_a_matching_hash(weights_copy: Path, t
     assert not canary.exists()
 
 
+@pytest.mark.slow
 def test_tampered_ood_statistics_are_refused(weights_copy: Path):
     card = ModelCard.load(weights_copy)
     with open(weights_copy / card.ood["file"], "ab") as f:

@@ -14,6 +14,8 @@ from covidxr import cli
 from tests.bad_inputs import bad_inputs
 from tests.conftest import shared_data
 
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = bad_inputs()
 

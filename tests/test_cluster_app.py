@@ -26,12 +26,15 @@ from streamlit.testing.v1 import AppTest
 from covidxr.engines import evaluate_folder, runs
 from covidxr.engines.ray import check_reachable
 from covidxr.engines.results import ResultsFile
+from tests.hostile import plain
 from tests.test_pages import SAMPLES, metric, started_app, texts
 from tests.test_ray import copy_films, kill_tagged
 from tests.test_ray_faults import running_cluster
 from tests.test_webapp import imported_by
 from webapp import cluster, state
 from webapp.cluster import RUN_PARAM
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 FOLDER = "A folder on the server"
 RUN_TIMEOUT = 300  # seconds for one run on a loaded 2-core machine (the actor loads the model first)
@@ -246,7 +249,11 @@ def test_a_run_that_cannot_reach_its_cluster_fails_with_one_line(registry, films
     at = page(classifier, monkeypatch, films)
     submit_folder(at)
     follow(at, runs.FAILED, timeout=120)
-    [error] = [e.value for e in at.error]
+    [error] = [plain(e.value) for e in at.error]
+    assert error.startswith("The run failed after 0 of 20 films. ") and "site admins" in error  # stderr: admins only
+    monkeypatch.setattr(cluster, "shows_run_errors", lambda: True)
+    at.run()
+    [error] = [plain(e.value) for e in at.error]
     assert error.startswith("The run failed after 0 of 20 films: ")
     assert f"the Ray cluster at 127.0.0.1:{port} cannot be reached" in error and "\n" not in error
     assert at.button(key=state.CLUSTER_RESUME)                             # offered again

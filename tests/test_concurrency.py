@@ -12,6 +12,8 @@ from tests.conftest import shared_data
 from covidxr.explain import explain
 from covidxr.films import read_film
 
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
 THREADS = 8
 
 

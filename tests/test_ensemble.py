@@ -96,6 +96,7 @@ def test_explain_gives_predicts_numbers_and_the_mean_of_the_networks_maps(pair, 
     assert ex.heatmap.shape == film.pixels.shape and ex.heatmap.max() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_weights_round_trip_and_load_from_a_folder(pair, tmp_path: Path, films):
     d = tmp_path / "weights"
     shutil.copytree(DEFAULT_WEIGHTS, d)

@@ -153,6 +153,7 @@ def lung_cases(n: int) -> list[tuple[str, str]]:
     return [(r["film"], r["mask"]) for r in rows[::step][:n]]
 
 
+@pytest.mark.slow
 def test_attention_falls_on_the_lungs(classifier):
     """On films with human lung masks, most of the heatmap mass lies inside the lungs."""
     masked, raw, uniform = [], [], []

@@ -406,6 +406,7 @@ def test_shared_jpegs_read_at_their_manifest_size(row):
     assert film.facts["colour"] == "no" and film.pixels.std() > 0.05
 
 
+@pytest.mark.slow
 def test_concurrent_reads_equal_single_reads():
     from concurrent.futures import ThreadPoolExecutor
 

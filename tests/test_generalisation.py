@@ -3,9 +3,13 @@ LOSO report and the adversary comparison, with the numbers the card holds."""
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from covidxr.card import ModelCard
 from covidxr.classifier import DEFAULT_WEIGHTS
 from covidxr.training.experiments import NETWORKS
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("generalisation", ROOT / "scripts" / "generalisation.py")

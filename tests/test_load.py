@@ -16,6 +16,8 @@ import pytest
 from covidxr.classifier import DEFAULT_WEIGHTS
 from webapp.browser import REPO, require_chromium
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 SCRIPT = REPO / "scripts" / "load_test.py"
 
 

@@ -146,6 +146,7 @@ def test_mr_dicom_is_not_a_chest_film(classifier, detector):
     assert not r.is_chest and any("modality is MR" in s for s in r.reasons)
 
 
+@pytest.mark.slow
 def test_real_chest_films_pass(classifier, detector):
     paths = sorted((REPO / "samples").glob("*/*.jpg")) + real_paths(4, 3)
     results = {f"{p.parent.name}/{p.name}": checked(classifier, detector, p.read_bytes(), p.name) for p in paths}
@@ -168,6 +169,7 @@ def toy_films(n: int, seed: int) -> list[np.ndarray]:
     return films
 
 
+@pytest.mark.slow
 def test_orientation_net_learns_up_from_down_and_survives_save_load(tmp_path: Path):
     from covidxr import orientation
     from covidxr.training import orientation as training

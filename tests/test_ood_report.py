@@ -5,9 +5,12 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from covidxr.ood import OODDetector
 from covidxr.orientation import OrientNet
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("ood_report", ROOT / "scripts" / "ood_report.py")

@@ -19,7 +19,11 @@ from covidxr.card import ModelCard
 from covidxr.classifier import Classifier
 from tests.conftest import REPO, shared_data
 from webapp import state
+from tests.hostile import plain
+from webapp.literal import literal
 from webapp.wording import fmt_threshold
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 APP = str(REPO / "app.py")
 SAMPLES = REPO / "samples"
@@ -58,12 +62,13 @@ def app(weights, monkeypatch) -> AppTest:
     return started_app(weights, monkeypatch)
 
 
-def texts(at: AppTest) -> list[str]:
-    """Every text the page shows (alerts, markdown, captions, headings)."""
+def texts(at: AppTest, raw: bool = False) -> list[str]:
+    """Every text the page shows (alerts, markdown, captions, headings), as a reader sees it (outside text is
+    escaped by webapp.literal: tests.hostile.plain undoes it); `raw`: the Markdown sources."""
     out = []
     for kind in ("success", "error", "warning", "info", "markdown", "caption", "title", "header", "subheader"):
         out += [str(e.value) for e in getattr(at, kind)]
-    return out
+    return out if raw else [plain(t) for t in out]
 
 
 def verdicts(at: AppTest) -> list[str]:
@@ -193,7 +198,7 @@ def test_bad_file_gets_a_message_and_the_app_keeps_working(app):
                                     film_upload(NORMAL_SAMPLE)]).run()
     assert not app.exception
     errors = [e.value for e in app.error if "could not be read" in e.value]
-    assert len(errors) == 2 and errors[0].startswith("notes.png") and errors[1].startswith("empty.dcm")
+    assert len(errors) == 2 and errors[0].startswith(literal("notes.png")) and errors[1].startswith(literal("empty.dcm"))
     assert len(verdicts(app)) == 1                     # the good film is still scored
 
 
@@ -201,12 +206,12 @@ def test_not_a_chest_radiograph_is_flagged_and_its_score_withheld(app, card):
     assert card.ood, "the shipped model card names no out-of-distribution check"
     app.file_uploader[0].set_value(film_upload(NOT_CHEST_DICOM, "application/dicom")).run()
     assert not app.exception
-    [refusal] = [e.value for e in app.error if e.value.startswith("Not a frontal chest radiograph: ")]
+    [refusal] = [plain(e.value) for e in app.error if plain(e.value).startswith("Not a frontal chest radiograph: ")]
     assert "No COVID-19 score is given" in refusal
     assert verdicts(app) == [] and not app.expander     # no decision, no "show the score anyway"
     shown = [t for t in texts(app) if not t.startswith("Details: ")]   # the gate's numbers have their own line
     assert not any(re.search(r"\d%", t) for t in shown)                   # no score anywhere on the page
-    assert any(c.value.startswith("Details: ") for c in app.caption)
+    assert any(plain(c.value).startswith("Details: ") for c in app.caption)
     assert not any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)
     assert not app.get("download_button") and not app.code
 

@@ -42,6 +42,8 @@ from tests.conftest import shared_data
 from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
                             require_chromium, running_app)
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 CANARY = f"privacy-canary-{uuid.uuid4().hex}"
 FILM_SOURCE = shared_data("cxr", "hannover-mhh", "covid", "00d96e05.jpg")  # a real film, not one of samples/
 # As named in the DICOM MANIFEST. The screen page gets a DICOM over 1 MiB: Starlette, under Streamlit's

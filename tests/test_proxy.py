@@ -40,6 +40,8 @@ from tests.test_privacy import server_env, slices, strace, strace_prefix, traced
 from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
                             free_port, require_chromium, running_app, stop_group)
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 TEMPLATE = REPO / "deploy" / "nginx.conf"
 # The folder this interpreter's streamlit serves its frontend from (streamlit.file_util.get_static_dir()):

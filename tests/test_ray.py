@@ -26,6 +26,8 @@ from covidxr.engines.results import ResultsFile, already_done
 from covidxr.evaluate import LabelledItem, Row, build_report, iter_scores, scan_folder
 from tests.conftest import REPO, shared_data
 
+pytestmark = pytest.mark.slow
+
 TAG = "RAY_TEST_TAG"
 PY = sys.executable
 SAMPLES = REPO / "samples"

@@ -45,6 +45,8 @@ from covidxr.evaluate import iter_scores, scan_folder
 from tests.conftest import REPO
 from tests.test_ray import copy_films, kill_tagged, tagged_env, tagged_pids
 
+pytestmark = pytest.mark.slow
+
 RAY = str(Path(sys.executable).parent / "ray")
 PER_FOLDER = 20  # films from each of the 10 source/class folders of ../shared/data/cxr (about 190 in all)
 START_TIMEOUT = 180  # seconds for a node to join, on a loaded 2-core machine

@@ -8,6 +8,7 @@ import zipfile
 import pytest
 
 from covidxr.evaluate import scan_folder
+from tests.hostile import special_files
 from covidxr.safety import (ROOTS_ENV, PathRefused, ZipRefused, allowed_roots, check_zip, read_entry,
                             resolve_inside)
 
@@ -177,3 +178,67 @@ def test_read_entry_does_not_trust_declared_sizes():
         assert read_entry(zf, info) == payload
         with pytest.raises(ZipRefused, match="inflates beyond"):
             read_entry(zf, info, max_bytes=50_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# files: the one bounded reader (safety.read_regular), made with real special files in tmp
+
+
+@pytest.fixture
+def alarm():
+    """Fail, rather than hang the suite, if a read blocks (a FIFO opened for reading waits for a writer)."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("a read blocked")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_read_regular_refuses_special_and_huge_files_without_reading(tmp_path, alarm):
+    from covidxr.safety import FileRefused, read_regular
+
+    for name, why in special_files(tmp_path).items():
+        with pytest.raises(FileRefused, match=why):
+            read_regular(tmp_path / name)
+    with pytest.raises(FileRefused, match="folder"):
+        read_regular(tmp_path)
+    (tmp_path / "ok.png").write_bytes(b"abc" * 1000)
+    assert read_regular(tmp_path / "ok.png") == b"abc" * 1000
+    assert read_regular(tmp_path / "ok.png", first=4) == b"abca"
+    assert read_regular(tmp_path / "huge.dcm", first=8) == bytes(8)  # a head is read whatever the size
+    with pytest.raises(FileRefused, match="too large \\(3,000 bytes; the limit is 2,999 bytes\\)"):
+        read_regular(tmp_path / "ok.png", limit=2999)
+    with pytest.raises(FileNotFoundError):
+        read_regular(tmp_path / "missing.png")
+
+
+def test_every_path_reader_goes_through_it(tmp_path, alarm):
+    """read_film(path), a server folder's items (and the extension-less DICOM sniff), the Ray engine's reader
+    and --resume's hash all refuse the same files, each with its reason, and the real film is still read."""
+    from covidxr.engines.batch import _HashingReader
+    from covidxr.engines.results import sha256_of
+    from covidxr.evaluate import _read
+    from covidxr.films import FilmError, read_film
+    from tests.bad_inputs import encode, film_array
+
+    root = tmp_path / "root"
+    made = special_files(root / "covid")
+    os.mkfifo(root / "covid" / "noext")  # a name without a suffix is sniffed for DICOM: that must not block
+    (root / "normal").mkdir()
+    (root / "normal" / "real.png").write_bytes(encode(film_array(), "PNG"))
+    items = {i.path.rsplit("/", 1)[1]: i for i in scan_folder(root)}
+    assert set(items) == set(made) | {"real.png"}  # the FIFO without a suffix is not taken for a film
+    for name, why in made.items():
+        film, error = _read(items[name])
+        why_here = "outside the evaluated folder" if name == "devzero.jpg" else why  # refused as a link first
+        assert film is None and why_here in error, (name, error)
+        with pytest.raises(FilmError, match=why):
+            read_film(root / "covid" / name)
+        with pytest.raises(OSError, match=why):
+            _HashingReader(str(root / "covid" / name))()
+        assert sha256_of(str(root / "covid" / name)) == ""
+    assert _read(items["real.png"])[0].width == 256

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scripts import same_answers
 from tests.conftest import REPO
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 TOLERANCE = 1e-4
 REFERENCE = REPO / "tests" / "data" / "reference_answers.json"

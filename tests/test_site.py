@@ -17,6 +17,8 @@ from covidxr.site import NotOffered, SiteData, SiteError, SiteProfile, TooFewFil
 
 from .conftest import shared_data
 
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class FakeCard:

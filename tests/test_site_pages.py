@@ -17,6 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from covidxr.card import ModelCard
+from tests.hostile import plain
 from covidxr.classifier import DEFAULT_WEIGHTS
 from covidxr.site import SiteError, fit_profile
 from tests.conftest import REPO, shared_data
@@ -178,7 +179,7 @@ def app(profiles, monkeypatch) -> AppTest:
 
 def in_use(at: AppTest) -> str:
     [line] = [m.value for m in at.markdown if m.value.startswith("**In use:**")]
-    return line.removeprefix("**In use:** ")
+    return plain(line.removeprefix("**In use:** "))
 
 
 def verdict(at: AppTest) -> str:
@@ -265,7 +266,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
 
     # the choice outlives a page switch; the Batch page scores with it and says so
     app.switch_page("pages/evaluate.py").run()
-    assert any("Scored with: **Site profile: Ward 7" in c.value for c in app.caption)
+    assert any("Scored with: **Site profile: Ward 7" in plain(c.value) for c in app.caption)
     app.radio(key=state.EVAL_SOURCE).set_value("The sample films").run()
     app.button(key=state.EVAL_RUN).click().run()
     assert not app.exception
@@ -276,7 +277,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     # the model card shows the profile's figures beside the shipped ones
     app.switch_page("pages/model_card.py").run()
     assert not app.exception
-    assert any(h.value == "The site profile in use: Ward 7" for h in app.subheader)
+    assert any(plain(h.value) == "The site profile in use: Ward 7" for h in app.subheader)
     assert any(list(df.value.get("scored by", [])) == ["Shipped model", sites.ADAPTED]
                for df in app.dataframe)
 
@@ -289,7 +290,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     # the review page still decides the batch's films as the batch was scored (Ward 7), not as the session now does
     app.switch_page("pages/review.py").run()
     assert not app.exception
-    assert any("scored with: Site profile: Ward 7" in c.value for c in app.caption)
+    assert any("scored with: Site profile: Ward 7" in plain(c.value) for c in app.caption)
     opens = [b.key for b in app.button if b.key.startswith(f"{state.REVIEW_OPEN}_")]
     app.button(key=opens[0]).click().run()
     assert not app.exception
@@ -307,16 +308,16 @@ def test_a_profile_that_does_not_load_cannot_be_chosen(app, profiles, card):
     app.run()
     assert not app.exception
     assert app.selectbox(key=state.SITE_SELECT).options == ["Shipped model", "Site profile: Good"]
-    errors = [e.value for e in app.error]
-    assert any("`Tampered` cannot be used" in e and "sha256" in e for e in errors)
-    assert any("`Elsewhere` cannot be used" in e and "another base model" in e for e in errors)
+    errors = [plain(e.value) for e in app.error]
+    assert any("Site profile Tampered cannot be used" in e and "sha256" in e for e in errors), errors
+    assert any("Site profile Elsewhere cannot be used" in e and "another base model" in e for e in errors), errors
     app.selectbox(key=state.SITE_SELECT).set_value("Good").run()
     assert in_use(app).startswith("Site profile: Good, fitted on 16 films")
     tamper(profiles / "Good")                                        # changed on disk while in use
     app.run()
     assert not app.exception
     assert in_use(app) == "Shipped model"
-    assert any("`Good` can no longer be used" in e.value and "sha256" in e.value for e in app.error)
+    assert any("site profile Good can no longer be used" in plain(e.value) and "sha256" in e.value for e in app.error)
     assert app.selectbox(key=state.SITE_SELECT).options == ["Shipped model"]
     app.switch_page("pages/model_card.py").run()
     assert not app.exception and not any("site profile in use" in h.value for h in app.subheader)

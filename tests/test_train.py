@@ -27,6 +27,8 @@ from covidxr.training.penalties import LungAttention, Reverse, SourceAdversary
 from covidxr.training.recipe import VIEWS, Recipe
 from covidxr.training.stages import calibrate, check_one_card
 
+pytestmark = pytest.mark.slow
+
 SIZE = FINAL.input_size
 
 

@@ -333,6 +333,7 @@ def imported_by(code: str) -> set[str]:
     return set(json.loads(fresh_python(f"{code}\nimport json, sys; print(json.dumps(sorted(sys.modules)))")))
 
 
+@pytest.mark.slow
 def test_pure_modules_and_the_core_never_import_streamlit_or_webapp():
     assert "streamlit" not in imported_by("import " + ", ".join(PURE))
     core = imported_by("import covidxr, covidxr.evaluate, covidxr.explain, covidxr.cli")

@@ -9,6 +9,7 @@ import streamlit as st
 from covidxr.card import ModelCard
 from covidxr.engines import runs
 
+from .literal import literal
 from . import cluster, sites, state
 from .roots import data_roots
 from .tables import fmt_metric, fmt_metric_ci
@@ -68,8 +69,9 @@ def run_list(open_id: str | None) -> None:
             st.caption("No run yet.")
         for run in recent:
             left, mid, right = st.columns([5, 3, 1])
-            left.markdown(f"`{run.title}`")
-            left.caption(f"{cluster.started_text(run)} · scored with: {run.meta.get('scored_with') or sites.SHIPPED}")
+            left.markdown(literal(run.title))
+            left.caption(f"{cluster.started_text(run)} · scored with: "
+                         f"{literal(run.meta.get('scored_with') or sites.SHIPPED)}")
             mid.markdown(cluster.status_text(runs.status(run)))
             right.button("Open", key=state.cluster_open(run.id), disabled=run.id == open_id, on_click=open_run,
                          args=(run.id,))
@@ -103,9 +105,9 @@ def show_run(run_id: str, card: ModelCard) -> None:
         return
     status = runs.status(run)
     st.divider()
-    st.subheader(f"On the cluster · {run.title}")
+    st.subheader(f"On the cluster · {literal(run.title)}")
     st.caption(f"{cluster.started_text(run)} · {run.total} films · scored with: "
-               f"**{run.meta.get('scored_with') or sites.SHIPPED}**")
+               f"**{literal(run.meta.get('scored_with') or sites.SHIPPED)}**")
     if status.state == runs.RUNNING:
         st.info("Running on the cluster. It goes on if you close this tab or leave this page: come back to it "
                 "with this page's address, or open it from the list above.", icon="⏳")
@@ -115,7 +117,7 @@ def show_run(run_id: str, card: ModelCard) -> None:
         st.warning(f"The run stopped after {status.done} of {status.total} films (the server restarted, or the "
                    "run was ended). Resume scores the films not scored yet and keeps the others.", icon="⏸️")
     elif status.state == runs.FAILED:
-        st.error(f"The run failed after {status.done} of {status.total} films: {status.error}", icon="🚫")
+        st.error(cluster.failure_text(status), icon="🚫")
     if status.state in (runs.INTERRUPTED, runs.FAILED) and st.button("Resume the run", key=state.CLUSTER_RESUME):
         try:
             runs.resume(run)

@@ -24,6 +24,7 @@ from covidxr.safety import PathRefused, resolve_inside
 
 from . import sites
 from .batch import Batch, interleave, progress_text
+from .literal import literal, without_paths
 from .lru import LRU
 
 RAY_ENV = "COVIDXR_RAY_ADDRESS"
@@ -130,6 +131,22 @@ def partial_metrics(rows: Sequence[Row], threshold: float) -> dict:
 def started_text(run: runs.Run) -> str:
     """"started 2026-12-02 08:10 UTC"."""
     return f"started {str(run.meta.get('started', '?'))[:16].replace('T', ' ')} UTC"
+
+
+def shows_run_errors() -> bool:
+    """Whether this session may see a cluster run's error line (its stderr): site admins only. Sign-in and
+    roles are not wired yet (#23), so nobody sees it in the app; the operator reads stderr.txt in the run's
+    folder. The line is shown without paths (webapp.literal.without_paths) even then."""
+    return False
+
+
+def failure_text(status: runs.Status, admin: bool | None = None) -> str:
+    """The failed run's message as Markdown: the error line itself (literal, no paths) for a site admin only."""
+    head = f"The run failed after {status.done} of {status.total} films"
+    admin = shows_run_errors() if admin is None else admin
+    if admin and status.error:
+        return f"{head}: {literal(without_paths(status.error))}"
+    return f"{head}. What went wrong is in the run's stderr.txt on the server (shown here to site admins)."
 
 
 def status_text(status: runs.Status) -> str:

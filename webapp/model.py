@@ -6,7 +6,7 @@ import os
 import streamlit as st
 
 from covidxr.card import CardError, ModelCard
-from covidxr.classifier import DEFAULT_WEIGHTS, Classifier
+from covidxr.classifier import DEFAULT_WEIGHTS, Classifier, load
 from covidxr.explain import explain
 from covidxr.films import read_film
 
@@ -17,7 +17,7 @@ WEIGHTS_ENV = "COVIDXR_WEIGHTS"   # development only: another weights folder; th
 
 @st.cache_resource(show_spinner="Loading the model…")
 def _load_classifier(directory: str) -> Classifier:
-    clf = Classifier.from_dir(directory)
+    clf = load(directory)
     samples = sample_films()
     if samples:  # warm up (first-call allocations, the Grad-CAM network copy) before a clinician waits on it
         explain(clf, read_film(samples[0]))

@@ -22,6 +22,7 @@ from covidxr.films import Film, film_summary
 from . import state
 from .images import (DISPLAY_SIDE, LARGE_SIDE, Drawing, annotated, colour_bar, jpeg_bytes, muted_overlay,
                      overlay_name, png_bytes, to_uint8)
+from .literal import literal
 from .lru import LRU
 from .model import card, classifier
 from .tables import class_rows
@@ -53,7 +54,7 @@ def explained(key: str, film: Film, profile=ACTIVE) -> Explanation:
     found = cache.get((sites.token(profile), key))
     if found is None:
         clf = classifier() if profile is None else sites.scoring_classifier(profile)
-        with st.spinner(f"Computing the heatmap for {film.name or 'the film'}…"):
+        with st.spinner(f"Computing the heatmap for {literal(film.name) if film.name else 'the film'}…"):
             found = cache.put((sites.token(profile), key), explain(clf, film))
     return found
 
@@ -70,17 +71,18 @@ def show_facts(film: Film) -> None:
     """What may be shown about the film (modality, view, size, format), never the patient's identity."""
     facts = film_summary(film)
     if facts:
-        st.caption(" · ".join(f"{k}: {v}" for k, v in facts.items()))
+        st.caption(" · ".join(f"{k}: {literal(v)}" for k, v in facts.items()))  # DICOM values are outside text
 
 
 def show_refusal(ood, film: Film, positive_class: str, key: str) -> None:
     """A film the gate refused: the decisive reason first, in words; the numbers on a details line; no score."""
-    r = refusal(ood, positive_class)
-    st.error(r.text(), icon=ICONS["refused"])
+    r = refusal(ood, positive_class)  # its reasons may quote a DICOM's values: each shown literally
+    more = "".join(f"\n- {literal(x)}" for x in r.reasons)
+    st.error(literal(r.headline) + (f"\n\nAlso:{more}" if more else ""), icon=ICONS["refused"])
     if r.details:
-        st.caption(f"Details: {r.details}")
+        st.caption(f"Details: {literal(r.details)}")
     for w in r.warnings:
-        st.warning(w, icon=ICONS["warning"])
+        st.warning(literal(w), icon=ICONS["warning"])
     st.image(film_jpeg(key, film), caption="Film", output_format="JPEG")
     show_facts(film)
 
@@ -110,7 +112,7 @@ def show_result(key: str, film: Film, threshold: float | None = None, profile=AC
     positive = pred.probability >= t
     show_decision(pred, positive, t, positive_class)
     for w in gate_warnings(pred.ood):
-        st.warning(w, icon=ICONS["warning"])
+        st.warning(literal(w), icon=ICONS["warning"])
     show_drawing(key, film, ex, positive, t, positive_class)
     return ex
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..evaluate import LabelledItem, Row, score_batch
+from ..safety import read_regular
 
 # Every column of a result record, in the results file's order.
 FIELDS = ("path", "sha256", "label", "source", "probability", "prediction", "error", "truth", "chest_xray",
@@ -34,7 +34,7 @@ class _HashingReader:
         self.path, self.sha256 = path, ""
 
     def __call__(self) -> bytes:
-        data = Path(self.path).read_bytes()
+        data = read_regular(self.path)
         self.sha256 = hashlib.sha256(data).hexdigest()
         return data
 

@@ -1,12 +1,13 @@
 """The command line's engine options (--engine, --address, --workers, --results, --resume, --spill-dir) and
-the engine paths of `evaluate` and `predict` (covidxr.cli calls these; the default in-process path is its own)."""
+`evaluate`'s one path (the in-process `local` engine is an engine like Ray) and `predict --engine ray` (covidxr.cli
+calls these; `predict` without an engine scores in-process, where it can also draw Grad-CAM maps)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, predict_json, print_predictions
+from ..cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, predict_json, print_predictions
 from . import ENGINES, EngineError, score_all
 
 

@@ -3,19 +3,8 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
+from ..classifier import load
 from .batch import score_records
-
-
-def load_classifier(weights=None, threads: int | None = None, site: str | None = None):
-    """The model as `python -m covidxr` loads it: checked against its card, at the site profile's point if any."""
-    from ..classifier import DEFAULT_WEIGHTS, Classifier
-
-    clf = Classifier.from_dir(weights or DEFAULT_WEIGHTS, threads=threads)
-    if site:
-        from ..site import SiteProfile
-
-        clf = clf.with_site(SiteProfile.load(site, clf.card))
-    return clf
 
 
 def stream(records: Sequence[dict], *, classifier=None, weights=None, threads: int | None = None,
@@ -23,6 +12,6 @@ def stream(records: Sequence[dict], *, classifier=None, weights=None, threads: i
            site: str | None = None, **_ignored) -> Iterator[list[dict]]:
     """Result records, a batch at a time, in order. `classifier`: one already loaded (else loaded here)."""
     if classifier is None:
-        classifier = load_classifier(weights, threads, site)
+        classifier = load(weights, threads, site)
     for start in range(0, len(records), batch_size):
         yield score_records(classifier, records[start:start + batch_size], threshold, include_non_chest)

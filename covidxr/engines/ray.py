@@ -38,9 +38,9 @@ class Scorer:
 
     def __init__(self, weights: str, threads: int | None, threshold: float | None, include_non_chest: bool,
                  site: str | None = None):
-        from .local import load_classifier
+        from ..classifier import load
 
-        self.classifier = load_classifier(weights, threads or 1, site)
+        self.classifier = load(weights, threads or 1, site)
         self.threshold, self.include_non_chest = threshold, include_non_chest
 
     def __call__(self, batch):

@@ -8,26 +8,27 @@ changed since is scored again and its newer line wins. Reading keeps one row per
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..safety import sha256_regular, spreadsheet_raw, spreadsheet_safe
 from .batch import FIELDS
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _cell(k: str, v) -> str:
+    """A record's value as its cell; texts made safe for spreadsheets (read back exactly by _value)."""
     if v is None:
         return ""
     if k == "probability":
         return repr(float(v))  # exact round trip
     if isinstance(v, bool) or k in ("truth", "chest_xray"):
         return "true" if v else "false"
-    return str(v)
+    return spreadsheet_safe(str(v))
 
 
 def _value(k: str, s: str):
@@ -37,7 +38,7 @@ def _value(k: str, s: str):
         return float(s)
     if k in ("truth", "chest_xray"):
         return s == "true"
-    return s
+    return spreadsheet_raw(s)
 
 
 class ResultsFile:
@@ -85,7 +86,7 @@ class ResultsFile:
         if fresh or not self.path.exists() or self.path.stat().st_size == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "w", newline="", encoding="utf-8")
-            csv.writer(self._f, lineterminator="\n").writerow(FIELDS)
+            csv.writer(self._f, lineterminator="\r\n").writerow(FIELDS)
         else:
             with open(self.path, "rb+") as f:  # cut a line a kill left unfinished
                 data = f.read()
@@ -96,7 +97,7 @@ class ResultsFile:
         return self
 
     def append(self, results: Iterable[dict]) -> None:
-        w = csv.writer(self._f, lineterminator="\n")
+        w = csv.writer(self._f, lineterminator="\r\n")
         w.writerows([_cell(k, r.get(k)) for k in FIELDS] for r in results)
         self._flush()
 
@@ -117,14 +118,8 @@ class ResultsFile:
 
 
 def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError:
-        return ""
-    return h.hexdigest()
+    """The file's sha256 ("" for one that cannot be read or is no regular file: a FIFO never blocks a resume)."""
+    return sha256_regular(path)
 
 
 def already_done(records: list[dict], done: dict[str, dict], threads: int = 8) -> Iterator[tuple[dict, dict | None]]:

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..safety import MAX_FILE_BYTES, read_regular
+
 WORK_SIDE = 1024          # films are kept at most this size on the longest side; the model needs far less
 MIN_SIDE = 32             # a film smaller than this on either side (before or after reduction) is refused
 MAX_PIXELS = 8192 * 8192  # header width x height above this is refused before decoding (a bomb)
-MAX_BYTES = 256 * 2**20   # files larger than this are refused before reading
+MAX_BYTES = MAX_FILE_BYTES  # files larger than this are refused before reading (covidxr.safety)
 COLOUR_LEVEL = 16 / 255   # a pixel is coloured when its channels differ by more than this...
 COLOUR_SHARE = 0.02       # ...and a film is colour when this share of its pixels is coloured
 AUTO_WINDOW = (0.5, 99.5)  # percentiles used as black and white when nothing better is known
@@ -39,9 +41,9 @@ class Film:
 
 
 def _read_path(path: Path) -> bytes:
+    """The file's bytes through covidxr.safety's one bounded reader (regular files up to MAX_BYTES only)."""
     try:
-        _check_bytes(path.stat().st_size)
-        return path.read_bytes()
+        return read_regular(path, MAX_BYTES)
     except OSError as e:
         raise FilmError(f"cannot read the file: {e.strerror or e}") from None
 
