@@ -409,3 +409,36 @@ def test_a_temperature_profile_ranks_the_films_as_the_shipped_model_does():
         adapted, ci = site_cv.within_fold_auc(data.y, run.probability, run.folds, n_boot=200)
         assert adapted == pytest.approx(site_cv.within_fold_auc(data.y, z, run.folds)[0])
         assert ci[0] <= adapted <= ci[1]
+
+
+def test_site_fit_at_a_chosen_sensitivity_says_what_it_costs(site_set, shared_model, tmp_path, capsys):
+    from covidxr.cli import main
+
+    capsys.readouterr()
+    assert main(["site", "fit", str(site_set), "--out", str(tmp_path / "p"), "--target-sensitivity", "0.8"]) == 0
+    err = capsys.readouterr().err
+    meta = json.loads((tmp_path / "p" / "site.json").read_text())
+    assert meta["target_sensitivity"] == 0.8 and meta["rule"] == site.RULE
+    [op] = [o for o in meta["operating_points"] if o["target"] == 0.8]
+    assert meta["threshold"] == op["threshold"]
+    assert f"of 100 films without COVID-19, about {op['flagged_per_100']} flagged" in err
+
+
+def test_site_refuses_a_profile_not_offered_until_an_override_is_recorded(fitted, site_set, shared_model, tmp_path,
+                                                                          capsys):
+    from covidxr.cli import main
+
+    _, out = fitted
+    bad = tmp_path / "worse"
+    shutil.copytree(out, bad)
+    meta = json.loads((bad / "site.json").read_text())
+    meta["adoption"] = {"offered": False, "why": "sensitivity + specificity 0.30 lower", "override": None}
+    (bad / "site.json").write_text(json.dumps(meta))
+    film = str(next((site_set / "covid").iterdir()))
+    capsys.readouterr()
+    assert main(["predict", film, "--site", str(bad), "--json"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not offered for adoption" in err[0] and "--override" in err[0]
+    meta["adoption"]["override"] = {"reason": "checked on our own 300 films", "at": "2026-01-01T00:00:00+00:00"}
+    (bad / "site.json").write_text(json.dumps(meta))
+    assert main(["predict", film, "--site", str(bad), "--json"]) == 0
