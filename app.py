@@ -20,6 +20,7 @@ page = st.navigation([
     st.Page("pages/screen.py", title="Screen a film", icon="🩻", default=True, url_path="screen-a-film"),
     st.Page("pages/evaluate.py", title="Batch evaluation", icon="📊", url_path="batch-evaluation"),
     st.Page("pages/review.py", title="Heatmap review", icon="🔎", url_path="heatmap-review"),
+    st.Page("pages/worklist.py", title="Worklist", icon="🗂️", url_path="pacs-worklist"),
     st.Page("pages/model_card.py", title="Model card", icon="📄", url_path="model-card"),
 ])
 st.sidebar.warning(DISCLAIMER, icon="⚕️")

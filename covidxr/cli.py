@@ -1,4 +1,4 @@
-"""`python -m covidxr predict|evaluate|train|site`: JSON out, meaningful exit codes, no tracebacks for bad input.
+"""`python -m covidxr predict|evaluate|train|site|dicom`: JSON out, meaningful exit codes, no tracebacks for bad input.
 
 Exit codes: 0 every film scored; 2 some input could not be read (the rest are still scored);
 1 the tool itself could not run (missing or tampered weights, bad arguments).
@@ -226,6 +226,9 @@ def parser() -> argparse.ArgumentParser:
     sf.add_argument("--override", metavar="REASON", default=None,
                     help="adopt a profile that is clearly worse than the shipped model anyway; REASON is recorded")
     sf.set_defaults(run=cmd_site_fit)
+    from .pacs.cli import add_parser as dicom_parser  # `dicom score|serve`: covidxr/pacs, docs/pacs.md
+
+    dicom_parser(sub, common)
     st = sub.add_parser("train", help="train the model and write weights + model card")
     st.add_argument("--data", required=True, help="folder with MANIFEST.csv (../shared/data/cxr)")
     st.add_argument("--out", default="weights", help="where to write model.pt and model_card.json")

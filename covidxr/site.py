@@ -202,6 +202,8 @@ class SiteProfile:
             raise SiteError(f"no site profile in {d} ({SITE_FILE} missing)") from None
         except ValueError as e:
             raise SiteError(f"{d / SITE_FILE} is not valid JSON: {e}") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("base_sha256"), str):  # not "weights None…"
+            raise SiteError(f"{d.name}/{SITE_FILE} is malformed: it names no base model (base_sha256)")
         if card is not None and meta.get("base_sha256") != card.weights_sha256:
             raise SiteError(f"site profile {meta.get('name')!r} was made for another base model "
                             f"(weights {str(meta.get('base_sha256'))[:12]}…, this model's are {card.weights_sha256[:12]}…)")

@@ -25,6 +25,17 @@ if [[ "${1:-}" == "--browser" || "${1:-}" == "--proxy" ]] && [[ ! -x /usr/sbin/n
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
 fi
 
+# Orthanc (+ its DICOMweb plugin) is the PACS the DICOM node's tests run as their own instance; dciodvfy
+# (dicom3tools) validates every DICOM result the tests write (docs/pacs.md).
+if [[ "${1:-}" == "--browser" ]] && { [[ ! -x /usr/sbin/Orthanc ]] || [[ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] \
+                                     || ! command -v dciodvfy >/dev/null; }; then
+    echo "setup: installing Debian's orthanc, orthanc-dicomweb and dicom3tools" >&2
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq orthanc orthanc-dicomweb dicom3tools
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv with $($PYTHON --version)" >&2
     "$PYTHON" -m venv .venv

@@ -79,3 +79,18 @@ def test_a_loose_uploads_name_is_a_name_never_a_path():
     assert [(i.path, i.label, i.source) for i in items] == [
         (BACKSLASH_UPLOAD, None, None), ("covid/a.png", None, None), ("normal/../covid/b.png", None, None)]
     assert {i.label for i in upload_items([(BACKSLASH_UPLOAD, b"x")], label="Normal")} == {"normal"}
+
+
+def test_a_malformed_site_json_says_so(tmp_path):
+    """Not "made for another base model (weights None...)", as the penetration test saw."""
+    import pytest
+
+    from covidxr.card import ModelCard
+    from covidxr.classifier import DEFAULT_WEIGHTS
+    from covidxr.site import SiteError, SiteProfile
+
+    card = ModelCard.load(DEFAULT_WEIGHTS)
+    for meta in ({"name": "x"}, ["not", "an", "object"], {"base_sha256": None}):
+        (tmp_path / "site.json").write_text(json.dumps(meta))
+        with pytest.raises(SiteError, match="malformed: it names no base model"):
+            SiteProfile.load(tmp_path, card)

@@ -39,7 +39,7 @@ import pytest
 
 from covidxr.classifier import DEFAULT_WEIGHTS
 from tests.conftest import shared_data
-from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
                             require_chromium, running_app)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

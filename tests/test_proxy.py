@@ -37,7 +37,7 @@ import streamlit
 
 from tests.conftest import shared_data
 from tests.test_privacy import server_env, slices, strace, strace_prefix, traced_writes, weights_dir
-from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
                             free_port, require_chromium, running_app, stop_group)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -318,7 +318,7 @@ def test_upload_types_come_from_the_film_suffixes():
 # ---------------------------------------------------------------- where Streamlit may be imported
 
 PURE = ("webapp.wording", "webapp.tables", "webapp.review", "webapp.batch", "webapp.images", "webapp.lru",
-        "webapp.browser", "webapp.card_view", "webapp.sites")
+        "webapp.card_view", "webapp.sites")
 REPO = Path(__file__).resolve().parents[1]
 
 

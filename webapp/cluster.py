@@ -25,7 +25,7 @@ from covidxr.safety import PathRefused, resolve_inside
 from . import sites
 from .batch import Batch, interleave, progress_text
 from .literal import literal, without_paths
-from .lru import LRU
+from covidxr.lru import LRU
 
 RAY_ENV = "COVIDXR_RAY_ADDRESS"
 RUNS_ENV = "COVIDXR_RUNS_DIR"

@@ -65,6 +65,7 @@ REVIEW_DIALOG = "review_dialog"      # the batch row shown in the review dialog 
 REVIEW_PREV = "review_prev"
 REVIEW_NEXT = "review_next"
 REVIEW_HEATMAPS = "review_heatmaps"  # heatmap thumbnails in the gallery
+WORKLIST_STUDY = "worklist_study"    # the study opened on the Worklist page
 
 
 def review_open_button(row: int) -> str:

@@ -141,6 +141,22 @@ def summary_line(name: str, probability: float, positive: bool, threshold: float
     return " · ".join(parts)
 
 
+def model_text(name: str, weights_sha256: str, version: str, site: str | None = None) -> str:
+    """The model as a report names it: card name, weights sha256[:12], package version, and the site profile
+    that decided, if any."""
+    text = f"{name} (weights {weights_sha256[:12]}, covidxr {version})"
+    return text if site is None else f"{text}, site profile {site}"
+
+
+def report_lines(probability: float, positive: bool, threshold: float, positive_class: str,
+                 class_probabilities: Mapping[str, float], model: str, date: str) -> list[str]:
+    """The text printed under a report image (images.report_image): decision with score and operating point,
+    model and version, date, disclaimer. The app's download and the DICOM secondary capture print these."""
+    other = None if positive else other_finding_sentence(class_probabilities, positive_class)
+    return [verdict(probability, positive, threshold, positive_class) + (f". {other}" if other else ""),
+            f"Model: {model}", f"Date: {date}", DISCLAIMER_PLAIN]
+
+
 def review_explanation(outcome: str, label: str | None, positive_class: str) -> str | None:
     """Why a review tile's outcome is an error, in words: a false positive explains itself."""
     name, said = class_title(positive_class), class_title(label) if label else "none"
