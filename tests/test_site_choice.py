@@ -15,6 +15,8 @@ from covidxr.site import SiteProfile, fit_profile
 from tests.test_site import FakeCard, binormal_site
 from webapp import site_choice, sites
 
+pytestmark = pytest.mark.slow   # fits a profile (nested cross-validation) and drives Streamlit
+
 ENGINEERING_WORDS = ("temperature", "fold", "out-of-fold")
 
 
