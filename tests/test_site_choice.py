@@ -4,7 +4,6 @@ clearly worse than the shipped model is refused until a reason is recorded, and 
 screen carry no engineering terms (those are in the expander)."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,11 +26,11 @@ def flow(folder: str) -> None:
     import streamlit as st
 
     from covidxr.site import SiteProfile
-    from webapp import site_choice, sites
+    from webapp import site_choice, site_view, sites
 
     fitted = SiteProfile.load(Path(folder) / "fitted")
     p = site_choice.choose(fitted, key="target")
-    st.dataframe(sites.figure_rows(p), hide_index=True)
+    st.dataframe(site_view.figure_rows(p), hide_index=True)
     adopted, allowed = site_choice.adopt_controls(p, key="override")
     if st.button("Save the profile at this sensitivity", key="save", disabled=not allowed):
         sites.save(adopted, Path(folder), "Ward 7", overwrite=True)
@@ -76,9 +75,8 @@ def test_choose_a_target_read_its_cost_and_save_it(tmp_path, fitted):
     [expander] = at.expander
     assert expander.label == site_choice.ENGINEERING and "temperature" in expander.text[0].value
     at.button(key="save").click().run()
-    meta = json.loads((tmp_path / "Ward 7" / "site.json").read_text())
-    assert meta["target_sensitivity"] == 0.97 and meta["threshold"] == op["threshold"]
-    assert sites.find(tmp_path, "Ward 7", FakeCard()).profile.target == 0.97
+    saved = sites.find(tmp_path, "Ward 7", FakeCard()).profile
+    assert saved.target == 0.97 and saved.threshold == op["threshold"]
 
 
 def test_a_profile_clearly_worse_is_refused_until_a_reason_is_recorded(tmp_path, fitted):
@@ -90,7 +88,7 @@ def test_a_profile_clearly_worse_is_refused_until_a_reason_is_recorded(tmp_path,
     at.text_input(key="override").set_value("checked on 300 films of our own").run()
     assert not at.button(key="save").disabled
     at.button(key="save").click().run()
-    saved = SiteProfile.load(tmp_path / "Ward 7")
+    saved = sites.find(tmp_path, "Ward 7", FakeCard()).profile
     assert not saved.offered and saved.override["reason"] == "checked on 300 films of our own"
     # the same profile saved without an override cannot be chosen in the app, and says why
     sites.save(replace(saved, override=None), tmp_path, "Refused")

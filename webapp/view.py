@@ -37,7 +37,8 @@ def explanations() -> LRU[str, Explanation]:
     return state.user_state(state.EXPLANATIONS, lambda: LRU(48))
 
 
-ACTIVE = object()  # explained()/show_result(): the session's operating point (webapp.sites.active)
+from . import site_session
+from .site_session import ACTIVE  # explained()/show_result(): the session's operating point
 
 
 def explained(key: str, film: Film, profile=ACTIVE) -> Explanation:
@@ -45,14 +46,14 @@ def explained(key: str, film: Film, profile=ACTIVE) -> Explanation:
     for the shipped model's), by default the session's (webapp.sites). Cached by (profile, film): switching
     profiles decides again. The review page passes the profile its batch was scored with, so that the film
     it opens is decided as its row was."""
-    from . import sites
+    from . import site_session, sites
 
     if profile is ACTIVE:
-        profile = sites.active_profile()
+        profile = site_session.active_profile()
     cache = explanations()
     found = cache.get((sites.token(profile), key))
     if found is None:
-        clf = classifier() if profile is None else sites.scoring_classifier(profile)
+        clf = classifier() if profile is None else site_session.scoring_classifier(profile)
         with st.spinner(f"Computing the heatmap for {literal(film.name) if film.name else 'the film'}…"):
             found = cache.put((sites.token(profile), key), explain(clf, film))
     return found
@@ -111,12 +112,22 @@ def show_result(key: str, film: Film, threshold: float | None = None, profile=AC
     show_decision(pred, positive, t, positive_class)
     for w in gate_warnings(pred.ood):
         st.warning(literal(w), icon=ICONS["warning"])
-    show_drawing(key, film, ex, positive, t, positive_class)
+    show_drawing(key, film, ex, positive, t, positive_class,
+                 _export_record(key, pred, positive, site_session.active_profile() if profile is ACTIVE else profile))
     return ex
 
 
+def _export_record(key: str, pred, positive: bool, profile):
+    """The audit record of the overlay's download (webapp.audit_log.deferred): recorded when the file is made."""
+    from . import audit_log
+
+    return audit_log.deferred("export", obj=key, profile=profile, decision=pred.label, probability=pred.probability,
+                              detail={"what": "overlay png", "positive": positive})
+
+
 @st.fragment
-def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float, positive_class: str) -> None:
+def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float, positive_class: str,
+                 record_export=lambda: None) -> None:
     """Everything of a result that follows the opacity slider: film and overlay, colour scale, larger view,
     table, download and summary. A fragment, so that moving the slider reruns only this film's drawing, not
     the page (nor the other films on it); its images come encoded from this session's cache."""
@@ -146,12 +157,14 @@ def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float
                          "probability", min_value=0.0, max_value=100.0, format="%.0f%%")})
         show_facts(film)
     today = dt.date.today().isoformat()
+    warned = gate_warnings(pred.ood)
     summary = summary_line(film.name or "film", pred.probability, positive, t, positive_class,
-                           pred.class_probabilities, model_version(pred.site), today)
+                           pred.class_probabilities, model_version(pred.site), today, warned)
     lines = report_lines(pred.probability, positive, t, positive_class, pred.class_probabilities,
-                         model_version(pred.site), today)
+                         model_version(pred.site), today, warned)
 
-    def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked
+    def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked (and recorded)
+        record_export()
         return png_bytes(report_image(film.pixels, ex.heatmap, positive, alpha, lines))
 
     cols[1].download_button("Download overlay (PNG)", full_size,

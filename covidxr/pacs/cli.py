@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..audit import AuditUnavailable
 from .events import AuditFailed, Hook, default_hook, emit, event, no_op
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
@@ -68,7 +69,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     clf = _classifier(args)
     try:
-        rows = score_files(clf, args.files, args.out, events=default_hook())
+        hook = default_hook()
+    except AuditUnavailable as e:
+        print(f"error: {e}; nothing was scored", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        rows = score_files(clf, args.files, args.out, events=hook)
     except AuditFailed as e:
         print(f"error: {e}; stopped, nothing more is scored or written", file=sys.stderr)
         return EXIT_FAILED
@@ -111,7 +117,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     clf = _classifier(args)
     config = NodeConfig(ae_title=args.ae_title, port=args.port, host=args.host, allow=tuple(args.allow or ()),
                         destination=dest, retries=args.retries, retry_base_s=args.retry_after)
-    node = Node(clf, config, Worklist.open(args.db), events=default_hook())
+    try:
+        hook = default_hook(args.db, always=True)  # the node's events go to the trail of its own database
+    except AuditUnavailable as e:
+        print(f"error: {e}; the node does not start without its audit trail", file=sys.stderr)
+        return EXIT_FAILED
+    node = Node(clf, config, Worklist.open(args.db), events=hook)
     node.serve_forever()
     return EXIT_OK
 

@@ -27,11 +27,18 @@ def no_op(event: dict) -> None:
     """The default hook: record nothing."""
 
 
-def default_hook() -> Hook:
-    """The hook `dicom score` and `dicom serve` use: for now no_op. Wiring the audit trail (#23) is this one
-    function, e.g. `store = covidxr.audit.store_from_env()` and `lambda e: store.record(AuditEvent(**e))`
-    (record() raises AuditUnavailable when it cannot write: the callers then fail closed)."""
-    return no_op
+def default_hook(url: str | None = None, always: bool = False) -> Hook:
+    """The hook `dicom score` and `dicom serve` use: the audit trail's store (covidxr.audit) of `url`, else of
+    $COVIDXR_DB. `dicom score`, like `predict`, records only when $COVIDXR_DB is set; the node (`always`) records
+    always, to the default store when neither is given. The store is checked writable first: AuditUnavailable
+    then, and nothing is scored (fail closed); a record that fails later raises AuditFailed through emit()."""
+    from ..audit import AuditEvent, open_store, store_from_env
+
+    store = open_store(url) if (url or always) else store_from_env()
+    if store is None:
+        return no_op
+    store.check_writable()
+    return lambda e: store.record(AuditEvent(**e))
 
 
 def event(action: str, user: str, outcome: str, classifier=None, scored=None, study_uid: str = "", sop_uid: str = "",
@@ -42,18 +49,14 @@ def event(action: str, user: str, outcome: str, classifier=None, scored=None, st
         study_uid, sop_uid, sha256 = scored.study_uid, scored.sop_uid, scored.sha256
     obj = ";".join(p for p in (f"study={study_uid}" if study_uid else "", f"sop={sop_uid}" if sop_uid else "",
                                f"sha256={sha256}" if sha256 else "") if p)
-    card = getattr(classifier, "card", None)
-    site = getattr(classifier, "site", None)
     pred = getattr(scored, "prediction", None)
     assessed = scored is not None and scored.assessed
-    import covidxr
+    from ..audit_cli import model_fields  # the model and profile fields as every other record names them
 
+    fields = model_fields(classifier) if getattr(classifier, "card", None) is not None else \
+        {"model_version": "", "weights_sha256": "", "profile": "", "profile_version": ""}
     return {"action": action, "user": user, "user_name": user, "role": "dicom-node" if action.startswith("dicom.node")
-            else "cli", "object": obj,
-            "model_version": f"{card.name} covidxr {covidxr.__version__}" if card else "",
-            "weights_sha256": card.weights_sha256 if card else "",
-            "profile": site.name if site is not None else "", "profile_version":
-            (getattr(site, "version", None) or site.created) if site is not None else "",
+            else "cli", "object": obj, **fields,
             "decision": (pred.label if assessed else "not assessed") if pred is not None else "",
             "probability": float(pred.probability) if assessed else None, "outcome": outcome,
             "detail": dict(detail or {})}

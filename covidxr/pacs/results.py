@@ -230,12 +230,12 @@ def report_picture(scored: Scored, classifier) -> np.ndarray:
     webapp.wording.report_lines words, and the "not for diagnostic use" line."""
     import covidxr
     from webapp.images import DEFAULT_OPACITY, report_image
-    from webapp.wording import model_text, report_lines
+    from webapp.wording import gate_warnings, model_text, report_lines
 
     pred, card = scored.prediction, classifier.card
     model = model_text(card.name, card.weights_sha256, covidxr.__version__, pred.site)
     lines = report_lines(pred.probability, pred.positive, pred.threshold, card.positive_class,
-                         pred.class_probabilities, model, scored.when.date().isoformat())
+                         pred.class_probabilities, model, scored.when.date().isoformat(), gate_warnings(pred.ood))
     return report_image(scored.film.pixels, scored.heatmap, pred.positive, DEFAULT_OPACITY,
                         lines + [NOT_FOR_DIAGNOSIS])
 

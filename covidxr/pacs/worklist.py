@@ -11,7 +11,7 @@ so still goes to the PACS; `reason` holds why) or `error` (the film could not be
 A study's state and delivery on the Worklist page are its films' (studies()).
 
 Retention: rows older than COVIDXR_WORKLIST_DAYS days (default 30) are deleted when the node starts and every
-hour while it runs (purge()). Without COVIDXR_DB the table lives in an SQLite file in the user's data folder.
+hour while it runs (purge()). Without COVIDXR_DB the table lives in the audit trail's default SQLite file (data/audit.db beside the app).
 """
 from __future__ import annotations
 
@@ -29,22 +29,24 @@ DELIVERY = ("pending", "delivered", "undelivered")
 
 
 def default_url() -> str:
-    """$COVIDXR_DB, else an SQLite file in $XDG_DATA_HOME/covidxr (~/.local/share/covidxr), its folder made."""
+    """$COVIDXR_DB, else the SQLite file the audit trail uses by default (covidxr.audit.DEFAULT_FILE, one database
+    for both), its folder made."""
     return database_url(create=True)
 
 
 def database_url(create: bool = True) -> str | None:
     """$COVIDXR_DB, else the default SQLite file's URL; with create=False None when that file does not exist
     (the Worklist page reads, and never makes a database)."""
-    url = os.environ.get(DB_ENV)
+    from ..audit import DEFAULT_FILE
+
+    url = os.environ.get(DB_ENV, "").strip()
     if url:
         return url
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "covidxr"
     if create:
-        base.mkdir(parents=True, exist_ok=True)
-    elif not (base / "covidxr.db").exists():
+        DEFAULT_FILE.parent.mkdir(parents=True, exist_ok=True)
+    elif not DEFAULT_FILE.exists():
         return None
-    return f"sqlite:///{base / 'covidxr.db'}"
+    return f"sqlite:///{DEFAULT_FILE}"
 
 
 def retention_days() -> float:
