@@ -4,7 +4,7 @@ Served by `python -m webapp.serve` (what `./run.sh app` runs): see webapp/serve.
 """
 import streamlit as st
 
-from webapp.auth import gate
+from webapp.access import gate
 from webapp.uploads import keep_uploads_in_memory
 from webapp.wording import DISCLAIMER
 

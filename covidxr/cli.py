@@ -12,14 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, prediction_row, print_predictions
-
-
-def _classifier(args: argparse.Namespace):
-    """The model as every path loads it (covidxr.classifier.load), at the `--site` profile's point if one is named."""
-    from .classifier import load
-
-    return load(args.weights, threads=args.threads, site=getattr(args, "site", None))
+from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, classifier_for, prediction_row, print_predictions
 
 
 # --- site profiles (covidxr.site): `site fit`, and `--site` on predict/evaluate -------------------------------
@@ -124,7 +117,7 @@ def _audit_store():
 
 def cmd_predict(args: argparse.Namespace) -> int:
     audit = _audit_store()
-    clf = _classifier(args)
+    clf = classifier_for(args)
     if args.engine != "local":  # covidxr.engines: the films scored on a Ray cluster
         from .engines.cli import predict_with
 
@@ -167,7 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     audit = _audit_store()
-    clf = _classifier(args)
+    clf = classifier_for(args)
 
     def progress(done: int, total: int) -> None:
         print(f"\rscored {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)

@@ -65,9 +65,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     except PacsDependencyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    from ..cli import _classifier
+    from ..cli_common import classifier_for
 
-    clf = _classifier(args)
+    clf = classifier_for(args)
     try:
         hook = default_hook()
     except AuditUnavailable as e:
@@ -101,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except PacsDependencyError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    from ..cli import _classifier
+    from ..cli_common import classifier_for
     from .node import Destination, Node, NodeConfig
     from .worklist import Worklist
 
@@ -114,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("error: say which calling AE titles may send films: --allow AET ... (without it only the --send-to "
               "PACS may)", file=sys.stderr)
         return EXIT_FAILED
-    clf = _classifier(args)
+    clf = classifier_for(args)
     config = NodeConfig(ae_title=args.ae_title, port=args.port, host=args.host, allow=tuple(args.allow or ()),
                         destination=dest, retries=args.retries, retry_base_s=args.retry_after)
     try:
