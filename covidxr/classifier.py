@@ -312,5 +312,7 @@ def load(directory: str | Path = DEFAULT_WEIGHTS, threads: int | None = None, si
     if site:
         from .site import SiteProfile
 
-        clf = clf.with_site(SiteProfile.load(site, clf.card))
+        profile = SiteProfile.load(site, clf.card)
+        profile.check_adoptable()  # one clearly worse than the shipped model is used only with a recorded override
+        clf = clf.with_site(profile)
     return clf

@@ -251,6 +251,8 @@ def site_adaptation(card: dict) -> list[str]:
            "[site-profiles.md](site-profiles.md)). Measured on the two-class held-out sources, side by side: "
            f"{sa.get('what', '')}.", ""]
 
+    if any("halves" in f for f in sa["folds"].values()):
+        return out + site_adaptation_by_rule(sa)
     rows = []
     for s, f in sa["folds"].items():
         fl = f.get("films") or {}
@@ -277,6 +279,47 @@ def site_adaptation(card: dict) -> list[str]:
                               f"{num(c[str(n)].get('gain_mean'))}; {num(c[str(n)].get('gain_min'))} to "
                               f"{num(c[str(n)].get('gain_max'))}; {num(c[str(n)].get('draws'))} draws)")
                              if str(n) in c else "-" for n in sizes] for s, c in curves.items()])
+        out.append("")
+    if sa.get("note"):
+        out += [text(sa["note"]), ""]
+    return out
+
+
+def site_adaptation_by_rule(sa: dict) -> list[str]:
+    """The table of scripts/site_measure.py since issue 25: per operating-point rule, a profile judged at its own
+    threshold on the half of the source it never saw, and by the site set's size; the rule chosen."""
+    rule = (sa.get("rule") or {}).get("chosen") or next(iter(next(iter(sa["folds"].values()))["halves"]))
+    rows = []
+    for s, f in sa["folds"].items():
+        fl, h = f.get("films") or {}, f["halves"].get(rule) or {}
+        for what, key in (("fold model", "fold_model"), (f"with the profile ({rule})", "with_profile")):
+            r = h.get(key) or {}
+            rows.append([s, f"{num(fl.get('covid'))}/{num(fl.get('non-covid'))}", what,
+                         f"{num(r.get('auc'))} (halves {', '.join(num(v) for v in r.get('auc_per_half') or [])})",
+                         cell(r, "sensitivity"), cell(r, "specificity"),
+                         num(h.get("target_met")) if key == "with_profile" else ""])
+    out = [f"Target sensitivity {num(next(iter(sa['folds'].values())).get('target_sensitivity'), 2)}; "
+           f"operating-point rule: {rule}. Halves (at most {num(next(iter(sa['folds'].values())).get('max_fit_per_class'))} "
+           "films per class fitted):", ""]
+    out += table(["held-out source", "films (covid/other)", "scored by", "AUC", "sensitivity (95% CI)",
+                  "specificity (95% CI)", "target met"], rows) + [""]
+    rows = []
+    for s, f in sa["folds"].items():
+        for n, c in f.get("by_site_size", {}).items():
+            fm, pr = c.get("fold_model") or {}, c.get(rule) or {}
+            rows.append([s, n, num(c.get("draws")), *(f"{num(fm.get(k))} / {num(pr.get(k))}"
+                                                      for k in ("auc", "sensitivity", "specificity")),
+                         num(pr.get("target_met"))])
+    if rows:
+        out += ["By the site set's size (films per class drawn from one half, judged on the other; means over the "
+                "draws; fold model / with the profile, each at its own threshold):", ""]
+        out += table(["held-out source", "films per class", "draws", "AUC", "sensitivity", "specificity",
+                      "target met"], rows) + [""]
+    by_rule = (sa.get("rule") or {}).get("by_rule") or {}
+    if by_rule:
+        out += ["The rules compared (cells: both halves and every site size of both sources):", ""]
+        out += table(["rule", "cells meeting the target", "mean sensitivity + specificity - 1"],
+                     [[r, f"{v['cells_met']} of {v['cells']}", num(v["mean_youden"])] for r, v in by_rule.items()])
         out.append("")
     if sa.get("note"):
         out += [text(sa["note"]), ""]
