@@ -60,7 +60,8 @@ def test_the_wheel_installs_alone_with_the_core_dependencies_and_predicts(tmp_pa
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+    # --no-compile: no bytecode for the thousands of modules of torch that one predict never imports
+    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
           "-c", str(REPO / "requirements.txt"), str(wheel)])
 
     installed = _installed(venv)
