@@ -15,7 +15,7 @@ from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
 
-from . import cluster, sites, state
+from . import access, audit_log, auth, cluster, site_view, sites, state
 from .batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from .batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
 from .charts import roc_chart
@@ -33,7 +33,10 @@ Collect = Callable[[], tuple]  # () -> (title, items, keep_for_review), called w
 def choose_films(card: ModelCard) -> tuple[str, Collect | None]:
     """The films' source and its form; returns the source chosen and how to collect its films (None: not yet)."""
     state.restore_form(state.EVAL_FORM)  # the form as the user left it on another page
-    source = st.radio("Films to evaluate", SOURCES, horizontal=True, key=state.EVAL_SOURCE)
+    offered = SOURCES if auth.user().is_admin else [SOURCES[0], SOURCES[2]]  # server folders: site admins only
+    if st.session_state.get(state.EVAL_SOURCE) not in (*offered, None):
+        access.require_admin("batch on a server folder")  # not offered to this user: refused and recorded
+    source = st.radio("Films to evaluate", offered, horizontal=True, key=state.EVAL_SOURCE)
     collect = None  # () -> (title, items, keep_for_review), called when the run starts
     if source == SOURCES[0]:
         uploads = st.file_uploader("Drop films, or a .zip of a labelled folder", type=[*UPLOAD_TYPES, "zip"],
@@ -51,7 +54,7 @@ def choose_films(card: ModelCard) -> tuple[str, Collect | None]:
             st.info("No server folders are enabled. The operator lists the folders this page may read in "
                     "the environment variable `COVIDXR_DATA_ROOTS` or as `data_roots` in `.streamlit/secrets.toml`.")
         else:
-            st.caption("Allowed folders: " + ", ".join(f"`{r}`" for r in roots))
+            st.caption("Allowed folders: " + ", ".join(literal(str(r)) for r in roots))
             folder = st.text_input("Folder (absolute, or relative to an allowed folder)", key=state.EVAL_FOLDER)
             if folder.strip():
                 collect = lambda: folder_batch(folder, roots, card.positive_class)  # noqa: E731
@@ -65,7 +68,7 @@ def choose_films(card: ModelCard) -> tuple[str, Collect | None]:
 
 def scoring_place(source: str) -> tuple[str | None, bool]:
     """(the cluster's address or None, whether this batch runs on it), with a caption that says where it runs."""
-    address = cluster.ray_address()  # None: every batch is scored in this session, as without a cluster
+    address = cluster.ray_address() if auth.user().is_admin else None  # cluster runs: site admins only
     on_cluster = address is not None and source == SOURCES[1]
     if on_cluster:
         st.caption(f"The folder is scored on the computing cluster (`{address}`). The run belongs to the server, "
@@ -83,6 +86,7 @@ def run_button(collect: Collect | None, on_cluster: bool, address: str | None, c
     clicked = st.button("Run on the cluster" if on_cluster else "Run evaluation", type="primary",
                         disabled=collect is None, key=state.EVAL_RUN)
     if clicked:
+        audit_log.check()  # fail closed: nothing is scored when the audit trail cannot be written
         try:
             title, items, keep = collect()
         except (PathRefused, ZipRefused, FilmError) as e:
@@ -90,15 +94,21 @@ def run_button(collect: Collect | None, on_cluster: bool, address: str | None, c
             st.stop()
         if on_cluster:
             try:
-                open_run(cluster.submit(title, len(items), scorer.threshold, card.positive_class, str(clf.directory),
-                                        in_use).id)
+                run = cluster.submit(title, len(items), scorer.threshold, card.positive_class, str(clf.directory),
+                                     in_use)
+                audit_log.record("batch", profile=in_use.profile, detail={"source": "cluster run", "run": run.id,
+                                                                          "films": len(items)})
+                open_run(run.id)
             except OSError as e:  # the run folder cannot be written (the operator's COVIDXR_RUNS_DIR)
                 st.error(f"The run could not be started: {literal(without_paths(e))}", icon="🚫")
                 st.stop()
         elif address is not None:
             close_run()
     if clicked and not on_cluster:  # scored here, in this session
-        score_here(scorer, title, items, keep, in_use, card)
+        batch = score_here(scorer, title, items, keep, in_use, card)
+        audit_log.record("batch", profile=in_use.profile, detail=batch_summary(batch))
+    if address is None and open_run_id() and not auth.user().is_admin:  # a cluster run's address, opened by a clinician
+        access.require_admin("open a cluster run")
     if address is not None:  # the cluster's runs: the list, and the run this session or its address opened
         opened = open_run_id()
         run_list(opened)
@@ -106,15 +116,23 @@ def run_button(collect: Collect | None, on_cluster: bool, address: str | None, c
             show_run(opened, card)
 
 
-def score_here(scorer, title: str, items: list, keep: bool, in_use, card: ModelCard) -> None:
+def batch_summary(batch: Batch) -> dict:
+    """What the audit record of a batch run holds: counts and metrics, no film names."""
+    d = batch.report().as_dict()
+    return {"films": batch.total, "scored": d["n"], "failed": d["n_errors"], "not_chest": d["n_not_chest"],
+            **{k: d.get(k) for k in ("threshold", "sensitivity", "specificity", "auc")}}
+
+
+def score_here(scorer, title: str, items: list, keep: bool, in_use, card: ModelCard) -> Batch:
     """Score the batch in this session, a few films at a time, with a progress bar."""
     forget_last_batch()
     items = interleave(items, key=lambda it: it.label)  # classes spread out: partial results stay balanced
     batch = Batch(title, len(items), scorer.threshold, card.positive_class, items if keep else None)
     st.session_state[state.BATCH] = batch
     st.session_state[state.BATCH_SCORED_BY] = {"site": None if in_use.profile is None else in_use.profile.name,
+                                               "version": in_use.version or None,
                                                "profile": in_use.profile,  # the review page decides with it too
-                                               "line": sites.in_use_line(in_use.profile),
+                                               "line": site_view.in_use_line(in_use.profile),
                                                "threshold": scorer.threshold}
     bar = st.progress(0.0, text=progress_text(0, len(items), 0.0))
     t0 = time.perf_counter()
@@ -126,6 +144,18 @@ def score_here(scorer, title: str, items: list, keep: bool, in_use, card: ModelC
         batch.rows.append(row)  # kept even if the run is interrupted (a click elsewhere stops the script)
     batch.done, batch.seconds = True, time.perf_counter() - t0
     bar.empty()
+    return batch
+
+
+def exported(what: str, make, scored_by: dict, batch: Batch):
+    """A download's content, made on click once its export is recorded (fail closed: no record, no file)."""
+    record = audit_log.deferred("export", profile=scored_by.get("profile"),
+                                detail={"what": what, "films": len(batch.rows)})
+
+    def build():
+        record()
+        return make()
+    return build
 
 
 def results(batch: Batch, card: ModelCard) -> None:
@@ -205,11 +235,14 @@ def results(batch: Batch, card: ModelCard) -> None:
         st.dataframe([{"film": r.path, "reason": r.error} for r in report.failures], hide_index=True)
 
     left, right = st.columns(2)
-    left.download_button("Download per-image CSV", report.to_csv, file_name="covidxr_evaluation.csv",
+    left.download_button("Download per-image CSV", exported("batch csv", report.to_csv, scored_by, batch),
+                         file_name="covidxr_evaluation.csv",
                          mime="text/csv", key=state.EVAL_CSV, on_click="ignore")  # built on click only
     right.download_button("Download full report (JSON)",
-                          lambda: json.dumps({**({"site": scored_by["site"]} if scored_by["site"] else {}), **d,
-                                              "operating_point": fmt_threshold(batch.threshold)}, indent=2),
+                          exported("batch json", lambda: json.dumps(
+                              {**({"site": scored_by["site"], "site_version": scored_by.get("version")}
+                                  if scored_by["site"] else {}), **d,
+                               "operating_point": fmt_threshold(batch.threshold)}, indent=2), scored_by, batch),
                           file_name="covidxr_evaluation.json", mime="application/json", key=state.EVAL_JSON,
                           on_click="ignore")
     st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon="🔎")
