@@ -1,6 +1,6 @@
 """Studies through a real PACS and the DICOM node: time from "PACS, send this study" to its results in the study.
 
-    python benchmarks/dicom_roundtrip.py [--studies 20] [--concurrency 1] [--json OUT]
+    python -m benchmarks.dicom_roundtrip [--studies 20] [--concurrency 1] [--json OUT]
 
 Starts Debian's Orthanc (tests/orthanc.py: own configuration and folder, free ports) and `python -m covidxr dicom
 serve` as a deployment runs it (its own process, one torch thread), waits for the node to listen (model load and
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT)) if str(ROOT) not in sys.path else None  # tests.orthanc when run as a script
 FILMS = ["siim-acr_CR_PA_jpeg-baseline.dcm", "orthanc-issue44_CR_MONO1_jpeg-baseline.dcm",
          "nih-cxr_DX_1024_8bit.dcm", "derived/fo-dicom_CR-MONO1-10-chest__RLE.dcm"]
 DICOM = ROOT.parent / "shared" / "data" / "dicom" / "cxr"

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -77,7 +78,17 @@ def _installed(venv: Path) -> set[str]:
     return {p["name"].lower().replace("_", "-") for p in json.loads(out)}
 
 
-def test_the_wheel_installs_alone_with_the_core_dependencies_and_predicts(tmp_path: Path):
+@pytest.fixture
+def own_folder():
+    """A folder of this test's own, outside pytest's numbered temporary folders (which another pytest session on
+    the machine may prune while the install runs), removed at the end: the environment holds about 6 GB."""
+    folder = Path(tempfile.mkdtemp(prefix="covidxr-install-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_wheel_installs_alone_with_the_core_dependencies_and_predicts(own_folder: Path):
+    tmp_path = own_folder
     # The wheel, built from a copy of the sources, so that the build leaves nothing in the checkout.
     src = tmp_path / "src"
     src.mkdir()
@@ -92,7 +103,8 @@ def test_the_wheel_installs_alone_with_the_core_dependencies_and_predicts(tmp_pa
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
     assert _link_heavy(venv) > 1000  # torch alone has about 14,700 files
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+    # --no-compile: no bytecode for the thousands of modules of torch that one predict never imports
+    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile",
           "-c", str(REPO / "requirements.txt"), str(wheel)])
 
     installed = _installed(venv)
