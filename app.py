@@ -4,7 +4,7 @@ Served by `python -m webapp.serve` (what `./run.sh app` runs): see webapp/serve.
 """
 import streamlit as st
 
-from webapp.auth import gate
+from webapp.access import gate
 from webapp.uploads import keep_uploads_in_memory
 from webapp.wording import DISCLAIMER
 
@@ -23,6 +23,7 @@ pages = [
     st.Page("pages/screen.py", title="Screen a film", icon="🩻", default=True, url_path="screen-a-film"),
     st.Page("pages/evaluate.py", title="Batch evaluation", icon="📊", url_path="batch-evaluation"),
     st.Page("pages/review.py", title="Heatmap review", icon="🔎", url_path="heatmap-review"),
+    st.Page("pages/worklist.py", title="Worklist", icon="🗂️", url_path="pacs-worklist"),
     st.Page("pages/model_card.py", title="Model card", icon="📄", url_path="model-card"),
 ]
 if user.is_admin:  # a clinician never sees these (and each admin action checks the role again)

@@ -81,9 +81,9 @@ class Ours:
     label = "covidxr"
 
     def __init__(self, weights: Path):
-        from covidxr.classifier import Classifier
+        from covidxr.classifier import load
 
-        self.clf = Classifier.from_dir(weights)
+        self.clf = load(weights)
 
     def predict(self, films: list) -> list[float]:
         return [p.probability for p in self.clf.predict(films, batch_size=BATCH)]
@@ -282,12 +282,12 @@ def child(kind: str, model: str, weights: Path, threads: int) -> dict:
     """Run inside a fresh interpreter. 'cold': import + load. 'rss': + predict + Grad-CAM of stdin's film."""
     t0 = time.perf_counter()
     if model == "ours":
-        from covidxr.classifier import Classifier, set_threads
+        from covidxr.classifier import load, set_threads
 
         set_threads(threads)
         t1 = time.perf_counter()
         pipe = Ours.__new__(Ours)
-        pipe.clf = Classifier.from_dir(weights, threads=threads)
+        pipe.clf = load(weights, threads=threads)
     else:
         import torch
         import torchvision  # noqa: F401 - the baseline's import cost

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench import status_mb  # benchmarks/ is this script's own folder, first on its sys.path
-from covidxr import Classifier
+from covidxr import load
 from covidxr.evaluate import evaluate_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cxr"))
     ap.add_argument("--weights", default=str(ROOT / "weights"))
     args = ap.parse_args()
-    clf = Classifier.from_dir(args.weights)
+    clf = load(args.weights)
     print(f"model loaded: RSS {status_mb('VmRSS'):.0f} MB")
     marks: list[tuple[int, float]] = []
     t0 = time.perf_counter()

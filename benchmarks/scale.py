@@ -62,13 +62,13 @@ def _in_process_rate(args: tuple[int, int, int]) -> float:
     """Films/s of one in-process run (one torch thread) over every other film of the first 2n, from `part`."""
     import torch
 
-    from covidxr.classifier import Classifier
+    from covidxr.classifier import load
     from covidxr.evaluate import iter_scores
 
     n, part, batch_size = args
     torch.set_num_threads(1)
     items = films(2 * n)[part::2][:n]
-    clf = Classifier.from_dir(threads=1)
+    clf = load(threads=1)
     list(iter_scores(clf, items[:batch_size], batch_size))  # warm: the first batch pays for lazy set-up
     t0 = time.perf_counter()
     rows = list(iter_scores(clf, items, batch_size))
@@ -105,13 +105,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
 
-    from covidxr.classifier import Classifier
+    from covidxr.classifier import load
     from covidxr.engines import score_all
     from covidxr.engines.ray import session
     from covidxr.evaluate import iter_scores
 
     items = films(args.films)
-    clf = Classifier.from_dir(threads=1)
+    clf = load(threads=1)
     out = {"films": len(items), "cpus": os.cpu_count(), "batch_size": args.batch_size, "load_1min": os.getloadavg()[0]}
     print(f"{len(items)} films of {CXR}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
     if not args.skip_local:

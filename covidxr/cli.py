@@ -1,4 +1,4 @@
-"""`python -m covidxr predict|evaluate|train|site`: JSON out, meaningful exit codes, no tracebacks for bad input.
+"""`python -m covidxr predict|evaluate|train|site|dicom`: JSON out, meaningful exit codes, no tracebacks for bad input.
 
 Exit codes: 0 every film scored; 2 some input could not be read (the rest are still scored);
 1 the tool itself could not run (missing or tampered weights, bad arguments).
@@ -12,14 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, prediction_row, print_predictions
-
-
-def _classifier(args: argparse.Namespace):
-    """The model as every path loads it (covidxr.classifier.load), at the `--site` profile's point if one is named."""
-    from .classifier import load
-
-    return load(args.weights, threads=args.threads, site=getattr(args, "site", None))
+from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, classifier_for, prediction_row, print_predictions
 
 
 # --- site profiles (covidxr.site): `site fit`, and `--site` on predict/evaluate -------------------------------
@@ -32,7 +25,7 @@ def cmd_site_fit(args: argparse.Namespace) -> int:
     from .classifier import load
     from .evaluate import scan_folder, scan_zip
     from .safety import MAX_TOTAL_BYTES, PathRefused, ZipRefused, check_zip, read_regular
-    from .site import ROUGH_PER_CLASS, TooFewFilms, collect, fit_profile
+    from .site import DEFAULT_TARGET, ROUGH_PER_CLASS, TooFewFilms, collect, fit_profile
 
     clf = load(args.weights, threads=args.threads)
     pos = clf.card.positive_class
@@ -59,10 +52,13 @@ def cmd_site_fit(args: argparse.Namespace) -> int:
         if zf is not None:
             zf.close()
     try:
-        profile = fit_profile(got.data, clf.card, args.name or Path(args.out).resolve().name)
+        profile = fit_profile(got.data, clf.card, args.name or Path(args.out).resolve().name,
+                              target=DEFAULT_TARGET if args.target_sensitivity is None else args.target_sensitivity)
     except TooFewFilms as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_UNREADABLE
+    if args.override and not profile.offered:
+        profile = profile.with_override(args.override)
     profile.save(args.out)
     f = profile.figures
     def num(v) -> str:
@@ -73,12 +69,24 @@ def cmd_site_fit(args: argparse.Namespace) -> int:
         lo, hi = r["ci"].get("auc") or (None, None)
         print(f"{what:8s} AUC {num(r['auc'])} (95% CI {num(lo)}-{num(hi)})  sensitivity {num(r['sensitivity'])}  "
               f"specificity {num(r['specificity'])}", file=sys.stderr)
-    print(f"method {profile.method}, threshold {profile.threshold:.3f}, {f['folds']} folds by {f['folds_by']}; "
-          f"{len(got.skipped)} films left out (unreadable, unlabelled or not a chest film)", file=sys.stderr)
+    print(f"method {profile.method}, threshold {profile.threshold:.3f} for sensitivity {profile.target:g} (rule "
+          f"{profile.rule}), {f['folds']} folds by {f['folds_by']}; {len(got.skipped)} films left out (unreadable, "
+          "unlabelled or not a chest film)", file=sys.stderr)
+    a = f["adapted"]
+    if a.get("flagged_per_100") is not None:
+        lo, hi = a["flagged_per_100_ci"]
+        print(f"of 100 films without COVID-19, about {a['flagged_per_100']} flagged (95% CI {lo}-{hi}); "
+              f"shipped model: about {f['shipped']['flagged_per_100']}", file=sys.stderr)
+    if not profile.offered:
+        print(f"warning: not offered for adoption: {profile.offered_why}"
+              + ("; overridden (recorded in the profile)" if profile.override else
+                 "; --site refuses it unless fitted again with --override REASON"), file=sys.stderr)
     if profile.rough:
         print(f"warning: fewer than {ROUGH_PER_CLASS} films of a class: the estimate is rough", file=sys.stderr)
     print(json.dumps({"site": profile.name, "out": str(Path(args.out)), "method": profile.method,
-                      "threshold": profile.threshold, "films": profile.films, "rough_estimate": profile.rough,
+                      "threshold": profile.threshold, "target_sensitivity": profile.target, "rule": profile.rule,
+                      "offered": profile.offered, "override": profile.override,
+                      "films": profile.films, "rough_estimate": profile.rough,
                       "cross_validated": {k: {m: f[k][m] for m in ("auc", "sensitivity", "specificity", "ci")}
                                           for k in ("shipped", "adapted")}}, indent=1))
     return EXIT_OK
@@ -109,7 +117,7 @@ def _audit_store():
 
 def cmd_predict(args: argparse.Namespace) -> int:
     audit = _audit_store()
-    clf = _classifier(args)
+    clf = classifier_for(args)
     if args.engine != "local":  # covidxr.engines: the films scored on a Ray cluster
         from .engines.cli import predict_with
 
@@ -152,7 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     audit = _audit_store()
-    clf = _classifier(args)
+    clf = classifier_for(args)
 
     def progress(done: int, total: int) -> None:
         print(f"\rscored {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
@@ -237,7 +245,15 @@ def parser() -> argparse.ArgumentParser:
     sf.add_argument("folder", metavar="DIR")
     sf.add_argument("--out", required=True, metavar="SITE_DIR", help="where to write site.json and site.npz")
     sf.add_argument("--name", default=None, help="the profile's name (default: SITE_DIR's name)")
+    sf.add_argument("--target-sensitivity", type=float, default=None, metavar="S",
+                    help="the sensitivity the profile's threshold is read at (default 0.90); the profile stores the "
+                         "specificity to expect there, with its 95%% CI")
+    sf.add_argument("--override", metavar="REASON", default=None,
+                    help="adopt a profile that is clearly worse than the shipped model anyway; REASON is recorded")
     sf.set_defaults(run=cmd_site_fit)
+    from .pacs.cli import add_parser as dicom_parser  # `dicom score|serve`: covidxr/pacs, docs/pacs.md
+
+    dicom_parser(sub, common)
     from .audit_cli import add_arguments as audit_arguments
 
     audit_arguments(sub)  # `audit verify|export` (covidxr/audit_cli.py)

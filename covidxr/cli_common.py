@@ -52,3 +52,12 @@ def print_predictions(rows: list[dict], as_json: bool) -> None:
         else:
             flag = f"  [{r['warning']}]" if "warning" in r else ""
             print(f"{r['path']}: {r['label']} (p = {r['probability']:.3f}, threshold {r['threshold']:.3f}){flag}{extra}")
+
+
+def classifier_for(args) -> "Classifier":  # noqa: F821 - covidxr.classifier, imported when called
+    """The model as every command loads it (covidxr.classifier.load): `--weights`, `--threads`, and the `--site`
+    profile's operating point if one is named. Here, not in cli.py, so that subcommands in other modules
+    (covidxr.pacs.cli) use it without importing cli.py back."""
+    from .classifier import load
+
+    return load(args.weights, threads=args.threads, site=getattr(args, "site", None))

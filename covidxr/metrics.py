@@ -351,6 +351,27 @@ def threshold_rule(min_sensitivity: float) -> str:
             f"sensitivity >= {min_sensitivity:g}; threshold placed midway between adjacent validation scores")
 
 
+# Probabilities are clipped to [c, 1 - c] before their log-odds (0 and 1 have none). 1e-7: the training's
+# pooled reports were computed with it, and stored scores are rounded to 6 decimals, so it keeps their figures.
+PROBABILITY_CLIP = 1e-7
+
+
+def logodds(p: Sequence | float) -> np.ndarray:
+    """log(p / (1 - p)), p clipped to [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP]."""
+    from scipy.special import logit
+
+    return logit(np.clip(np.asarray(p, np.float64), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP))
+
+
+def recentre(p: Sequence, threshold: float) -> np.ndarray:
+    """Shift probabilities on the logit scale so that `threshold` lands on 0.5: decisions are unchanged, and
+    films scored by different models, each at its own operating point, can be pooled for their decisions
+    (not for a ranking: each model's shift differs, so pooled scores are reordered across models)."""
+    from scipy.special import expit
+
+    return expit(logodds(p) - logodds(threshold))
+
+
 def choose_threshold(y_true: Sequence, scores: Sequence, min_sensitivity: float = 0.95) -> float:
     """Decision threshold by the rule: among thresholds whose sensitivity on (y_true, scores) is at
     least `min_sensitivity`, take the one with the largest Youden's J = sensitivity + specificity - 1;

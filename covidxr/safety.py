@@ -175,19 +175,6 @@ def read_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES, first: in
     return data
 
 
-def sha256_regular(path: str | os.PathLike) -> str:
-    """The sha256 of a regular file's bytes, read in chunks (any size); "" when it cannot be read or is
-    not a regular file (so a FIFO never blocks a --resume)."""
-    import hashlib
-
-    try:
-        fd, _ = open_regular(path, None)
-        with os.fdopen(fd, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return ""
-
-
 # ---------------------------------------------------------------------------------------------
 # CSV cells
 

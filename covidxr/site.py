@@ -1,57 +1,59 @@
-"""Site profiles: a hospital validates and recalibrates the model on its own labelled films.
+"""Site profiles: a hospital validates and recalibrates the model on its own labelled films, chooses the
+sensitivity it needs, and reads what that costs before it adopts the profile.
 
 A profile sits on top of one base model (the card's weights, by sha256) and changes only the last step:
 the COVID-19 probability becomes
 
     p = sigmoid(a * z + b + ((f - mean) / std) . w)
 
-where z is the base model's calibrated COVID-19 log-odds (its mean logits over the card's temperature) and
-f the first network's pooled features (the gate's; every path that decides a film, explain() included, has
-them). Two methods are fitted and the one that does best in cross-validation on the site's films is kept:
+where z is the base model's calibrated COVID-19 log-odds and f the first network's pooled features
+(covidxr.site_maths). Two kinds of method are fitted and the one with the best cross-validated AUC is kept
+(a more flexible one only when clearly better): "temperature" (a and b: keeps the ranking, moves the
+operating point) and "head" (also w, shrunk toward the shipped head: can change the ranking). The threshold
+is read at the site's target sensitivity by the operating-point rule (RULE, chosen by nested cross-validation
+in scripts/site_measure.py; docs/site-profiles.md).
 
-- "temperature": a and b only (w = 0): the site's own temperature (1/a) and offset, then the threshold by
-  the card's rule. Keeps the base model's ranking (AUC) and moves its operating point.
-- "head": also w, a logistic layer on the frozen features, shrunk toward the shipped head (w = 0 is the
-  shipped head) by an L2 penalty; can change the ranking.
+Every figure is nested-cross-validated on the site's films (covidxr.site_cv): for each target, the
+sensitivity and specificity with 95% CIs that the site can expect on its next films, and "of 100 films
+without COVID-19, about N flagged". A profile whose operating point is clearly worse than the shipped
+model's on the same films is not offered for adoption unless an override, with its reason, is recorded.
 
-Re-estimating BatchNorm statistics on the site's films (AdaBN) was measured too, on the leave-one-source-out
-fold models (scripts/site_measure.py); it needs the networks before BatchNorm is folded into their
-convolutions and gave no gain worth that (docs/site-profiles.md), so it is not a method here.
+This module holds the profile and its files; the maths is in covidxr.site_maths, the folds and nested
+cross-validation in covidxr.site_cv (their public names are re-exported here).
 
-Figures are cross-validated on the site's films: folds by patient where ids exist, by film otherwise; a film
-is never scored by a profile fitted on it, and the threshold inside each fold is chosen on inner
-out-of-fold scores of its training part only. The shipped model's figures on the same films come beside them.
-
-On disk: `SITE_DIR/site.json` (name, time, base model sha256, films per class, method, figures, threshold,
-temperature, the arrays' sha256) and `SITE_DIR/site.npz` (plain float arrays, loaded with allow_pickle=False).
-No film names, pixels or patient ids are stored.
+On disk: `SITE_DIR/site.json` (name, time, base model sha256, films per class, method, rule, target,
+figures, operating points, adoption, threshold, temperature, the arrays' sha256) and `SITE_DIR/site.npz`
+(plain float arrays, loaded with allow_pickle=False). No film names, pixels or patient ids are stored.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.special import expit
 
-from .metrics import auc, binary_report, choose_threshold
+from .metrics import auc, roc_curve  # noqa: F401  (auc: for scripts and tests)
+from .site_cv import (INNER_FOLDS, N_FOLDS, SEED, SiteData, cv_folds, figures, inner_logodds, nested,  # noqa: F401
+                      rates, thresholds, within_fold_auc, youden_difference_ci)
+from .site_maths import METHODS, RULES, Adapter, base_logodds, fit_adapter, method_kind  # noqa: F401
 
 SITE_FILE, ARRAYS_FILE = "site.json", "site.npz"
-FORMAT = 1
+FORMAT = 2                 # 2: target sensitivity, rule, operating points, adoption
 MIN_PER_CLASS = 8          # fewer films of either class: refused
 ROUGH_PER_CLASS = 30       # fewer: fitted, but the estimate is rough
-HEAD_PENALTIES = (3.0, 0.3, 0.03)  # L2 on w (standardised features), strongest first
 # A more flexible method must beat a simpler one's CV AUC by more than this. Measured (scripts/site_measure.py,
 # ieee8023-jul2020 fold): with 0.005 the head won the inner CV on both halves and lost 0.02-0.07 AUC on the
 # other half; small sites' CV AUCs vary by several hundredths, so only a clear gain counts.
 PREFER_SIMPLER = 0.03
-N_FOLDS = 5
-INNER_FOLDS = 3
-SEED = 0
+DEFAULT_TARGET = 0.90      # the sensitivity a profile is fitted for unless the site chooses (site fit --target-sensitivity)
+TARGETS = (0.80, 0.85, 0.90, 0.95, 0.97)   # the chooser's targets (a site's own target is added)
+RULE = "binormal"          # the operating-point rule (covidxr.site_maths.RULES), by nested CV: docs/site-profiles.md
 
 
 class SiteError(ValueError):
@@ -62,195 +64,20 @@ class TooFewFilms(SiteError):
     pass
 
 
+class NotOffered(SiteError):
+    """A profile clearly worse than the shipped model, adopted without a recorded override."""
+
+
 def min_sensitivity(card) -> float:
     """The card's threshold rule's minimum validation sensitivity (e.g. '... sensitivity >= 0.97 ...')."""
     m = re.search(r">=\s*([01](?:\.\d+)?)", getattr(card, "threshold_rule", "") or "")
     return float(m.group(1)) if m else 0.97
 
 
-# ---------------------------------------------------------------------------------------------
-# the site's films as the profile sees them
-
-
-@dataclass
-class SiteData:
-    """The site's labelled films, as numbers: the base model's mean logits (n, C), the first network's
-    pooled features (n, d), the truth (n,) and, where known, patient ids (only to group folds; never stored)."""
-    logits: np.ndarray
-    features: np.ndarray
-    y: np.ndarray
-    groups: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        self.logits = np.asarray(self.logits, np.float64)
-        self.features = np.asarray(self.features, np.float64)
-        self.y = np.asarray(self.y, bool)
-
-    def subset(self, idx: np.ndarray) -> "SiteData":
-        return SiteData(self.logits[idx], self.features[idx], self.y[idx],
-                        None if self.groups is None else np.asarray(self.groups)[idx])
-
-    @property
-    def counts(self) -> tuple[int, int]:
-        return int(self.y.sum()), int((~self.y).sum())
-
-
-def base_logodds(logits: np.ndarray, temperature: float, positive_index: int) -> np.ndarray:
-    """The base model's calibrated positive-class log-odds, log p - log(1 - p), from its mean logits."""
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(1, keepdims=True)
-    lse = np.log(np.exp(z).sum(1))
-    others = np.delete(z, positive_index, 1)
-    mo = others.max(1)
-    return (z[:, positive_index] - lse) - (np.log(np.exp(others - mo[:, None]).sum(1)) + mo - lse)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1 + np.tanh(0.5 * np.asarray(x, np.float64)))
-
-
-# ---------------------------------------------------------------------------------------------
-# the model of a profile
-
-
-@dataclass
-class Adapter:
-    """p = sigmoid(scale * z + bias + ((f - mean) / std) . w)."""
-    scale: float = 1.0
-    bias: float = 0.0
-    w: np.ndarray | None = None
-    mean: np.ndarray | None = None
-    std: np.ndarray | None = None
-
-    def logodds(self, z: np.ndarray, features: np.ndarray | None) -> np.ndarray:
-        out = self.scale * np.asarray(z, np.float64) + self.bias
-        if self.w is not None and features is not None:
-            out = out + ((np.asarray(features, np.float64) - self.mean) / self.std) @ self.w
-        return out
-
-    def probability(self, z: np.ndarray, features: np.ndarray | None) -> np.ndarray:
-        return sigmoid(self.logodds(z, features))
-
-
-def fit_adapter(z: np.ndarray, features: np.ndarray, y: np.ndarray, penalty: float | None) -> Adapter:
-    """Logistic fit of an Adapter by L-BFGS: scale and bias (weakly held at 1 and 0) and, with a `penalty`,
-    w on standardised features, held toward 0 (the shipped head) by penalty * |w|^2."""
-    import torch
-
-    zt = torch.from_numpy(np.asarray(z, np.float64))
-    yt = torch.from_numpy(np.asarray(y, np.float64))
-    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    params = [ab]
-    xt = w = mean = std = None
-    if penalty is not None:
-        f = np.asarray(features, np.float64)
-        mean = f.mean(0)
-        std = np.sqrt(f.var(0) + (0.1 * f.std() + 1e-6) ** 2)  # floored: few films give noisy variances
-        xt = torch.from_numpy((f - mean) / std)
-        w = torch.zeros(f.shape[1], dtype=torch.float64, requires_grad=True)
-        params.append(w)
-    opt = torch.optim.LBFGS(params, lr=1, max_iter=100, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        s = ab[0] * zt + ab[1]
-        if w is not None:
-            s = s + xt @ w
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(s, yt)
-        loss = loss + 0.01 * ((ab[0] - 1) ** 2 + 0.1 * ab[1] ** 2)
-        if w is not None:
-            loss = loss + penalty * (w ** 2).sum() / xt.shape[1] * 10
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    a, b = (float(v) for v in ab.detach())
-    if w is None:
-        return Adapter(a, b)
-    return Adapter(a, b, w.detach().numpy().copy(), mean, std)
-
-
-METHODS: dict[str, float | None] = {"temperature": None,
-                                    **{f"head_l2_{p:g}": p for p in HEAD_PENALTIES}}
-
-
-def method_kind(method: str) -> str:
-    return "temperature" if method == "temperature" else "head"
-
-
-# ---------------------------------------------------------------------------------------------
-# cross-validation
-
-
-def cv_folds(y: np.ndarray, groups: np.ndarray | None, k: int = N_FOLDS, seed: int = SEED) -> list[np.ndarray]:
-    """Test indices of k folds: whole patients (groups) go to one fold, or single films when there are no
-    ids; each class's groups are dealt round-robin in a seeded random order, so every fold holds both
-    classes when there are enough. Every film is in exactly one test fold."""
-    y = np.asarray(y, bool)
-    g = np.arange(len(y)).astype(str) if groups is None else np.asarray(groups).astype(str)
-    rng = np.random.default_rng(seed)
-    uniq = sorted(set(g))
-    label = {u: bool(y[g == u].mean() >= 0.5) for u in uniq}
-    fold_of: dict[str, int] = {}
-    start = 0
-    for cls in (True, False):
-        members = [u for u in uniq if label[u] == cls]
-        rng.shuffle(members)
-        for j, u in enumerate(members):
-            fold_of[u] = (start + j) % k
-        start += len(members)
-    assign = np.array([fold_of[u] for u in g])
-    return [np.flatnonzero(assign == f) for f in range(k) if (assign == f).any()]
-
-
-@dataclass
-class Fitted:
-    adapter: Adapter
-    threshold: float
-
-
-def _fit_with_threshold(z: np.ndarray, data: SiteData, penalty: float | None, min_sens: float,
-                        inner: int = INNER_FOLDS, seed: int = SEED) -> Fitted:
-    """The adapter on all of `data`, and its threshold by the card's rule on inner out-of-fold scores
-    (scores of films the inner fits never saw; in-sample scores would flatter the sensitivity)."""
-    adapter = fit_adapter(z, data.features, data.y, penalty)
-    oof = np.zeros(len(data.y))
-    folds = cv_folds(data.y, data.groups, inner, seed + 1)
-    for test in folds:
-        train = np.setdiff1d(np.arange(len(data.y)), test)
-        if data.y[train].all() or not data.y[train].any():
-            oof[test] = adapter.probability(z[test], data.features[test])
-            continue
-        a = fit_adapter(z[train], data.features[train], data.y[train], penalty)
-        oof[test] = a.probability(z[test], data.features[test])
-    return Fitted(adapter, choose_threshold(data.y, oof, min_sens))
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-9, 1 - 1e-9)
-    return np.log(p) - np.log1p(-p)
-
-
-def cross_validate(z: np.ndarray, data: SiteData, penalty: float | None, min_sens: float,
-                   k: int = N_FOLDS, seed: int = SEED) -> np.ndarray:
-    """Out-of-fold scores, each fold's re-centred so that its own threshold is 0.5 (decisions at 0.5 are
-    each fold's decisions; AUC pools the folds)."""
-    out = np.zeros(len(data.y))
-    for test in cv_folds(data.y, data.groups, k, seed):
-        train = np.setdiff1d(np.arange(len(data.y)), test)
-        fitted = _fit_with_threshold(z[train], data.subset(train), penalty, min_sens, seed=seed)
-        p = fitted.adapter.probability(z[test], data.features[test])
-        out[test] = sigmoid(_logit(p) - _logit(fitted.threshold))
-    return out
-
-
-def figures(y: np.ndarray, scores: np.ndarray, threshold: float, n_boot: int = 1000) -> dict:
-    """AUC, sensitivity and specificity with 95% CIs (covidxr.metrics), plain JSON."""
-    r = binary_report(y, scores, threshold, n_boot=n_boot).as_dict()
-    return {"threshold": round(float(threshold), 6), "n_pos": r["n_pos"], "n_neg": r["n_neg"],
-            **{k: r[k] for k in ("auc", "sensitivity", "specificity", "accuracy")},
-            "ci": {k: r["ci"][k] for k in ("auc", "sensitivity", "specificity", "accuracy")},
-            "confusion": r["confusion"]}
+def check_target(target: float) -> float:
+    if not 0.5 <= float(target) <= 0.995:
+        raise SiteError(f"a target sensitivity must lie between 0.5 and 0.995, not {target}")
+    return round(float(target), 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +100,12 @@ class SiteProfile:
     created: str = ""
     rough: bool = False
     roc: dict[str, np.ndarray] = field(default_factory=dict)   # shipped/adapted CV ROC points (fpr, tpr)
+    target: float | None = None           # the sensitivity the threshold was read at
+    rule: str = ""                        # the operating-point rule (covidxr.site_maths.RULES)
+    operating_points: list[dict] = field(default_factory=list)  # per target: threshold, expected rates, offer
+    offered: bool = True                  # False: clearly worse than the shipped model at `target`
+    offered_why: str = ""
+    override: dict | None = None          # {"reason", "at"}: adopted although not offered, and why
 
     @property
     def temperature(self) -> float:
@@ -283,9 +116,40 @@ class SiteProfile:
     def n_films(self) -> int:
         return int(sum(self.films.values()))
 
+    @property
+    def adoptable(self) -> bool:
+        """Offered for adoption, or not offered but adopted with a recorded override."""
+        return self.offered or bool(self.override)
+
     def describe(self) -> str:
         """'Site profile: NAME, fitted on N films, DATE'."""
         return f"Site profile: {self.name}, fitted on {self.n_films} films, {self.created[:10]}"
+
+    def at_target(self, target: float) -> "SiteProfile":
+        """This profile deciding at another of its targets (operating_points): threshold, expected figures and
+        offer change; the adapter, and so the ranking, does not."""
+        ops = {op["target"]: op for op in self.operating_points}
+        op = ops.get(round(float(target), 4))
+        if op is None:
+            raise SiteError(f"this profile has no operating point at sensitivity {target} (it has "
+                            f"{', '.join(f'{t:g}' for t in sorted(ops))})")
+        adapted = {**self.figures.get("adapted", {}), "threshold": op["threshold"],
+                   **{k: op[k] for k in ("sensitivity", "specificity", "flagged_per_100", "flagged_per_100_ci")}}
+        adapted["ci"] = {**adapted.get("ci", {}), **op["ci"]}
+        return replace(self, target=op["target"], threshold=op["threshold"], offered=op["offered"],
+                       offered_why=op["why"], override=None, figures={**self.figures, "adapted": adapted})
+
+    def with_override(self, reason: str) -> "SiteProfile":
+        """The profile with an override of a refused offer recorded (its reason and time)."""
+        if not (reason or "").strip():
+            raise SiteError("an override needs a reason")
+        return replace(self, override={"reason": reason.strip(),
+                                       "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+    def check_adoptable(self) -> None:
+        if not self.adoptable:
+            raise NotOffered(f"site profile {self.name!r} is not offered for adoption: {self.offered_why} "
+                             "(fit it again with --override REASON to use it anyway; the reason is recorded)")
 
     # -- applying it
     def probability(self, logits: np.ndarray, features: np.ndarray | None, temperature: float,
@@ -319,9 +183,11 @@ class SiteProfile:
         np.savez(d / ARRAYS_FILE, **arrays)
         meta = {"format": FORMAT, "name": self.name, "created": self.created, "base_sha256": self.base_sha256,
                 "films": self.films, "method": self.method, "rough_estimate": self.rough,
+                "target_sensitivity": self.target, "rule": self.rule,
                 "threshold": self.threshold, "temperature": self.temperature, "bias": a.bias,
-                "cross_validated": self.figures, "arrays": ARRAYS_FILE,
-                "arrays_sha256": _sha256(d / ARRAYS_FILE)}
+                "cross_validated": self.figures, "operating_points": self.operating_points,
+                "adoption": {"offered": self.offered, "why": self.offered_why, "override": self.override},
+                "arrays": ARRAYS_FILE, "arrays_sha256": _sha256(d / ARRAYS_FILE)}
         (d / SITE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         return d / SITE_FILE
 
@@ -351,13 +217,19 @@ class SiteProfile:
             with np.load(arrays, allow_pickle=False) as z:
                 arr = {k: z[k] for k in z.files}
             adapter = Adapter(float(arr["scale"][0]), float(arr["bias"][0]), arr.get("w"), arr.get("mean"), arr.get("std"))
+            adoption = meta.get("adoption") or {}
+            target = meta.get("target_sensitivity")
             return cls(name=str(meta["name"]), base_sha256=str(meta["base_sha256"]), method=str(meta["method"]),
                        threshold=float(meta["threshold"]), adapter=adapter,
                        films={str(k): int(v) for k, v in meta["films"].items()},
                        figures=meta.get("cross_validated", {}), created=str(meta.get("created", "")),
                        rough=bool(meta.get("rough_estimate", False)),
-                       roc={k[4:]: v for k, v in arr.items() if k.startswith("roc_")})
-        except (KeyError, TypeError, ValueError) as e:
+                       roc={k[4:]: v for k, v in arr.items() if k.startswith("roc_")},
+                       target=None if target is None else float(target), rule=str(meta.get("rule", "")),
+                       operating_points=list(meta.get("operating_points", [])),
+                       offered=bool(adoption.get("offered", True)), offered_why=str(adoption.get("why", "")),
+                       override=adoption.get("override") or None)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise SiteError(f"site profile {d} is malformed: {e}") from None
 
 
@@ -370,40 +242,70 @@ def check_counts(n_pos: int, n_neg: int, positive_class: str = "covid") -> None:
 
 
 def _roc_points(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    from .metrics import roc_curve
-
     r = roc_curve(y, s)
     return np.zeros((2, 0)) if r is None else np.stack([np.asarray(r.fpr, float), np.asarray(r.tpr, float)])
 
 
+def offer(y: np.ndarray, adapted: np.ndarray, shipped: np.ndarray, adapted_auc_ci, shipped_auc_ci) -> tuple[bool, str]:
+    """(offered, why): a profile is not offered when its cross-validated operating point is clearly worse than
+    the shipped model's on the same films: Youden's J (sensitivity + specificity - 1) lower with a paired 95%
+    CI wholly below 0, or an AUC whose 95% CI lies wholly below the shipped one's."""
+    d, lo, hi = youden_difference_ci(y, adapted, shipped)
+    if hi < 0:
+        return False, (f"at this sensitivity its cross-validated sensitivity + specificity is {-d:.2f} lower than "
+                       f"the shipped model's (95% CI {-hi:.2f} to {-lo:.2f} lower)")
+    if adapted_auc_ci and shipped_auc_ci and adapted_auc_ci[1] < shipped_auc_ci[0]:
+        return False, "its cross-validated AUC is clearly below the shipped model's (the 95% CIs do not overlap)"
+    return True, (f"sensitivity + specificity {d:+.2f} against the shipped model's (95% CI {lo:+.2f} to {hi:+.2f})")
+
+
 def fit_profile(data: SiteData, card, name: str, methods: Sequence[str] | None = None, n_boot: int = 1000,
-                k: int = N_FOLDS) -> SiteProfile:
-    """Fit a profile on the site's films: every method cross-validated, the best kept (a more flexible one
-    only when it beats a simpler one's CV AUC by more than PREFER_SIMPLER), refitted on all films."""
+                k: int = N_FOLDS, target: float = DEFAULT_TARGET, rule: str = RULE,
+                targets: Sequence[float] = TARGETS) -> SiteProfile:
+    """Fit a profile on the site's films for sensitivity `target`: every method nested-cross-validated, the
+    best ranking kept (a more flexible method only when it beats a simpler one's CV AUC by more than
+    PREFER_SIMPLER), refitted on all films; its threshold at each target by `rule`, each with the rates the
+    nested cross-validation expects and whether it is offered for adoption."""
     n_pos, n_neg = data.counts
     check_counts(n_pos, n_neg, card.positive_class)
-    min_sens = min_sensitivity(card)
+    target = check_target(target)
+    all_targets = tuple(sorted({*(round(float(t), 4) for t in targets), target}))
     z = base_logodds(data.logits, card.temperature, card.positive_index)
-    shipped_p = sigmoid(z)
-    oof = {m: cross_validate(z, data, METHODS[m], min_sens, k) for m in (methods or METHODS)}
-    aucs = {m: auc(data.y, s) for m, s in oof.items()}
+    shipped_p = expit(z)
+    shipped_d = shipped_p >= card.threshold
+    runs = {m: nested(z, data, METHODS[m], (rule,), all_targets, card.threshold, k) for m in (methods or METHODS)}
+    aucs = {m: within_fold_auc(data.y, r.probability, r.folds)[0] for m, r in runs.items()}
     best = None
-    for m in oof:  # simplest first
+    for m in runs:  # simplest first
         if best is None or (aucs[m] or 0) > (aucs[best] or 0) + PREFER_SIMPLER:
             best = m
-    fitted = _fit_with_threshold(z, data, METHODS[best], min_sens)
-    figs = {"shipped": figures(data.y, shipped_p, card.threshold, n_boot),
-            "adapted": figures(data.y, oof[best], 0.5, n_boot),
+    run = runs[best]
+    adapter, s = inner_logodds(z, data, METHODS[best])
+    thr = thresholds(adapter, data.y, s, rule, all_targets, card.threshold)
+    shipped = figures(data.y, shipped_p, card.threshold, n_boot)
+    ranking = figures(data.y, run.probability, 0.5, n_boot)
+    ranking["auc"], ranking["ci"]["auc"] = within_fold_auc(data.y, run.probability, run.folds, n_boot)
+    shipped["auc_same_pairs"] = round(within_fold_auc(data.y, shipped_p, run.folds)[0], 4)
+    ops = []
+    for t in all_targets:
+        r = rates(data.y, run.decisions[(rule, t)])
+        ok, why = offer(data.y, run.decisions[(rule, t)], shipped_d, ranking["ci"]["auc"], shipped["ci"]["auc"])
+        ops.append({"target": t, "threshold": round(thr[t], 6), **{k_: r[k_] for k_ in (
+            "sensitivity", "specificity", "flagged_per_100", "flagged_per_100_ci", "ci")}, "offered": ok, "why": why})
+    figs = {"shipped": shipped, "adapted": {**ranking, "ci": {"auc": ranking["ci"]["auc"]}},
             "candidates_auc": {m: None if v is None else round(v, 4) for m, v in aucs.items()},
-            "folds": len(cv_folds(data.y, data.groups, k)), "folds_by": "film" if data.groups is None else "patient",
-            "note": "adapted: out-of-fold scores (each fold's profile and threshold fitted without its films); "
-                    "the method was chosen on the same folds, so this is slightly optimistic"}
-    figs["adapted"]["threshold"] = round(fitted.threshold, 6)
-    return SiteProfile(name=name, base_sha256=card.weights_sha256, method=best, threshold=round(fitted.threshold, 6),
-                       adapter=fitted.adapter, films={card.positive_class: n_pos, f"non-{card.positive_class}": n_neg},
-                       figures=figs, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       rough=min(n_pos, n_neg) < ROUGH_PER_CLASS,
-                       roc={"shipped": _roc_points(data.y, shipped_p), "adapted": _roc_points(data.y, oof[best])})
+            "folds": run.n_folds, "folds_by": "film" if data.groups is None else "patient",
+            "note": "adapted: nested cross-validation (each fold's profile and threshold fitted without its films, "
+                    "the threshold on inner out-of-fold scores); its AUC over the pairs of films that share a fold "
+                    "(shipped model on the same pairs: auc_same_pairs), its ROC of the pooled out-of-fold "
+                    "probabilities; the method was chosen on the same folds, so its AUC is slightly optimistic"}
+    profile = SiteProfile(name=name, base_sha256=card.weights_sha256, method=best, threshold=0.5, adapter=adapter,
+                          films={card.positive_class: n_pos, f"non-{card.positive_class}": n_neg}, figures=figs,
+                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          rough=min(n_pos, n_neg) < ROUGH_PER_CLASS,
+                          roc={"shipped": _roc_points(data.y, shipped_p), "adapted": _roc_points(data.y, run.probability)},
+                          rule=rule, operating_points=ops)
+    return profile.at_target(target)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ import datetime as dt
 import streamlit as st
 
 from covidxr.audit import AuditUnavailable, open_store, records_csv, safe_url
-from webapp import audit_log, auth
+from webapp import access, audit_log
 
-auth.require_admin("open the Audit page")
+access.require_admin("open the Audit page")
 st.title("Audit trail")
 store = open_store()
 st.caption(f"Store: {safe_url(store.url)}. One record per event; each carries the hash of the one before it.")

@@ -11,7 +11,7 @@ from webapp.model import classifier
 from webapp.review import ERRORS, OUTCOMES, REFUSED, neighbours, outcome, review_items
 from webapp.view import heat_thumbnail, show_result
 from webapp.wording import (NOT_CHEST, OUTCOME_TITLES, class_title, fmt_pct, fmt_threshold, is_refused,
-                            review_explanation, row_reasons)
+                            review_explanation, row_reasons, row_warnings)
 
 PER_PAGE = 12
 COLUMNS = 4
@@ -118,6 +118,8 @@ for r0 in range(start, min(start + PER_PAGE, len(items)), COLUMNS):
             st.markdown(f"**{items[k].outcome}** · {literal(title)}")
             if why:
                 st.caption(literal(why))
+            if warned := row_warnings(row):
+                st.caption(f"⚠️ {warned}")
             st.caption(literal(row.path))
             st.button("Open", key=state.review_open_button(i), width="stretch",
                       on_click=lambda i=i: st.session_state.update({state.REVIEW_DIALOG: i}))

@@ -2,10 +2,10 @@
 every profile on the server, with their history. Parts in webapp/site_admin.py."""
 import streamlit as st
 
-from webapp import auth, site_admin, state
+from webapp import access, site_admin, state
 from webapp.model import classifier
 
-auth.require_admin("open the Site profiles page")
+access.require_admin("open the Site profiles page")
 clf = classifier()  # the shipped model: site profiles are fitted with it
 st.title("Site profiles")
 st.subheader("Fit a site profile from the last batch")

@@ -251,6 +251,8 @@ def site_adaptation(card: dict) -> list[str]:
            "[site-profiles.md](site-profiles.md)). Measured on the two-class held-out sources, side by side: "
            f"{sa.get('what', '')}.", ""]
 
+    if any("halves" in f for f in sa["folds"].values()):
+        return out + site_adaptation_by_rule(sa)
     rows = []
     for s, f in sa["folds"].items():
         fl = f.get("films") or {}
@@ -277,6 +279,47 @@ def site_adaptation(card: dict) -> list[str]:
                               f"{num(c[str(n)].get('gain_mean'))}; {num(c[str(n)].get('gain_min'))} to "
                               f"{num(c[str(n)].get('gain_max'))}; {num(c[str(n)].get('draws'))} draws)")
                              if str(n) in c else "-" for n in sizes] for s, c in curves.items()])
+        out.append("")
+    if sa.get("note"):
+        out += [text(sa["note"]), ""]
+    return out
+
+
+def site_adaptation_by_rule(sa: dict) -> list[str]:
+    """The table of scripts/site_measure.py since issue 25: per operating-point rule, a profile judged at its own
+    threshold on the half of the source it never saw, and by the site set's size; the rule chosen."""
+    rule = (sa.get("rule") or {}).get("chosen") or next(iter(next(iter(sa["folds"].values()))["halves"]))
+    rows = []
+    for s, f in sa["folds"].items():
+        fl, h = f.get("films") or {}, f["halves"].get(rule) or {}
+        for what, key in (("fold model", "fold_model"), (f"with the profile ({rule})", "with_profile")):
+            r = h.get(key) or {}
+            rows.append([s, f"{num(fl.get('covid'))}/{num(fl.get('non-covid'))}", what,
+                         f"{num(r.get('auc'))} (halves {', '.join(num(v) for v in r.get('auc_per_half') or [])})",
+                         cell(r, "sensitivity"), cell(r, "specificity"),
+                         num(h.get("target_met")) if key == "with_profile" else ""])
+    out = [f"Target sensitivity {num(next(iter(sa['folds'].values())).get('target_sensitivity'), 2)}; "
+           f"operating-point rule: {rule}. Halves (at most {num(next(iter(sa['folds'].values())).get('max_fit_per_class'))} "
+           "films per class fitted):", ""]
+    out += table(["held-out source", "films (covid/other)", "scored by", "AUC", "sensitivity (95% CI)",
+                  "specificity (95% CI)", "target met"], rows) + [""]
+    rows = []
+    for s, f in sa["folds"].items():
+        for n, c in f.get("by_site_size", {}).items():
+            fm, pr = c.get("fold_model") or {}, c.get(rule) or {}
+            rows.append([s, n, num(c.get("draws")), *(f"{num(fm.get(k))} / {num(pr.get(k))}"
+                                                      for k in ("auc", "sensitivity", "specificity")),
+                         num(pr.get("target_met"))])
+    if rows:
+        out += ["By the site set's size (films per class drawn from one half, judged on the other; means over the "
+                "draws; fold model / with the profile, each at its own threshold):", ""]
+        out += table(["held-out source", "films per class", "draws", "AUC", "sensitivity", "specificity",
+                      "target met"], rows) + [""]
+    by_rule = (sa.get("rule") or {}).get("by_rule") or {}
+    if by_rule:
+        out += ["The rules compared (cells: both halves and every site size of both sources):", ""]
+        out += table(["rule", "cells meeting the target", "mean sensitivity + specificity - 1"],
+                     [[r, f"{v['cells_met']} of {v['cells']}", num(v["mean_youden"])] for r, v in by_rule.items()])
         out.append("")
     if sa.get("note"):
         out += [text(sa["note"]), ""]
@@ -351,7 +394,55 @@ def gate(card: dict) -> list[str]:
         out += [f"- Mahalanobis distance threshold: {num(ood['threshold'])}."]
     if ood.get("file"):
         out += [f"- Statistics: `weights/{ood['file']}`, sha256 `{ood.get('sha256', '?')}`."]
+    kind = ood.get("kind") or {}
+    if kind.get("file"):
+        out += [f"- Image-kind logistic: `weights/{kind['file']}`, sha256 `{kind.get('sha256', '?')}`."]
+    if kind.get("measured"):
+        out += ["", *gate_measured(kind["measured"])]
     return out + [""]
+
+
+GATE_ROWS = (("non_chest", "non-chest images refused (lateral films and CT slices)"), ("lateral", "lateral chest films refused"),
+             ("ct_ieee8023", "CT slices refused, ieee8023 (6 Eurorad cases)"), ("ct_covidct", "CT slices refused, COVID-CT"),
+             ("frontal_flagged", "real frontal films flagged"),
+             ("portable_ap_flagged", "adult AP films flagged (bedside/ICU: hannover-mhh and ieee8023 AP, AP supine)"),
+             ("ap_supine_flagged", "AP supine films flagged (ieee8023)"))
+
+
+def share(cell: list[int] | None) -> str:
+    """[refused, n] -> "52 of 53 (98.1%)"; "—" when the set was not judged in this direction."""
+    if not cell or not cell[1]:
+        return "—"
+    return f"{cell[0]} of {cell[1]} ({100.0 * cell[0] / cell[1]:.1f}%)"
+
+
+def gate_measured(measured: dict) -> list[str]:
+    """The gate's held-out measurement (the card's ood.kind.measured) as a markdown table: each split direction
+    on the images it judged (never fitted on), and both directions together, where every image of
+    ../shared/data/nonchest and ../shared/data/cxr is judged once. scripts/ood_report.py prints the same table."""
+    shipped = "shipped_on_validation_films"
+    directions = [d for d in measured if d not in ("both", shipped)]
+    columns = [*directions, "both"] + ([shipped] if shipped in measured else [])
+    head = (["what"] + [f"direction {d} (judged: not fitted on)" for d in directions] + ["both directions (every image once)"]
+            + (["the shipped logistic on the training command's validation films (not fitted on)"] if shipped in measured else []))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sources = sorted({s for d in measured.values() for s in (d.get("gate", d).get("frontal_flagged_per_source") or {})})
+
+    def cells(get) -> str:
+        return " | ".join(share(get(measured[d].get("gate", measured[d]))) for d in columns)
+
+    for key, title in GATE_ROWS:
+        lines.append(f"| {title} | {cells(lambda t: t.get(key))} |")
+    for s in sources:
+        lines.append(f"| real frontal films flagged, {s} | "
+                     f"{cells(lambda t: (t.get('frontal_flagged_per_source') or {}).get(s))} |")
+    fitted = "; ".join(f"direction {d} fitted on {measured[d]['fitted_on']}" for d in directions if "fitted_on" in measured[d])
+    alone = "; ".join(f"direction {d}: the image-kind logistic alone refused {share(measured[d]['kind_look_alone']['non_chest'])} "
+                      f"of the non-chest images and flagged {share(measured[d]['kind_look_alone']['frontal_flagged'])} "
+                      f"frontal films, the other rules alone {share(measured[d]['other_rules_alone']['non_chest'])} and "
+                      f"{share(measured[d]['other_rules_alone']['frontal_flagged'])}"
+                      for d in directions if "kind_look_alone" in measured[d])
+    return lines + ["", f"Split, keeping each source's images together: {fitted}. Candidates: {alone}."]
 
 
 def ablations(card: dict) -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from covidxr import Classifier, ModelCard, read_film
+from covidxr import Classifier, ModelCard, load, read_film
 from covidxr.explain import explain, lung_mass
 from covidxr.training.data import load_manifest, patient_split
 from covidxr.training.experiments import KAGGLE, POOLS, RECIPE_NETWORKS, SPLITS
@@ -142,7 +142,7 @@ def main() -> int:
     ap.add_argument("--lungs", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    clf = Classifier.from_dir(args.weights)
+    clf = load(args.weights)
     print("\n".join(tables(clf.card)))
     data = Path(args.data)
     att = lung_attention(clf, data, Path(args.lungs) if args.lungs else data.parent / "lungs")

@@ -39,12 +39,11 @@ def peak_mb() -> float:
 
 def child(folder: str) -> None:
     """One batch as the page runs it; prints a JSON line with the peak RSS and the rows' outcome."""
-    sys.path.insert(0, str(REPO))
-    from covidxr.classifier import Classifier
+    from covidxr.classifier import load  # the project's packages, installed in .venv (scripts/setup.sh)
     from covidxr.evaluate import iter_scores
     from webapp.batch import folder_batch
 
-    clf = Classifier.from_dir(os.environ.get("COVIDXR_WEIGHTS") or REPO / "weights", threads=1)
+    clf = load(os.environ.get("COVIDXR_WEIGHTS") or REPO / "weights", threads=1)
     t0 = time.perf_counter()
     _, items, _ = folder_batch("films", [Path(folder)], clf.card.positive_class)
     rows = list(iter_scores(clf, items, batch_size=8))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from covidxr.classifier import Classifier
+from covidxr.classifier import Classifier, load
 from covidxr.films import FilmError, read_film
 from covidxr.metrics import auc
 from covidxr.training.data import load_manifest, patient_split
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--limit", type=int, help="only the first N validation films")
     a = ap.parse_args(argv)
-    clf = Classifier.from_dir()
+    clf = load()
     records = load_manifest(a.data)
     val = [r for r, v in zip(records, patient_split(records)) if v][:a.limit]
     ort_p, torch_p, labels = [], [], []

@@ -103,6 +103,8 @@ def main() -> int:
     ap.add_argument("--note", help="card: a note to keep with the table (what was and was not measured)")
     ap.add_argument("--max-fit", type=int, default=200, help="films per class a profile is fitted on, at most")
     ap.add_argument("--adabn", action="store_true", help="also measure AdaBN (re-estimated BatchNorm statistics)")
+    ap.add_argument("--rules", default=None, help="measure: operating-point rules, comma-separated (default: all)")
+    ap.add_argument("--target", type=float, default=None, help="measure: the target sensitivity (default: site fit's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.what == "prepare":
@@ -172,21 +174,22 @@ def halves(data, seed: int = 0) -> list[np.ndarray]:
 
 
 def scored(data, card, profile=None) -> np.ndarray:
-    """Each film's score re-centred on the operating point in use (0.5 = the threshold), for pooling."""
-    from covidxr.site import base_logodds, sigmoid
+    """Each film's probability, by the fold model or by a profile on top of it (no re-centring: one model
+    scores all of a half's films, so its ranking is kept)."""
+    from scipy.special import expit
 
-    z = base_logodds(data.logits, card.temperature, card.positive_index)
+    from covidxr.site import base_logodds
+
     if profile is None:
-        return sigmoid(z - np.log(card.threshold / (1 - card.threshold)))
-    p = profile.probability(data.logits, data.features, card.temperature, card.positive_index)
-    lo = np.log(np.clip(p, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(p, 1e-12, 1 - 1e-12))
-    return sigmoid(lo - np.log(profile.threshold / (1 - profile.threshold)))
+        return expit(base_logodds(data.logits, card.temperature, card.positive_index))
+    return profile.probability(data.logits, data.features, card.temperature, card.positive_index)
 
 
-def row(y: np.ndarray, s: np.ndarray) -> dict:
+def row(y: np.ndarray, s: np.ndarray, threshold: float = 0.5) -> dict:
+    """AUC, and sensitivity and specificity at `threshold` (the scoring model's own), with 95% CIs."""
     from covidxr.site import figures
 
-    f = figures(y, s, 0.5, n_boot=1000)
+    f = figures(y, s, threshold, n_boot=1000)
     return {k: (None if f[k] is None else round(f[k], 4)) for k in ("auc", "sensitivity", "specificity")} | {
         "ci": {k: [None if v is None else round(v, 4) for v in (f["ci"][k] or [None, None])]
                for k in ("auc", "sensitivity", "specificity")}}
@@ -198,67 +201,112 @@ def cap(idx: np.ndarray, y: np.ndarray, n: int, rng) -> np.ndarray:
     return np.sort(np.concatenate(out))
 
 
-def measure_source(work: Path, s: str, draws: int, max_fit: int = 200) -> dict:
-    from covidxr.metrics import auc
-    from covidxr.site import METHODS, base_logodds, fit_adapter, fit_profile
+def judged(test_set, card, prof) -> dict:
+    """The fold model at its threshold and the profile at its own, on a test set: probabilities and decisions."""
+    ps, pa = scored(test_set, card), scored(test_set, card, prof)
+    return {"shipped": (ps, ps >= card.threshold), "adapted": (pa, pa >= prof.threshold)}
 
+
+def pooled(y: np.ndarray, parts: list[dict], what: str) -> dict:
+    """Two halves, each scored by its own model: AUC per half (a ranking is never pooled across models) and
+    their mean; sensitivity and specificity of the pooled decisions, each at its own model's threshold."""
+    from covidxr.metrics import auc
+    from covidxr.site import rates
+
+    aucs = [auc(yy, part[what][0]) for yy, part in zip(y, parts)]
+    r = rates(np.concatenate(y), np.concatenate([part[what][1] for part in parts]))
+    return {"auc": round(float(np.mean(aucs)), 4), "auc_per_half": [round(v, 4) for v in aucs],
+            "sensitivity": r["sensitivity"], "specificity": r["specificity"], "ci": r["ci"],
+            "flagged_per_100": r["flagged_per_100"]}
+
+
+def meets(adapted: dict, shipped: dict) -> bool:
+    """Issue 25's target at the profile's own threshold: sensitivity >= 0.80 and specificity >= the fold
+    model's + 0.10, with AUC >= 0.85."""
+    return bool(adapted["sensitivity"] >= 0.80 and adapted["specificity"] >= shipped["specificity"] + 0.10
+                and adapted["auc"] >= 0.85)
+
+
+def fitted_by_rule(fit_set, card, name: str, rules: tuple[str, ...], target: float, n_boot: int) -> dict:
+    """{rule: profile}: one profile fitted (its method chosen by nested cross-validation), its threshold at
+    `target` read by each rule on the same inner out-of-fold scores (what fit_profile does for its own rule)."""
+
+    from covidxr.site import METHODS, base_logodds, fit_profile, inner_logodds, thresholds
+
+    prof = fit_profile(fit_set, card, name, n_boot=n_boot, rule=rules[0], target=target)
+    z = base_logodds(fit_set.logits, card.temperature, card.positive_index)
+    adapter, s = inner_logodds(z, fit_set, METHODS[prof.method])
+    return {r: replace(prof, rule=r, threshold=thresholds(adapter, fit_set.y, s, r, (target,), card.threshold)[target])
+            for r in rules}
+
+
+def measure_source(work: Path, s: str, draws: int, max_fit: int = 200, rules: tuple[str, ...] | None = None,
+                   target: float | None = None) -> dict:
+    """Per operating-point rule: a profile fitted on one half of the source's patients (its threshold read at
+    `target` inside that half), judged on the other half at its own threshold, both ways; then the same with
+    n films per class drawn from one half (SIZES, `draws` draws)."""
+    from covidxr.site import DEFAULT_TARGET, RULES
+
+    rules, target = rules or RULES, target or DEFAULT_TARGET
     data, card = fold_model(work, s)
     parts = halves(data)
     log(s, "films", len(data.y), "covid", int(data.y.sum()))
-    base, adapted, methods, by_method, fitted_sizes = [], [], [], {m: [] for m in METHODS}, []
     rng = np.random.default_rng(1)
-    for k, (fit_idx, test_idx) in enumerate(((parts[0], parts[1]), (parts[1], parts[0]))):
-        fit_idx = cap(fit_idx, data.y, max_fit, rng)
-        fitted_sizes.append({"covid": int(data.y[fit_idx].sum()), "non-covid": int((~data.y[fit_idx]).sum())})
-        fit_set, test_set = data.subset(fit_idx), data.subset(test_idx)
-        prof = fit_profile(fit_set, card, f"{s}_half{k}", n_boot=50)
-        methods.append(prof.method)
-        base.append(scored(test_set, card))
-        adapted.append(scored(test_set, card, prof))
-        zf = base_logodds(fit_set.logits, card.temperature, card.positive_index)
-        zt = base_logodds(test_set.logits, card.temperature, card.positive_index)
-        for m, penalty in METHODS.items():  # every candidate fitted on the whole fitting half (AUC needs no threshold)
-            by_method[m].append(fit_adapter(zf, fit_set.features, fit_set.y, penalty).probability(zt, test_set.features))
-        log(s, "half", k, "fitted on", len(fit_idx), "method", prof.method)
-    y = np.concatenate([data.y[parts[1]], data.y[parts[0]]])
+    directions = [(parts[0], parts[1]), (parts[1], parts[0])]
+    capped = [cap(f, data.y, max_fit, rng) for f, _ in directions]
     out = {"films": {"covid": int(data.y.sum()), "non-covid": int((~data.y).sum())},
            "patients": int(len(set(data.groups))), "fold_networks": card.n_networks,
-           "fold_threshold": round(card.threshold, 4),
-           "fold_temperature": round(card.temperature, 3),
-           "fold_model": row(y, np.concatenate(base)), "with_profile": row(y, np.concatenate(adapted)),
-           "methods_chosen": methods,
-           "films_fitted_per_half": fitted_sizes, "max_fit_per_class": max_fit,
-           "by_method_auc": {m: round(float(np.mean([auc(data.y[t], v[j]) for j, t in enumerate((parts[1], parts[0]))])), 4)
-                             for m, v in by_method.items()}}
-    halves_auc = lambda v: [round(auc(data.y[t], v[j]), 4) for j, t in enumerate((parts[1], parts[0]))]  # noqa: E731
-    out["auc_per_half"] = {"fold_model": halves_auc(base), "with_profile": halves_auc(adapted)}
-    out["auc_gain"] = round(out["with_profile"]["auc"] - out["fold_model"]["auc"], 4)
-    # the gain against the site set's size: n films per class drawn from one half, tested on the other half
-    curve = {}
+           "fold_threshold": round(card.threshold, 4), "fold_temperature": round(card.temperature, 3),
+           "films_fitted_per_half": [{"covid": int(data.y[f].sum()), "non-covid": int((~data.y[f]).sum())}
+                                     for f in capped], "max_fit_per_class": max_fit, "target_sensitivity": target,
+           "halves": {}, "by_site_size": {}}
+    ys = [data.y[t] for _, t in directions]
+    got = {r: [] for r in rules}
+    for k, (fit_idx, (_, test_idx)) in enumerate(zip(capped, directions)):
+        for r, prof in fitted_by_rule(data.subset(fit_idx), card, f"{s}_half{k}", rules, target, 50).items():
+            got[r].append(judged(data.subset(test_idx), card, prof) | {"method": prof.method})
+    for rule in rules:
+        res = {"fold_model": pooled(ys, got[rule], "shipped"), "with_profile": pooled(ys, got[rule], "adapted"),
+               "methods_chosen": [g["method"] for g in got[rule]]}
+        res["target_met"] = meets(res["with_profile"], res["fold_model"])
+        out["halves"][rule] = res
+        log(s, "halves", rule, res["with_profile"], res["target_met"])
     for n in SIZES:
-        gains, aucs, base_aucs = [], [], []
+        cells: dict[str, list] = {r: [] for r in ("fold_model", *rules)}
         for d in range(draws):
-            k = d % 2
-            fit_idx, test_idx = (parts[0], parts[1]) if k == 0 else (parts[1], parts[0])
+            fit_idx, test_idx = directions[d % 2]
             pos, neg = fit_idx[data.y[fit_idx]], fit_idx[~data.y[fit_idx]]
             if min(len(pos), len(neg)) < n:
                 continue
             pick = np.r_[rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)]
             test_set = data.subset(test_idx)
-            prof = fit_profile(data.subset(pick), card, f"{s}_{n}_{d}", n_boot=20)
-            a0, a1 = auc(test_set.y, scored(test_set, card)), auc(test_set.y, scored(test_set, card, prof))
-            base_aucs.append(a0)
-            aucs.append(a1)
-            gains.append(a1 - a0)
-        if gains:
-            curve[str(n)] = {"draws": len(gains), "auc_mean": round(float(np.mean(aucs)), 4),
-                             "auc_sd": round(float(np.std(aucs)), 4), "fold_model_auc": round(float(np.mean(base_aucs)), 4),
-                             "gain_mean": round(float(np.mean(gains)), 4), "gain_min": round(float(np.min(gains)), 4),
-                             "gain_max": round(float(np.max(gains)), 4)}
-        log(s, "size", n, curve.get(str(n)))
-    out["by_site_size"] = curve
-    out["target_met"] = bool(out["auc_gain"] >= 0.05 and out["with_profile"]["auc"] >= 0.85)
+            for rule, prof in fitted_by_rule(data.subset(pick), card, f"{s}_{n}_{d}", rules, target, 20).items():
+                j = judged(test_set, card, prof)
+                cells[rule].append(pooled([test_set.y], [j], "adapted"))
+            cells["fold_model"].append(pooled([test_set.y], [j], "shipped"))
+        if cells["fold_model"]:
+            mean = {r: {k: round(float(np.mean([c[k] for c in v])), 4) for k in ("auc", "sensitivity", "specificity")}
+                    for r, v in cells.items()}
+            for r in rules:
+                mean[r]["sd"] = {k: round(float(np.std([c[k] for c in cells[r]])), 4)
+                                 for k in ("auc", "sensitivity", "specificity")}
+                mean[r]["target_met"] = meets(mean[r], mean["fold_model"])
+            out["by_site_size"][str(n)] = {"draws": len(cells["fold_model"]), **mean}
+        log(s, "size", n, out["by_site_size"].get(str(n)))
     return out
+
+
+def choose_rule(folds: dict) -> dict:
+    """The operating-point rule chosen by these measurements: the most cells (fold x site size, and the
+    halves) meeting the target, then the highest mean Youden's J on the films the profiles never saw."""
+    score = {}
+    for rule in next(iter(folds.values()))["halves"]:
+        cells = [f["halves"][rule]["with_profile"] | {"met": f["halves"][rule]["target_met"]} for f in folds.values()]
+        cells += [c[rule] | {"met": c[rule]["target_met"]} for f in folds.values() for c in f["by_site_size"].values()]
+        score[rule] = {"cells_met": sum(c["met"] for c in cells), "cells": len(cells),
+                       "mean_youden": round(float(np.mean([c["sensitivity"] + c["specificity"] - 1 for c in cells])), 4)}
+    best = max(score, key=lambda r: (score[r]["cells_met"], score[r]["mean_youden"]))
+    return {"chosen": best, "by_rule": score}
 
 
 def adabn(work: Path, data_dir: Path, s: str, n_stats: int = 256, n_test: int = 400) -> dict:
@@ -311,19 +359,24 @@ def measure(work: Path, args) -> int:
         if not (work / "site" / f"fold_{s}.npz").exists():
             log(s, "no fold model yet (run `prepare`): skipped")
             continue
-        folds[s] = measure_source(work, s, args.draws, args.max_fit)
+        folds[s] = measure_source(work, s, args.draws, args.max_fit,
+                                  tuple(args.rules.split(",")) if args.rules else None, args.target)
         if args.adabn:
             folds[s]["adabn"] = adabn(work, Path(args.data), s)
             log(s, "adabn", folds[s]["adabn"])
     result = {
-        "what": "each held-out source of the leave-one-source-out folds with both classes: the fold model (both "
-                "networks at the fold length, trained without the source, calibrated on its own validation films) "
+        "what": "each held-out source of the leave-one-source-out folds with both classes: the fold model (the "
+                "shipped recipe's first fold_networks networks at the fold length, trained without the source, "
+                "calibrated on its own validation films) "
                 "scores the source's films; the source's patients are split in two halves, a site profile is fitted "
-                "on one and tested on the other, then the other way round (pooled, each half's scores re-centred "
-                "on its own threshold); 95% CIs by bootstrap (AUC) and Wilson (sensitivity, specificity)",
+                "on one (its threshold read at the target sensitivity inside that half, by nested cross-validation) "
+                "and judged on the other at its own threshold, then the other way round; AUC per half (mean), "
+                "sensitivity and specificity of the pooled decisions with Wilson 95% CIs; then n films per class "
+                "drawn from one half, judged on the other (means over draws)",
         "script": "scripts/site_measure.py",
-        "target": "adapted AUC >= fold model's + 0.05 and >= 0.85 on each fold",
-        "folds": folds, "seconds": round(time.time() - t0)}
+        "target": "at the profile's own threshold: sensitivity >= 0.80 and specificity >= the fold model's + 0.10, "
+                  "with AUC >= 0.85",
+        "folds": folds, "rule": choose_rule(folds) if folds else None, "seconds": round(time.time() - t0)}
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

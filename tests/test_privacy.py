@@ -71,9 +71,9 @@ ALLOWED_AT_START: list[tuple[str, str]] = [
     (r"^{tmp}/[a-z0-9_]{{8}}$", "tempfile.gettempdir() checks that TMPDIR is writable with a throw-away file "
                                  "holding b'blat', deleted at once"),
     (r"^{tmp}/torchinductor_[^/]+$", "torch makes its (empty) compiler cache folder at import; nothing is compiled"),
-    (r"^{home}/\.cache/covidxr(/onnx(/\.?[0-9a-f]{{32}}\.onnx(\.\d+\.\d+|\.[a-z0-9_]{{8}})?)?)?$",
-     "the classifier networks exported for ONNX Runtime (covidxr/runtime.py) at model load: weights only, "
-     "once per HOME"),
+    (r"^{home}/\.cache/covidxr(/onnx(/\.?[0-9a-f]{{32}}\.onnx(\.[A-Za-z0-9_]{{8}})?)?)?$",
+     "the classifier networks exported for ONNX Runtime (covidxr/runtime.py) at model load, through "
+     "covidxr.atomic.write_atomic's temporary name (mkstemp's 8 characters): weights only, once per HOME"),
     (r"^/dev/shm/sem\.[\w.-]+$", "POSIX semaphores (joblib/multiprocessing locks): kernel objects, no file data"),
 ]
 

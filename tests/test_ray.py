@@ -144,7 +144,7 @@ def test_predict_engine_path_prints_the_in_process_objects(classifier, tmp_path,
                               batch_size=4, workers=None, address=None, spill_dir=None, site=None)
     assert predict_with(classifier, args) == 2           # the unreadable file: exit status 2, the rest scored
     engine = json.loads(capsys.readouterr().out)
-    monkeypatch.setattr("covidxr.cli._classifier", lambda a: classifier)
+    monkeypatch.setattr("covidxr.cli.classifier_for", lambda a: classifier)
     assert cmd_predict(args) == 2
     direct = json.loads(capsys.readouterr().out)
     assert [r["path"] for r in engine] == files and len(direct) == len(engine)

@@ -108,7 +108,7 @@ def test_in_use_line_rows_and_advice():
     assert site_view.in_use_line(prof) == (f"Site profile: Ward 7, version {version_of(prof)}, fitted on 16 films, "
                                        f"{prof.created[:10]}")
     rows = site_view.figure_rows(prof)
-    assert [r["scored by"] for r in rows] == ["Shipped model", "Adapted: temperature (cross-validated)"]
+    assert [r["scored by"] for r in rows] == ["Shipped model", site_view.ADAPTED]
     assert rows[1]["operating point"] == fmt_threshold(prof.threshold)
     assert all(r["AUC"].count("(") == 1 for r in rows)                          # value (95% CI)
     assert {r["model"] for r in site_view.roc_rows(prof)} == {"Shipped model", "Adapted (cross-validated)"}
@@ -248,7 +248,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     assert meta["films"] == {"covid": 8, "non-covid": 8}
     assert any("Saved and adopted as version" in s.value for s in app.success)
     table = next(df.value for df in app.dataframe if "scored by" in df.value)
-    assert list(table["scored by"]) == ["Shipped model", "Adapted: temperature (cross-validated)"]
+    assert list(table["scored by"]) == ["Shipped model", site_view.ADAPTED]
     assert table["operating point"][0] == fmt_threshold(card.threshold)
     assert table["operating point"][1] == fmt_threshold(meta["threshold"])
     assert any("rough estimate" in w.value for w in app.warning)
@@ -292,7 +292,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     app.switch_page("pages/model_card.py").run()
     assert not app.exception
     assert any(plain(h.value) == "The site profile in use: Ward 7" for h in app.subheader)
-    assert any(list(df.value.get("scored by", [])) == ["Shipped model", "Adapted: temperature (cross-validated)"]
+    assert any(list(df.value.get("scored by", [])) == ["Shipped model", site_view.ADAPTED]
                for df in app.dataframe)
 
     # back to the shipped model on the Screen page

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 
 from tests.conftest import REPO
 from covidxr.card import CARD_FILE, ModelCard, Network
+from covidxr.metrics import logodds as logit
 from covidxr.model import FEATURES, CovidNet
 from covidxr.training.augment import affine, augment, jpeg_roundtrip, warp
 from covidxr.training.cache import Cache, network_batch, to_batch
 from covidxr.training.card_writer import networks, write_card
 from covidxr.training.data import CLASSES, POSITIVE, Record, patient_split
 from covidxr.training.experiments import (ABLATIONS, FINAL, FOLD_STEPS, KAGGLE, NETWORKS, RECIPE, RECIPE_NETWORKS,
-                                          ablation, ensemble_fold, fold_recipe, logit, network_recipes, pooled_loso,
+                                          ablation, ensemble_fold, fold_recipe, network_recipes, pooled_loso,
                                           recentre, report, run_fold)
 from covidxr.training.loop import fit, fit_temperature, positive_probability, sample_weights, stopping_record
 from covidxr.training.penalties import LungAttention, Reverse, SourceAdversary

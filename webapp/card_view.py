@@ -100,13 +100,20 @@ def films_per_source(card: Any) -> list[dict]:
     return [{"source": source_title(s), **{class_title(c): v.get(c, 0) for c in classes}} for s, v in per.items()]
 
 
+def _site_folds(sa: dict) -> dict[str, dict]:
+    """Per held-out source, its row; where the table holds one per operating-point rule (issue 25), the chosen
+    rule's, judged at the profile's own threshold."""
+    rule = (sa.get("rule") or {}).get("chosen")
+    return {s: {**f, **((f.get("halves") or {}).get(rule) or {})} for s, f in (sa.get("folds") or {}).items()}
+
+
 def site_adaptation_rows(card: Any) -> list[dict]:
     """metrics.site_adaptation (scripts/site_measure.py): per two-class held-out source, the fold model without and
     with a site profile fitted on the other half of the source's patients, each "value (95% CI)"."""
     sa = (card.metrics or {}).get("site_adaptation") or {}
     name = class_title(card.positive_class)
     rows = []
-    for s, f in (sa.get("folds") or {}).items():
+    for s, f in _site_folds(sa).items():
         films = f.get("films") or {}
         pos = films.get(card.positive_class)
         neg = sum(v for k, v in films.items() if k != card.positive_class)
@@ -120,7 +127,7 @@ def site_adaptation_rows(card: Any) -> list[dict]:
 def site_adaptation_text(card: Any) -> str | None:
     """What the measured site-profile table says, in words (None when the card has no such measurement)."""
     sa = (card.metrics or {}).get("site_adaptation") or {}
-    folds = sa.get("folds") or {}
+    folds = _site_folds(sa)
     if not folds:
         return None
     met = [s for s, f in folds.items() if f.get("target_met")]

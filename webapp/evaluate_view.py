@@ -15,7 +15,7 @@ from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
 
-from . import audit_log, auth, cluster, site_view, sites, state
+from . import access, audit_log, auth, cluster, site_view, sites, state
 from .batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from .batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
 from .charts import roc_chart
@@ -35,7 +35,7 @@ def choose_films(card: ModelCard) -> tuple[str, Collect | None]:
     state.restore_form(state.EVAL_FORM)  # the form as the user left it on another page
     offered = SOURCES if auth.user().is_admin else [SOURCES[0], SOURCES[2]]  # server folders: site admins only
     if st.session_state.get(state.EVAL_SOURCE) not in (*offered, None):
-        auth.require_admin("batch on a server folder")  # not offered to this user: refused and recorded
+        access.require_admin("batch on a server folder")  # not offered to this user: refused and recorded
     source = st.radio("Films to evaluate", offered, horizontal=True, key=state.EVAL_SOURCE)
     collect = None  # () -> (title, items, keep_for_review), called when the run starts
     if source == SOURCES[0]:
@@ -54,7 +54,7 @@ def choose_films(card: ModelCard) -> tuple[str, Collect | None]:
             st.info("No server folders are enabled. The operator lists the folders this page may read in "
                     "the environment variable `COVIDXR_DATA_ROOTS` or as `data_roots` in `.streamlit/secrets.toml`.")
         else:
-            st.caption("Allowed folders: " + ", ".join(f"`{r}`" for r in roots))
+            st.caption("Allowed folders: " + ", ".join(literal(str(r)) for r in roots))
             folder = st.text_input("Folder (absolute, or relative to an allowed folder)", key=state.EVAL_FOLDER)
             if folder.strip():
                 collect = lambda: folder_batch(folder, roots, card.positive_class)  # noqa: E731
@@ -108,7 +108,7 @@ def run_button(collect: Collect | None, on_cluster: bool, address: str | None, c
         batch = score_here(scorer, title, items, keep, in_use, card)
         audit_log.record("batch", profile=in_use.profile, detail=batch_summary(batch))
     if address is None and open_run_id() and not auth.user().is_admin:  # a cluster run's address, opened by a clinician
-        auth.require_admin("open a cluster run")
+        access.require_admin("open a cluster run")
     if address is not None:  # the cluster's runs: the list, and the run this session or its address opened
         opened = open_run_id()
         run_list(opened)

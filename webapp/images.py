@@ -60,6 +60,7 @@ def shrink(pixels: np.ndarray, side: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- heatmaps that mean what the decision says
 
+DEFAULT_OPACITY = 0.45  # the heatmap's opacity as the result view opens, and in the DICOM secondary capture
 MUTED_RGB = (0.36, 0.47, 0.62)  # slate blue-grey: a map below the operating point, never a "hot" colour
 
 
@@ -146,3 +147,21 @@ def annotated(image: np.ndarray, lines: list[str], margin: int = 12) -> np.ndarr
         draw.text((margin, y), text, fill=(20, 28, 40), font=font)
         y += step
     return np.asarray(panel)
+
+
+def heat_overlay(pixels: np.ndarray, heatmap: np.ndarray, positive: bool, alpha: float) -> np.ndarray:
+    """The overlay at the film's full size: jet for a film called positive, muted slate below the operating point."""
+    from covidxr.explain import overlay
+
+    return (overlay if positive else muted_overlay)(pixels, heatmap, alpha)
+
+
+def report_image(pixels: np.ndarray, heatmap: np.ndarray, positive: bool, alpha: float, lines: list[str]) -> np.ndarray:
+    """The report-ready picture, uint8 RGB: the film with its map (jet when called positive, else muted slate,
+    as the result view draws it), the colour scale under it, and `lines` (report_lines) printed below. The
+    app's download and the DICOM secondary capture (covidxr.pacs) are both this picture."""
+    drawing = heat_overlay(pixels, heatmap, positive, alpha)
+    bar = Image.fromarray(colour_bar(muted=not positive)).resize((drawing.shape[1], max(8, drawing.shape[0] // 40)),
+                                                                 Image.NEAREST)
+    gap = np.full((4, drawing.shape[1], 3), 255, np.uint8)
+    return annotated(np.vstack([drawing, gap, np.asarray(bar), gap]), lines)

@@ -1,7 +1,7 @@
 """The Site profiles page's parts (site admins only): fit a profile from the session's last batch, show its
 figures, and the versions of every profile on the server with adopt / retire.
 
-Every action checks the role again (webapp.auth.require_admin: refused and recorded as denied without it) and
+Every action checks the role again (webapp.access.require_admin: refused and recorded as denied without it) and
 is recorded (site-fit, site-adopt, site-retire) with the profile's name and version.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import streamlit as st
 from covidxr import profiles
 from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError
 
-from . import audit_log, auth, site_view, sites, state
+from . import access, audit_log, site_view, sites, state
 from .charts import roc_chart
 from .literal import literal, without_paths
 
@@ -58,7 +58,7 @@ def fit_form(clf: Any, batch: Any) -> None:
 
 
 def fit_and_save(clf: Any, batch: Any, folder: str, overwrite: bool) -> None:
-    user = auth.require_admin("site-fit", profile=folder)
+    user = access.require_admin("site-fit", profile=folder)
     audit_log.check()
     bar = st.progress(0.0, text="Reading the films again…")
 
@@ -110,7 +110,7 @@ def version_rows(folder: str) -> list[dict[str, str]]:
 
 def change_state(folder: str, version: str, event: str, card: Any) -> None:
     """Adopt or retire one version: site admins only, recorded."""
-    user = auth.require_admin(f"site-{'adopt' if event == profiles.ADOPTED else 'retire'}", profile=folder,
+    user = access.require_admin(f"site-{'adopt' if event == profiles.ADOPTED else 'retire'}", profile=folder,
                               version=version)
     audit_log.check()
     profiles.set_state(sites.sites_dir(), folder, version, event, user=user.subject)

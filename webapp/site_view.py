@@ -32,11 +32,14 @@ def films_text(profile: SiteProfile, positive_class: str) -> str:
     return f"{profile.n_films} films: {pos} {class_title(positive_class)}, {profile.n_films - pos} other"
 
 
+ADAPTED = "Adapted to your films"  # plain words: the method is engineering detail (issue 25)
+
+
 def figure_rows(profile: SiteProfile) -> list[dict[str, str]]:
     """Shipped against adapted on the site's films, both cross-validated, each "value (95% CI)"."""
     f = profile.figures or {}
     rows = []
-    for what, title in (("shipped", SHIPPED), ("adapted", f"Adapted: {profile.method} (cross-validated)")):
+    for what, title in (("shipped", SHIPPED), ("adapted", ADAPTED)):
         r = f.get(what) or {}
         rows.append({"scored by": title,
                      "operating point": fmt_threshold(r["threshold"]) if r.get("threshold") is not None else "—",

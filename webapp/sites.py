@@ -104,6 +104,7 @@ def load(path: Path, card: Any) -> SiteProfile:
     if found is None:
         try:
             found = SiteProfile.load(path, card)
+            found.check_adoptable()  # clearly worse than the shipped model and no override recorded: not offered
         except SiteError as e:
             found = e
         except OSError as e:

@@ -47,6 +47,10 @@ EVAL_INCLUDE_REFUSED = "eval_include_refused"
 SITE_NAME = "site_name"              # fit a site profile from the batch: its name (and folder)
 SITE_OVERWRITE = "site_overwrite"    # replace the saved profile of that name (one box per name: site_overwrite())
 SITE_FIT = "site_fit"
+SITE_TARGET = "site_target"          # the fitted profile's sensitivity to aim at (webapp.site_choice)
+SITE_OVERRIDE = "site_override"      # adopt a profile not offered anyway: the reason, recorded
+SITE_SAVE = "site_save"
+SITE_SAVED = "site_saved"            # the folder of the fitted profile just saved
 CLUSTER_RESUME = "cluster_resume"  # start an interrupted or failed cluster run again where it stopped
 CLUSTER_OPEN = "cluster_open"      # the list's Open button of one cluster run (one per run: cluster_open())
 # The batch form as the user left it: Streamlit drops the state of widgets that are not drawn (another
@@ -63,6 +67,7 @@ REVIEW_DIALOG = "review_dialog"      # the batch row shown in the review dialog 
 REVIEW_PREV = "review_prev"
 REVIEW_NEXT = "review_next"
 REVIEW_HEATMAPS = "review_heatmaps"  # heatmap thumbnails in the gallery
+WORKLIST_STUDY = "worklist_study"    # the study opened on the Worklist page
 
 
 def review_open_button(row: int) -> str:

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..safety import sha256_regular, spreadsheet_raw, spreadsheet_safe
+from ..card import sha256_file
+from ..safety import spreadsheet_raw, spreadsheet_safe
 from .batch import FIELDS
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -119,7 +120,10 @@ class ResultsFile:
 
 def sha256_of(path: str) -> str:
     """The file's sha256 ("" for one that cannot be read or is no regular file: a FIFO never blocks a resume)."""
-    return sha256_regular(path)
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""
 
 
 def already_done(records: list[dict], done: dict[str, dict], threads: int = 8) -> Iterator[tuple[dict, dict | None]]:

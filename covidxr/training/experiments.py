@@ -9,7 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
+from ..metrics import logodds, recentre
 from .cache import Cache
 from .loop import checkpoint_path, fit, infer, positive_probability, stopping_record
 from .recipe import Recipe
@@ -81,23 +83,12 @@ def network_recipes(recipe: Recipe) -> list[Recipe]:
     return [replace(recipe, name=recipe.name + suffix, variant=variant) for suffix, variant in NETWORKS.items()]
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, float), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
-def recentre(p: np.ndarray, threshold: float) -> np.ndarray:
-    """Shift probabilities on the logit scale so that `threshold` lands on 0.5: decisions are unchanged,
-    and films scored by different fold models, each at its own operating point, can be pooled."""
-    return 1 / (1 + np.exp(-(logit(np.asarray(p, float)) - logit(threshold))))
-
-
 def ensemble_fold(parts: list[dict], y: np.ndarray, sources: np.ndarray) -> dict:
     """The ensemble's fold from its networks' folds (same held-out films): each network's probabilities
     re-centred on its own fold threshold, then averaged on the log-odds scale, so that the ensemble's
     threshold is 0.5. (The shipped model averages its networks' logits before one calibration; the folds
     stored only probabilities, so this is the nearest combination they allow.)"""
-    p = 1 / (1 + np.exp(-np.mean([logit(recentre(np.array(v["test_scores"]), v["threshold"])) for v in parts], 0)))
+    p = expit(np.mean([logodds(recentre(np.array(v["test_scores"]), v["threshold"])) for v in parts], 0))
     first = parts[0]
     return {**{k: first.get(k) for k in ("name", "imagenet", "adversary", "attention", "attention_mode", "frozen_blocks",
                                          "jpeg_augmentation", "steps", "n_train", "held_out_sources")},
