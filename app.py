@@ -4,6 +4,7 @@ Served by `python -m webapp.serve` (what `./run.sh app` runs): see webapp/serve.
 """
 import streamlit as st
 
+from webapp.auth import gate
 from webapp.uploads import keep_uploads_in_memory
 from webapp.wording import DISCLAIMER
 
@@ -16,11 +17,16 @@ st.set_page_config(page_title="covidxr · chest X-ray COVID-19 screening", page_
 
 # Every url_path differs from its file's name on purpose: when a page's hash equals that of a file in
 # a pages folder, Streamlit 1.67's AppTest runs the file alone, skipping this script (and the disclaimer).
-page = st.navigation([
+st.sidebar.warning(DISCLAIMER, icon="⚕️")
+user = gate()  # local mode's notice, or sign-in (nothing below runs for a visitor who is not signed in)
+pages = [
     st.Page("pages/screen.py", title="Screen a film", icon="🩻", default=True, url_path="screen-a-film"),
     st.Page("pages/evaluate.py", title="Batch evaluation", icon="📊", url_path="batch-evaluation"),
     st.Page("pages/review.py", title="Heatmap review", icon="🔎", url_path="heatmap-review"),
+    st.Page("pages/worklist.py", title="Worklist", icon="🗂️", url_path="pacs-worklist"),
     st.Page("pages/model_card.py", title="Model card", icon="📄", url_path="model-card"),
-])
-st.sidebar.warning(DISCLAIMER, icon="⚕️")
-page.run()
+]
+if user.is_admin:  # a clinician never sees these (and each admin action checks the role again)
+    pages += [st.Page("pages/site_profiles.py", title="Site profiles", icon="🏥", url_path="site-admin"),
+              st.Page("pages/audit.py", title="Audit trail", icon="📜", url_path="audit-trail")]
+st.navigation(pages).run()

@@ -8,9 +8,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .safety import open_regular
 
 CARD_FILE = "model_card.json"
 EQUALIZE_OVER = ("lungs", "box")
@@ -25,9 +28,12 @@ class CardError(ValueError):
     """The model card is missing, malformed, or does not match the weights beside it."""
 
 
-def sha256_file(path: str | Path) -> str:
-    """The hex sha256 of a file's bytes, read in chunks (never the whole file in memory)."""
-    with open(path, "rb") as f:
+def sha256_file(path: str | Path, limit: int | None = None) -> str:
+    """The hex sha256 of a regular file's bytes, read in chunks (never the whole file in memory). OSError when it
+    cannot be read; FileRefused (an OSError) for a FIFO or a device, which is never opened (safety.open_regular),
+    or for a file larger than `limit` (None: any size)."""
+    fd, _ = open_regular(path, limit)
+    with os.fdopen(fd, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -21,7 +21,7 @@ import torch
 from .card import CardError, ModelCard, Network, decision_label
 from .films import Film
 from .model import CovidNet, LungNet, fold_batchnorm
-from .gate import ChildLook, GateRules, Verdict
+from .gate import ChildLook, GateRules, KindLook, Verdict
 from .ood import OODDetector
 from . import runtime
 from .runtime import NetworkOutputs, OnnxNetwork
@@ -171,6 +171,8 @@ class Classifier:
         self.gate_rules = GateRules.from_card(card.ood.get("gate"))
         child = card.ood.get("paediatric")
         self.child_look = ChildLook.load(directory, child) if self.ood and child else None
+        kind = card.ood.get("kind")
+        self.kind_look = KindLook.load(directory, kind) if self.ood and kind else None
         self.site = None  # a covidxr.site.SiteProfile: set only on the copy with_site() returns
 
     def _check(self, nets: Sequence[CovidNet]) -> None:
@@ -284,7 +286,7 @@ class Classifier:
         ood = None
         if self.ood:
             ood = self.ood.check(features.numpy(), inputs.lung_fraction, film, inputs.overview, inputs.lung_prob,
-                                 self.gate_rules, self.child_look)
+                                 self.gate_rules, self.child_look, self.kind_look)
         return Prediction(
             name=film.name, probability=float(p), positive=bool(positive),
             label=decision_label(positive, c.positive_class), threshold=self.threshold,

@@ -1,4 +1,4 @@
-"""`python -m covidxr predict|evaluate|train|site`: JSON out, meaningful exit codes, no tracebacks for bad input.
+"""`python -m covidxr predict|evaluate|train|site|dicom`: JSON out, meaningful exit codes, no tracebacks for bad input.
 
 Exit codes: 0 every film scored; 2 some input could not be read (the rest are still scored);
 1 the tool itself could not run (missing or tampered weights, bad arguments).
@@ -94,7 +94,21 @@ def _read(path: str):
         return None, str(e)
 
 
+def _audit_store():
+    """$COVIDXR_DB's audit store checked writable (None when unset); SystemExit(1) with one line when it cannot
+    be written, before anything is scored (fail closed)."""
+    from .audit import AuditUnavailable
+    from .audit_cli import open_for_scoring
+
+    try:
+        return open_for_scoring()
+    except AuditUnavailable as e:
+        print(f"error: nothing was scored: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    audit = _audit_store()
     clf = _classifier(args)
     if args.engine != "local":  # covidxr.engines: the films scored on a Ray cluster
         from .engines.cli import predict_with
@@ -121,11 +135,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             pred = clf.predict([film])[0]
         rows.append(prediction_row(path, pred, args.include_non_chest))
+    if getattr(clf, "site", None) is not None:  # every result names the profile and its version
+        from .profiles import version_of
+
+        for row in rows:
+            if "error" not in row:
+                row["site_version"] = version_of(clf.site)
+    if audit is not None:
+        from .audit_cli import record_or_exit, predict_event
+
+        for path, row in zip(args.files, rows):
+            record_or_exit(audit, predict_event(clf, path, row))
     print_predictions(rows, args.json)
     return EXIT_UNREADABLE if failed else EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    audit = _audit_store()
     clf = _classifier(args)
 
     def progress(done: int, total: int) -> None:
@@ -136,7 +162,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_with(clf, args, progress)  # on the chosen engine (local: this process), streamed to --results
     result = report.as_dict()
     if getattr(clf, "site", None) is not None:  # scored with a site profile (--site)
-        result = {"site": clf.site.name, **result}
+        from .profiles import version_of
+
+        result = {"site": clf.site.name, "site_version": version_of(clf.site), **result}
+    if audit is not None:
+        from .audit_cli import evaluate_event, record_or_exit
+
+        record_or_exit(audit, evaluate_event(clf, result))
     text = json.dumps(result, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -206,6 +238,12 @@ def parser() -> argparse.ArgumentParser:
     sf.add_argument("--out", required=True, metavar="SITE_DIR", help="where to write site.json and site.npz")
     sf.add_argument("--name", default=None, help="the profile's name (default: SITE_DIR's name)")
     sf.set_defaults(run=cmd_site_fit)
+    from .pacs.cli import add_parser as dicom_parser  # `dicom score|serve`: covidxr/pacs, docs/pacs.md
+
+    dicom_parser(sub, common)
+    from .audit_cli import add_arguments as audit_arguments
+
+    audit_arguments(sub)  # `audit verify|export` (covidxr/audit_cli.py)
     st = sub.add_parser("train", help="train the model and write weights + model card")
     st.add_argument("--data", required=True, help="folder with MANIFEST.csv (../shared/data/cxr)")
     st.add_argument("--out", default="weights", help="where to write model.pt and model_card.json")

@@ -8,10 +8,13 @@ Evidence, most decisive first (the order in which a verdict's reasons are listed
 
 1. what the file says about itself: DICOM Modality, BodyPartExamined, ViewPosition (lateral views)
    and a colour image. Missing tags are unknown, not failures: many real chest files lack them.
-2. the lungs' shape: a frontal film shows two lung fields, one either side of the spine, with the
+2. what the image looks like as a whole: a logistic on the first network's pooled features (`KindLook`),
+   fitted on real frontal films, real lateral films, real CT slices and generated non-radiographs
+   (text pages, photos, noise), says "a CT slice", "a lateral film" or "not a radiograph at all".
+3. the lungs' shape: a frontal film shows two lung fields, one either side of the spine, with the
    mediastinum between them. The lung segmenter's mask of a lateral view, a photo or a document does
    not (one merged field, or fields that are not side by side): "looks like a lateral view".
-3. image statistics: the orientation net (covidxr.orientation) calls it turned or inverted; the lungs
+4. image statistics: the orientation net (covidxr.orientation) calls it turned or inverted; the lungs
    cover an implausible share of the image; the classifier's pooled features lie far from those of the
    training films (Mahalanobis distance, covidxr.ood). A film with two clear lung fields and an upright
    layout is refused on its features only beyond a higher, second limit: ICU films with lines, tubes
@@ -19,7 +22,7 @@ Evidence, most decisive first (the order in which a verdict's reasons are listed
 
 Warnings do not refuse the film but must be shown with its score: a DICOM PatientAge under 18, or a
 film that looks like a child's (a logistic on the first network's features, `ChildLook`): the model was
-not validated on children.
+not validated on children. A refused film has no score, so it gets no warning either.
 
 Every number the gate uses comes from the model card's `ood` section (threshold, `gate` rules), set
 by measurement (scripts/ood_report.py; docs/gate.md).
@@ -47,8 +50,16 @@ CHILD_FILE = "gate.npz"  # the "looks paediatric" logistic, named and hashed in 
 CHILD_WARNING = ("it looks like a child's film: the model was not validated on children (under 18); interpret the "
                  "score with care")
 
-# How decisive each kind of reason is: lower ranks are listed first.
-RANK_DICOM, RANK_FILE, RANK_LATERAL, RANK_ORIENTATION, RANK_LUNGS, RANK_FEATURES = range(6)
+KIND_FILE = "kind.npz"  # the "what kind of image" logistic, named and hashed in the card's ood.kind
+KINDS = ("frontal", "lateral", "ct", "other")  # KindLook's classes, in the order of its outputs
+KIND_REASONS = {"other": "it does not look like a radiograph",
+                "ct": "it looks like a CT slice, not a radiograph",
+                "lateral": "it looks like a lateral chest film, not a frontal one"}
+
+# How decisive each kind of reason is: lower ranks are listed first. What the image is (a CT slice, a page
+# of text) comes before how it lies (turned) or what its lungs look like: a clinician says "not a radiograph"
+# of a page of text, not "rotated".
+RANK_DICOM, RANK_FILE, RANK_KIND, RANK_LATERAL, RANK_ORIENTATION, RANK_LUNGS, RANK_FEATURES = range(7)
 
 
 @dataclass(frozen=True)
@@ -164,15 +175,61 @@ class ChildLook:
     @classmethod
     def load(cls, directory, entry: dict) -> "ChildLook":
         """The logistic named in the card's ood.paediatric, refused when its sha256 differs from the card's."""
+        z = checked_arrays(directory, entry, "the paediatric-look statistics")
+        try:
+            return cls(z["child_w"], float(z["child_b"]), float(entry["threshold"]))
+        except (ValueError, KeyError) as e:
+            raise CardError(f"the paediatric-look statistics {entry.get('file')} could not be read: {e}") from None
+
+
+def checked_arrays(directory, entry: dict, what: str) -> dict[str, np.ndarray]:
+    """The arrays of the .npz a card entry names ({file, sha256}), refused when missing, unreadable or when its
+    sha256 differs from the card's."""
+    from pathlib import Path
+
+    path = check_sha256(Path(directory) / str(entry.get("file", "")), entry.get("sha256"), what)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError) as e:
+        raise CardError(f"{what} {path} could not be read: {e}") from None
+
+
+@dataclass
+class KindLook:
+    """P(frontal chest film, lateral chest film, CT slice, other image) from the first network's pooled
+    features: a multinomial logistic (covidxr.training.gate) fitted on real frontal films (../shared/data/cxr),
+    real lateral films and CT slices (../shared/data/nonchest) and generated non-radiographs. A film whose
+    P(frontal) is below 1 - `threshold` is refused, with the most likely other kind as the reason."""
+    w: np.ndarray        # (d, len(KINDS))
+    b: np.ndarray        # (len(KINDS),)
+    threshold: float = 0.5
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(features, np.float64)) @ self.w.astype(np.float64) + self.b.astype(np.float64)
+        x -= x.max(1, keepdims=True)
+        e = np.exp(x)
+        return e / e.sum(1, keepdims=True)
+
+    def save(self, directory, name: str = KIND_FILE) -> tuple[str, str]:
         from pathlib import Path
 
-        path = check_sha256(Path(directory) / str(entry.get("file", "")), entry.get("sha256"),
-                            "the paediatric-look statistics")
+        path = Path(directory) / name
+        np.savez(path, kind_w=self.w.astype(np.float32), kind_b=self.b.astype(np.float64),
+                 kinds=np.array(KINDS, dtype=str))
+        return name, sha256_file(path)
+
+    @classmethod
+    def load(cls, directory, entry: dict) -> "KindLook":
+        """The logistic named in the card's ood.kind, refused when its sha256 differs from the card's."""
+        z = checked_arrays(directory, entry, "the image-kind statistics")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return cls(z["child_w"], float(z["child_b"]), float(entry["threshold"]))
-        except (ValueError, KeyError, OSError) as e:
-            raise CardError(f"the paediatric-look statistics {path} could not be read: {e}") from None
+            if tuple(str(k) for k in z["kinds"]) != KINDS:
+                raise CardError(f"the image-kind statistics {entry.get('file')} name kinds {list(z['kinds'])}, "
+                                f"this code reads {list(KINDS)}")
+            return cls(z["kind_w"], z["kind_b"], float(entry["threshold"]))
+        except (ValueError, KeyError) as e:
+            raise CardError(f"the image-kind statistics {entry.get('file')} could not be read: {e}") from None
 
 
 # --- the verdict -------------------------------------------------------------------------------------
@@ -244,11 +301,21 @@ def age_warnings(facts: dict[str, str]) -> list[str]:
     return []
 
 
+def kind_reason(kind: np.ndarray | None, limit: float) -> list[tuple[int, str]]:
+    """(rank, reason) when KindLook's probabilities (in KINDS order) say the film is not a frontal one."""
+    if kind is None or 1.0 - float(kind[0]) <= limit:
+        return []
+    other = KINDS[1 + int(np.argmax(kind[1:]))]
+    return [(RANK_KIND, KIND_REASONS[other])]
+
+
 def judge(*, distance: float, limit: float, turned: float | None, turned_limit: float, lung_fraction: float,
           lung_prob: np.ndarray | None, facts: dict[str, str], rules: GateRules = GateRules(),
-          child: float | None = None, child_limit: float = 0.8) -> Verdict:
-    """The verdict from every piece of evidence (see the module docstring for the order)."""
-    reasons = fact_reasons(facts)
+          child: float | None = None, child_limit: float = 0.8, kind: np.ndarray | None = None,
+          kind_limit: float = 0.5) -> Verdict:
+    """The verdict from every piece of evidence (see the module docstring for the order). `kind`: KindLook's
+    probabilities for the film (KINDS order), refused as another kind above `kind_limit`."""
+    reasons = fact_reasons(facts) + kind_reason(kind, kind_limit)
     fields = lung_fields(lung_prob, rules) if lung_prob is not None else None
     lo, hi = rules.lung_fraction_range
     has_lungs = lung_fraction > 0
@@ -275,11 +342,16 @@ def judge(*, distance: float, limit: float, turned: float | None, turned_limit: 
         details.append(fields.words())
     if turned is not None:
         details.append(f"turned probability {turned:.2f} (limit {turned_limit:.2f})")
+    if kind is not None:
+        details.append("looks " + ", ".join(f"{k} {p:.2f}" for k, p in zip(KINDS, kind))
+                       + f" (refused when not frontal above {kind_limit:.2f})")
     warnings = age_warnings(facts)
     if child is not None:
         details.append(f"paediatric look {child:.2f} (limit {child_limit:.2f})")
         if child > child_limit and not warnings:
             warnings.append(CHILD_WARNING)
+    if reasons:
+        warnings = []  # a refused film has no score: nothing to interpret with care
     return Verdict(is_chest=not reasons, reasons=ranked(reasons), details="; ".join(details),
                    warnings=warnings, distance=float(distance), turned=turned,
                    lung_fraction=float(lung_fraction), fields=fields)
@@ -287,24 +359,30 @@ def judge(*, distance: float, limit: float, turned: float | None, turned_limit: 
 
 def check(detector, rules: GateRules, features_1d: np.ndarray, lung_fraction: float, film: Film,
           overview: np.ndarray | None = None, lung_prob: np.ndarray | None = None,
-          child_look: ChildLook | None = None) -> Verdict:
+          child_look: ChildLook | None = None, kind_look: KindLook | None = None) -> Verdict:
     """The verdict on a film from its first network's pooled features, its lung fraction and lung map,
     with the feature statistics and orientation net of `detector` (covidxr.ood.OODDetector)."""
     dist = float(detector.distance(features_1d)[0])
     turned = detector.turned_probability(film, overview)
     limit = detector.threshold if math.isfinite(detector.threshold) else float("inf")
     child = None if child_look is None else float(child_look.probability(features_1d)[0])
+    kind = None if kind_look is None else kind_look.probabilities(features_1d)[0]
     return judge(distance=dist, limit=limit, turned=turned, turned_limit=detector.orient_threshold,
                  lung_fraction=lung_fraction, lung_prob=lung_prob, facts=film.facts, rules=rules, child=child,
-                 child_limit=child_look.threshold if child_look else 0.8)
+                 child_limit=child_look.threshold if child_look else 0.8, kind=kind,
+                 kind_limit=kind_look.threshold if kind_look else 0.5)
 
 
-def rule_text(detector, rules: GateRules) -> str:
+def rule_text(detector, rules: GateRules, kind_look: KindLook | None = None) -> str:
     """The whole gate in words, for the model card."""
     lo, hi = rules.lung_fraction_range
+    kind = ("" if kind_look is None else
+            "; (1b) a logistic on the first network's pooled features (ood.kind) gives the film a probability of "
+            f"being a frontal film below {1 - kind_look.threshold:.2f}: then it is called, by the likeliest other "
+            "kind, a CT slice, a lateral chest film or not a radiograph")
     return ("A film is refused as not a frontal chest radiograph when any of these holds, listed in this order: "
             "(1) its DICOM tags name another modality than CR/DX/DR/RG, another body part than chest, or a lateral "
-            "view (ViewPosition LL/RL/LAT...), or it is a colour image; (2) it looks like a lateral view: the lung "
+            "view (ViewPosition LL/RL/LAT...), or it is a colour image" + kind + "; (2) it looks like a lateral view: the lung "
             "segmenter's mask does not show two lung fields side by side (two connected regions each holding at "
             f"least {rules.min_field_share:.0%} of the lung mask, the smaller at least {rules.min_balance:.0%} of "
             f"the larger, centres at least {rules.min_separation:.0%} of the width apart, sharing at least "
@@ -313,4 +391,4 @@ def rule_text(detector, rules: GateRules) -> str:
             f"features are far from the training films' (Mahalanobis distance above {detector.threshold:.2f}, or "
             f"above {rules.distance_hard_limit:.2f} for a film with two clear lung fields, upright). Features: "
             + detector.rule + ". A DICOM PatientAge under 18, or a film that looks like a child's (ood.paediatric), adds a "
-            "warning, not a refusal")
+            "warning, not a refusal, and only on a film that is not refused")

@@ -14,11 +14,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-N_BOOT = 1000
+from .intervals import (N_BOOT, Z95, _boot_chunks, _multiplicities, _percentile_ci,  # noqa: F401 - re-exported
+                        newcombe_auc_ci, wilson_ci)
+
 MIN_CLASS_FOR_AUC_CI = 10  # fewer films of either class: the AUC gets no interval ("too few films for an interval")
 ECE_BINS = 10
-_BOOT_CHUNK_CELLS = 4_000_000  # bootstrap replicates are drawn in chunks of about this many cells
+
 PROPORTIONS = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
 
 
@@ -184,19 +185,6 @@ def confusion(y_true: Sequence, y_pred: Sequence) -> Confusion:
     return Confusion(tp=int(np.sum(y & p)), fp=int(np.sum(~y & p)), tn=int(np.sum(~y & ~p)), fn=int(np.sum(y & ~p)))
 
 
-def wilson_ci(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials; behaves at 0 and n, unlike the Wald interval."""
-    if n <= 0:
-        raise ValueError("a proportion needs n > 0")
-    if not 0 <= k <= n:
-        raise ValueError(f"k={k} outside 0..{n}")
-    p, z2 = k / n, z * z
-    denom = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def proportion(k: int, n: int, z: float = Z95) -> Estimate | None:
     """k/n with its Wilson interval; None when n == 0 (the metric is undefined, not zero)."""
     if n == 0:
@@ -257,34 +245,6 @@ def auc(y_true: Sequence, scores: Sequence) -> float | None:
     if pos.size == 0 or neg.size == 0:
         return None
     return float(_auc_counts(pos, neg, np.ones((1, pos.size)), np.ones((1, neg.size)))[0])
-
-
-def _multiplicities(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
-    """How often each of n items is drawn in each of n_boot resamples of size n (with replacement)."""
-    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
-    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
-
-
-def _boot_chunks(n: int, n_boot: int) -> Iterable[int]:
-    step = max(1, _BOOT_CHUNK_CELLS // max(n, 1))
-    for start in range(0, n_boot, step):
-        yield min(step, n_boot - start)
-
-
-def _percentile_ci(values: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def newcombe_auc_ci(value: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[float, float]:
-    """Newcombe's (2006, Stat Med 25:559, method 5) score-type interval for an AUC: the AUCs theta whose
-    distance to the estimate is within z standard errors, with the variance taken at theta itself
-    (as Wilson's interval does for a proportion), so it never collapses to a point at 0 or 1."""
-    theta = np.linspace(0.0, 1.0, 20001)
-    n_star = max(1.0, (n_pos + n_neg) / 2.0 - 1.0)
-    var = theta * (1 - theta) / (n_pos * n_neg) * (1 + (n_star - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
-    inside = theta[(theta - value) ** 2 <= z * z * var]
-    return (float(inside.min()), float(inside.max())) if inside.size else (value, value)
 
 
 def auc_ci(y_true: Sequence, scores: Sequence, n_boot: int = N_BOOT, seed: int = 0,

@@ -125,11 +125,11 @@ class OODDetector:
                 f"{self.n_fit} training films); threshold = {self.quantile:.1%} quantile on "
                 f"{self.n_calibration} held-out real films" + orient)
 
-    def gate_rule(self, rules: GateRules | None = None) -> str:
+    def gate_rule(self, rules: GateRules | None = None, kind_look=None) -> str:
         """The whole gate's rule in words, for the model card (the feature statistics' own in `rule`)."""
         from .gate import rule_text
 
-        return rule_text(self, rules or GateRules())
+        return rule_text(self, rules or GateRules(), kind_look)
 
     def save(self, directory: str | Path, name: str = OOD_FILE) -> tuple[str, str]:
         """Write the statistics as .npz; returns (file name, sha256) for the model card."""
@@ -178,6 +178,7 @@ class OODDetector:
 
     def check(self, features_1d: np.ndarray, lung_fraction: float, film: Film,
               overview: np.ndarray | None = None, lung_prob: np.ndarray | None = None,
-              rules: GateRules | None = None, child_look=None) -> Verdict:
+              rules: GateRules | None = None, child_look=None, kind_look=None) -> Verdict:
         """The gate's verdict (covidxr.gate) with these statistics; `rules` default to the shipped ones."""
-        return gate_check(self, rules or GateRules(), features_1d, lung_fraction, film, overview, lung_prob, child_look)
+        return gate_check(self, rules or GateRules(), features_1d, lung_fraction, film, overview, lung_prob, child_look,
+                          kind_look)

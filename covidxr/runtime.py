@@ -41,6 +41,8 @@ import onnxruntime as ort  # noqa: E402 - after the setting above
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from .atomic import write_atomic  # noqa: E402
+
 CACHE_ENV = "COVIDXR_CACHE_DIR"
 OUTPUTS = ("cam", "features", "logits")
 FORMAT = 1  # bump when the exported graph or from_dir's preparation of the networks changes: cached graphs are not reused
@@ -121,9 +123,7 @@ def store(key: str, data: bytes) -> None:
     path = cache_dir() / f"{key}.onnx"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # atomic: a concurrent process reads the whole file or none
+        write_atomic(path, data)  # a concurrent process reads the whole file or none
     except OSError:
         pass
 

@@ -175,20 +175,6 @@ def read_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES, first: in
     return data
 
 
-def sha256_regular(path: str | os.PathLike, limit: int | None = MAX_FILE_BYTES) -> str:
-    """The sha256 of a regular file's bytes, read in chunks; "" when it cannot be read, is not a regular file
-    (so a FIFO never blocks a --resume) or is larger than `limit` (None: any size; a film over the limit is
-    refused when read, so hashing 5 GB for it would be wasted)."""
-    import hashlib
-
-    try:
-        fd, _ = open_regular(path, limit)
-        with os.fdopen(fd, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return ""
-
-
 # ---------------------------------------------------------------------------------------------
 # CSV cells
 

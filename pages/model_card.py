@@ -4,7 +4,7 @@ engineering detail in expanders. Every number is read from weights/model_card.js
 import streamlit as st
 
 from webapp import card_view as cv
-from webapp import sites
+from webapp import site_session, site_view
 from webapp.literal import literal
 from webapp.model import card as model_card
 from webapp.tables import breakdown_rows, confusion_table, metric_rows
@@ -37,14 +37,14 @@ if adapted := cv.site_adaptation_rows(card):
 st.header("How it decides")
 st.markdown(cv.decision_text(card))
 st.caption(f"How the operating point was chosen: {card.threshold_rule}")
-if (profile := sites.active_profile()) is not None:
+if (profile := site_session.active_profile()) is not None:
     st.subheader(f"The site profile in use: {literal(profile.name)}")
     st.markdown(f"In this session the Screen and Batch evaluation pages decide at this profile's operating point, "
                 f"**{fmt_threshold(profile.threshold)}**, not the shipped one. Fitted {profile.created[:10]} on "
-                f"{sites.films_text(profile, card.positive_class)}; method: {sites.method_title(profile.method)}. "
+                f"{site_view.films_text(profile, card.positive_class)}; method: {site_view.method_title(profile.method)}. "
                 "Both rows on the site's films, cross-validated (95% CIs in brackets):")
-    st.dataframe(sites.figure_rows(profile), hide_index=True)
-    if rough := sites.rough_text(profile):
+    st.dataframe(site_view.figure_rows(profile), hide_index=True)
+    if rough := site_view.rough_text(profile):
         st.caption(rough)
 
 if validation := metrics.get("validation"):

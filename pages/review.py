@@ -3,7 +3,7 @@ first; "Open" shows a film large in a dialog where the user is, with previous/ne
 A film the gate refused is listed with its reasons and never a score."""
 import streamlit as st
 
-from webapp import sites, state
+from webapp import audit_log, sites, state
 from webapp.batch import Batch
 from webapp.films import load_item, thumbnail
 from webapp.literal import literal
@@ -11,7 +11,7 @@ from webapp.model import classifier
 from webapp.review import ERRORS, OUTCOMES, REFUSED, neighbours, outcome, review_items
 from webapp.view import heat_thumbnail, show_result
 from webapp.wording import (NOT_CHEST, OUTCOME_TITLES, class_title, fmt_pct, fmt_threshold, is_refused,
-                            review_explanation, row_reasons)
+                            review_explanation, row_reasons, row_warnings)
 
 PER_PAGE = 12
 COLUMNS = 4
@@ -88,6 +88,8 @@ def film_dialog() -> None:
     if loaded.film is None:
         st.error(f"{literal(row.path)} could not be read again: {literal(loaded.error)}", icon="🚫")
     else:
+        audit_log.once("review-open", loaded.key, profile=batch_profile, probability=row.probability,
+                       decision=outcome_of[i], detail={"threshold": batch.threshold})
         show_result(loaded.key, loaded.film, threshold=batch.threshold, profile=batch_profile)
 
 
@@ -116,6 +118,8 @@ for r0 in range(start, min(start + PER_PAGE, len(items)), COLUMNS):
             st.markdown(f"**{items[k].outcome}** · {literal(title)}")
             if why:
                 st.caption(literal(why))
+            if warned := row_warnings(row):
+                st.caption(f"⚠️ {warned}")
             st.caption(literal(row.path))
             st.button("Open", key=state.review_open_button(i), width="stretch",
                       on_click=lambda i=i: st.session_state.update({state.REVIEW_DIALOG: i}))

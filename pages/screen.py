@@ -1,11 +1,11 @@
 """Screen a film: drop films (or pick a sample) -> decision, probabilities, film and Grad-CAM side by side."""
 import streamlit as st
 
-from webapp import sites, state
+from webapp import audit_log, site_session, site_view, sites, state
 from webapp.literal import literal
 from webapp.films import CHILD_LABEL, UPLOAD_TYPES, is_paediatric_sample, load_film, sample_films, sample_title
 from webapp.model import classifier
-from webapp.view import show_result
+from webapp.view import explained, show_result
 
 st.title("Screen a chest X-ray for a COVID-19 pattern")
 st.caption("Frontal (PA/AP) chest radiographs of adults: PNG, JPEG, DICOM, BMP or TIFF. Films stay in this "
@@ -13,11 +13,12 @@ st.caption("Frontal (PA/AP) chest radiographs of adults: PNG, JPEG, DICOM, BMP o
 
 clf = classifier()  # loaded when the page opens (once per server), not after the first drop
 
-# The operating point in use in this session: the shipped model's, or a site profile saved in the server's profile
-# folder (Batch evaluation page, or `python -m covidxr site fit`). A profile that does not load cannot be chosen.
-was = sites.active()
+# The operating point in use in this session: the shipped model's, or the adopted version of a site profile (fitted
+# by a site admin on the Site profiles page, or `python -m covidxr site fit`). The session keeps deciding with the
+# version it chose until its user switches (webapp.site_session); a profile that does not load cannot be chosen.
+was = site_session.active()
 listed = sites.list_profiles(sites.sites_dir(), clf.card)
-usable = {p.folder: p.profile for p in listed if p.profile is not None}
+usable = {p.folder: p for p in listed if p.profile is not None}
 options = [None, *usable]
 if state.SITE_SELECT not in st.session_state or st.session_state[state.SITE_SELECT] not in options:
     st.session_state[state.SITE_SELECT] = was.folder if was.folder in usable else None  # kept across pages
@@ -26,11 +27,21 @@ choice = left.selectbox("Operating point", options, key=state.SITE_SELECT,
                         format_func=lambda f: sites.SHIPPED if f is None else f"Site profile: {f}",
                         disabled=len(options) == 1,
                         help="A site profile is this model recalibrated on a hospital's own labelled films "
-                             "(fitted on the Batch evaluation page). No profile is saved on this server yet."
+                             "(fitted by a site admin). No profile is adopted on this server yet."
                         if len(options) == 1 else "A site profile is this model recalibrated on a hospital's own "
                                                   "labelled films; use one only where its figures were clearly better.")
-st.session_state[state.SITE_ACTIVE] = choice
-right.markdown(f"**In use:** {literal(sites.in_use_line(usable.get(choice)))}")
+if choice != (was.folder if was.profile is not None else None):  # the user switched: the adopted version, recorded
+    site_session.choose(choice)
+    was = site_session.active()
+    audit_log.record("site-select", detail={"to": choice or "shipped"})
+right.markdown(f"**In use:** {literal(site_view.in_use_line(was.profile))}")
+if was.newer:
+    right.warning(f"A newer version ({literal(was.newer)}) of this profile was adopted; this session still decides "
+                  f"with version {literal(was.version)} until you switch.", icon="🔄")
+    if right.button("Switch to the newer version", key=state.SITE_SWITCH):
+        site_session.choose(was.folder, was.newer)
+        audit_log.record("site-select", detail={"to": was.folder, "version": was.newer})
+        st.rerun()
 if was.error:
     st.error(f"The site profile {literal(was.folder)} can no longer be used ({literal(was.error)}); the shipped model "
              "is in use.",
@@ -53,6 +64,7 @@ if not inputs:
     st.info("Drop a film above, or pick a sample film to see how the app works.")
     st.stop()
 
+audit_log.check()  # fail closed: nothing is scored when the audit trail cannot be written
 shown: set[str] = set()
 for name, data in inputs:
     loaded = load_film(name, data)
@@ -67,4 +79,10 @@ for name, data in inputs:
             continue
         if name in children:
             st.warning(f"A child's film {CHILD_LABEL}: shown to demonstrate the app, not to be relied on.", icon="⚠️")
+        ex = explained(loaded.key, loaded.film)  # scored (cached), recorded, then shown: nothing shown unrecorded
+        pred = ex.prediction
+        chest = pred.ood is None or pred.ood.is_chest
+        audit_log.once("screen", loaded.key, decision=(pred.label if chest else "not a chest film"),
+                       probability=pred.probability if chest else None, profile=was.profile,
+                       detail={"threshold": pred.threshold})
         show_result(loaded.key, loaded.film)

@@ -351,7 +351,55 @@ def gate(card: dict) -> list[str]:
         out += [f"- Mahalanobis distance threshold: {num(ood['threshold'])}."]
     if ood.get("file"):
         out += [f"- Statistics: `weights/{ood['file']}`, sha256 `{ood.get('sha256', '?')}`."]
+    kind = ood.get("kind") or {}
+    if kind.get("file"):
+        out += [f"- Image-kind logistic: `weights/{kind['file']}`, sha256 `{kind.get('sha256', '?')}`."]
+    if kind.get("measured"):
+        out += ["", *gate_measured(kind["measured"])]
     return out + [""]
+
+
+GATE_ROWS = (("non_chest", "non-chest images refused (lateral films and CT slices)"), ("lateral", "lateral chest films refused"),
+             ("ct_ieee8023", "CT slices refused, ieee8023 (6 Eurorad cases)"), ("ct_covidct", "CT slices refused, COVID-CT"),
+             ("frontal_flagged", "real frontal films flagged"),
+             ("portable_ap_flagged", "adult AP films flagged (bedside/ICU: hannover-mhh and ieee8023 AP, AP supine)"),
+             ("ap_supine_flagged", "AP supine films flagged (ieee8023)"))
+
+
+def share(cell: list[int] | None) -> str:
+    """[refused, n] -> "52 of 53 (98.1%)"; "—" when the set was not judged in this direction."""
+    if not cell or not cell[1]:
+        return "—"
+    return f"{cell[0]} of {cell[1]} ({100.0 * cell[0] / cell[1]:.1f}%)"
+
+
+def gate_measured(measured: dict) -> list[str]:
+    """The gate's held-out measurement (the card's ood.kind.measured) as a markdown table: each split direction
+    on the images it judged (never fitted on), and both directions together, where every image of
+    ../shared/data/nonchest and ../shared/data/cxr is judged once. scripts/ood_report.py prints the same table."""
+    shipped = "shipped_on_validation_films"
+    directions = [d for d in measured if d not in ("both", shipped)]
+    columns = [*directions, "both"] + ([shipped] if shipped in measured else [])
+    head = (["what"] + [f"direction {d} (judged: not fitted on)" for d in directions] + ["both directions (every image once)"]
+            + (["the shipped logistic on the training command's validation films (not fitted on)"] if shipped in measured else []))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sources = sorted({s for d in measured.values() for s in (d.get("gate", d).get("frontal_flagged_per_source") or {})})
+
+    def cells(get) -> str:
+        return " | ".join(share(get(measured[d].get("gate", measured[d]))) for d in columns)
+
+    for key, title in GATE_ROWS:
+        lines.append(f"| {title} | {cells(lambda t: t.get(key))} |")
+    for s in sources:
+        lines.append(f"| real frontal films flagged, {s} | "
+                     f"{cells(lambda t: (t.get('frontal_flagged_per_source') or {}).get(s))} |")
+    fitted = "; ".join(f"direction {d} fitted on {measured[d]['fitted_on']}" for d in directions if "fitted_on" in measured[d])
+    alone = "; ".join(f"direction {d}: the image-kind logistic alone refused {share(measured[d]['kind_look_alone']['non_chest'])} "
+                      f"of the non-chest images and flagged {share(measured[d]['kind_look_alone']['frontal_flagged'])} "
+                      f"frontal films, the other rules alone {share(measured[d]['other_rules_alone']['non_chest'])} and "
+                      f"{share(measured[d]['other_rules_alone']['frontal_flagged'])}"
+                      for d in directions if "kind_look_alone" in measured[d])
+    return lines + ["", f"Split, keeping each source's images together: {fitted}. Candidates: {alone}."]
 
 
 def ablations(card: dict) -> list[str]:

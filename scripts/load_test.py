@@ -8,10 +8,10 @@ result, throughput, errors by kind, and whether every session saw only its own f
 probability that `python -m covidxr predict --json` gives for that film (distinct films per session,
 chosen so that their displayed probabilities differ where the pool allows).
 
-    python scripts/load_test.py [--sessions 4] [--rounds 3] [--timeout 300] [--json out.json]
-                                [--url http://127.0.0.1:8501 [--server-pid PID ...] [--proxy-pid PID ...]]
-                                [--weights weights]
-                                [--films F ...]
+    python -m scripts.load_test [--sessions 4] [--rounds 3] [--timeout 300] [--json out.json]
+                                  [--url http://127.0.0.1:8501 [--server-pid PID ...] [--proxy-pid PID ...]]
+                                  [--weights weights]
+                                  [--films F ...]
 
 Without --url it starts `streamlit run app.py` on a free loopback port with --weights and stops it by
 its process group at the end; with --url the app must already run on this machine (loopback only)
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
                             AppStartError, require_chromium, running_app)
 
 MAX_SESSIONS, MAX_ROUNDS = 16, 20

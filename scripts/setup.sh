@@ -25,6 +25,24 @@ if [[ "${1:-}" == "--browser" || "${1:-}" == "--proxy" ]] && [[ ! -x /usr/sbin/n
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
 fi
 
+# The services the tests start as their own instances, on free ports: Orthanc + its DICOMweb plugin (the PACS of the
+# DICOM node's tests, docs/pacs.md), PostgreSQL 15 (the audit store for several replicas, tests/test_audit.py);
+# dciodvfy (dicom3tools) validates every DICOM result the tests write.
+if [[ "${1:-}" == "--browser" ]]; then
+    missing=()
+    [[ -x /usr/sbin/Orthanc ]] || missing+=(orthanc)
+    [[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] || missing+=(orthanc-dicomweb)
+    command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+    [[ -x /usr/lib/postgresql/15/bin/postgres ]] || missing+=(postgresql)
+    if (( ${#missing[@]} )); then
+        echo "setup: installing Debian's ${missing[*]}" >&2
+        SUDO=""
+        [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+    fi
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv with $($PYTHON --version)" >&2
     "$PYTHON" -m venv .venv

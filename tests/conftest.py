@@ -25,7 +25,29 @@ def _interrupted(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# The app records every event in its audit trail (webapp.audit_log): the tests' runs, and the servers and CLIs they
+# start, write to a store of their own for the session, never to the repo's data/audit.db.
+_AUDIT_DIR = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    global _AUDIT_DIR
+    if not os.environ.get("COVIDXR_DB"):
+        import tempfile
+
+        _AUDIT_DIR = tempfile.mkdtemp(prefix="covidxr-audit-")
+        os.environ["COVIDXR_DB"] = f"sqlite:///{_AUDIT_DIR}/audit.db"
+    _configure_signals()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _AUDIT_DIR:
+        import shutil
+
+        shutil.rmtree(_AUDIT_DIR, ignore_errors=True)
+
+
+def _configure_signals() -> None:
     """A run stopped with SIGTERM (`timeout`, a CI job cancelled, `kill`) stops like Ctrl-C: pytest unwinds and
     every fixture's teardown runs, so the Ray clusters, app servers, nginx and browsers the tests started are
     stopped by PID instead of outliving the run."""

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.conftest import REPO
-from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, SCRIPT_IDLE, VERDICT_PATTERN,
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, SCRIPT_IDLE, VERDICT_PATTERN,
                             require_chromium, running_app)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

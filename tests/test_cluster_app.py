@@ -31,7 +31,7 @@ from tests.test_pages import SAMPLES, metric, started_app, texts
 from tests.test_ray import copy_films, kill_tagged
 from tests.test_ray_faults import running_cluster
 from tests.test_webapp import imported_by
-from webapp import cluster, state
+from webapp import cluster, site_view, state
 from webapp.cluster import RUN_PARAM
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -260,28 +260,30 @@ def test_a_run_that_cannot_reach_its_cluster_fails_with_one_line(registry, films
 
 
 def test_a_run_records_and_passes_on_the_sessions_site_profile(registry, classifier, tmp_path, monkeypatch):
-    """Scored with the session's profile: `--site` names its folder, run.json its name and line; the page's review
-    decides with it only while the profile saved under that name is still the one that scored the run."""
+    """Scored with the session's profile version: `--site` names that version's own folder, run.json its name and
+    line; the page's review decides with that version even after a newer one replaced it (versions are immutable)."""
     from tests.test_site_pages import made_profile
-    from webapp import sites
+    from webapp import site_session, sites
 
     monkeypatch.setenv(sites.SITES_ENV, str(tmp_path / "profiles"))
     profile = made_profile("Ward 7", classifier.card.weights_sha256)
     sites.save(profile, sites.sites_dir(), "Ward 7")
     monkeypatch.setenv(cluster.RAY_ENV, "127.0.0.1:1")  # nothing there: the run itself fails, soon
     run = cluster.submit("/nowhere", 20, profile.threshold, "covid", str(classifier.directory),
-                         sites.Active(profile, "Ward 7"))
+                         site_session.Active(profile, "Ward 7", path=sites.find(sites.sites_dir(), "Ward 7",
+                                                                                 classifier.card).path))
     args = run.meta["command"]
-    assert args[args.index("--site") + 1] == str(sites.sites_dir() / "Ward 7")
+    assert args[args.index("--site") + 1] == str(sites.find(sites.sites_dir(), "Ward 7", classifier.card).path)
     assert args[args.index("--weights") + 1] == str(classifier.directory)
-    assert run.meta["site"] == "Ward 7" and run.meta["scored_with"] == sites.in_use_line(profile)
+    assert run.meta["site"] == "Ward 7" and run.meta["scored_with"] == site_view.in_use_line(profile)
     assert run.meta["threshold"] == profile.threshold
     by = cluster.scored_by(run, classifier.card)
     assert by["site"] == "Ward 7" and by["profile"].created == profile.created and by["threshold"] == profile.threshold
     sites.save(made_profile("Ward 7", classifier.card.weights_sha256, seed=1), sites.sites_dir(), "Ward 7",
                overwrite=True)
-    assert cluster.scored_by(run, classifier.card)["profile"] is None    # another profile under that name now
-    assert cluster.scored_by(run, classifier.card)["line"] == sites.in_use_line(profile)
+    assert sites.find(sites.sites_dir(), "Ward 7", classifier.card).profile.created != profile.created  # replaced
+    assert cluster.scored_by(run, classifier.card)["profile"].created == profile.created  # the run's version stays
+    assert cluster.scored_by(run, classifier.card)["line"] == site_view.in_use_line(profile)
 
 
 # ---------------------------------------------------------------- the registry on its own

@@ -116,6 +116,59 @@ def test_turned_and_lung_share_reasons():
     assert "too large" in judge(**evidence(lung_fraction=0.9)).reasons[0]
 
 
+def kinds(**p) -> np.ndarray:
+    """KindLook's probabilities in KINDS order (frontal, lateral, ct, other)."""
+    from covidxr.gate import KINDS
+
+    return np.array([p.get(k, 0.0) for k in KINDS])
+
+
+def test_what_the_image_is_comes_before_how_it_lies():
+    """A page of text is "not a radiograph" first, then "rotated"; a CT slice "a CT slice" before its lungs."""
+    page = judge(**evidence(turned=0.9, lung_fraction=0.02, distance=4.0), kind=kinds(frontal=0.05, other=0.8, ct=0.15))
+    assert page.reasons[0] == "it does not look like a radiograph"
+    assert page.reasons[1].startswith("it looks rotated or inverted")
+    ct = judge(**evidence(distance=2.0), kind=kinds(frontal=0.1, ct=0.7, lateral=0.2))
+    assert ct.reasons == ["it looks like a CT slice, not a radiograph"]
+    lateral = judge(**evidence(lung_prob=lateral_mask()), kind=kinds(frontal=0.3, lateral=0.6, ct=0.1))
+    assert lateral.reasons[0] == "it looks like a lateral chest film, not a frontal one"
+    assert lateral.reasons[1].startswith("it looks like a lateral view")
+    tagged = judge(**evidence(facts={"modality": "CT"}), kind=kinds(frontal=0.1, ct=0.9))
+    assert tagged.reasons == ["DICOM modality is CT, not a radiograph", "it looks like a CT slice, not a radiograph"]
+    assert "looks frontal 0.10, lateral 0.00, ct 0.90, other 0.00" in tagged.details
+
+
+def test_the_image_kind_refuses_only_when_frontal_is_unlikely():
+    assert judge(**evidence(), kind=kinds(frontal=0.6, ct=0.4)).is_chest
+    assert not judge(**evidence(), kind=kinds(frontal=0.4, ct=0.6)).is_chest
+    assert judge(**evidence(), kind=kinds(frontal=0.4, ct=0.6), kind_limit=0.7).is_chest
+
+
+def test_a_refused_film_gets_no_age_or_child_warning():
+    """No score is given, so there is nothing to "interpret with care" (a CT DICOM with age 000Y was warned)."""
+    v = judge(**evidence(facts={"modality": "CT", "patient_age": "000Y"}), child=0.95, child_limit=0.8)
+    assert not v.is_chest and v.warnings == [] and v.as_dict()["warnings"] == []
+    assert judge(**evidence(facts={"patient_age": "000Y"})).warnings  # a scored film keeps it
+
+
+def test_kind_look_round_trips_and_refuses_a_tampered_file(tmp_path):
+    from covidxr.card import CardError
+    from covidxr.gate import KINDS, KindLook
+
+    rng = np.random.default_rng(0)
+    look = KindLook(rng.normal(size=(16, len(KINDS))).astype(np.float32), rng.normal(size=len(KINDS)), 0.5)
+    name, sha = look.save(tmp_path)
+    entry = {"file": name, "sha256": sha, "threshold": 0.5}
+    x = rng.normal(size=(5, 16))
+    p = KindLook.load(tmp_path, entry).probabilities(x)
+    np.testing.assert_allclose(p, look.probabilities(x), rtol=1e-5)
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    with pytest.raises(CardError, match="sha256"):
+        KindLook.load(tmp_path, {**entry, "sha256": "0" * 64})
+    with pytest.raises(CardError, match="missing"):
+        KindLook.load(tmp_path, {**entry, "file": "absent.npz"})
+
+
 # ------------------------------------------------------------------ DICOM tags and ages
 
 def test_dicom_tags():
@@ -185,7 +238,8 @@ def test_a_page_of_text_is_refused(classifier):
     for y in range(60, 940, 28):
         d.line([(60, y), (740, y)], fill=(30, 30, 30), width=3)
     v = verdict(classifier, png(im), "page.png")
-    assert not v.is_chest and v.reasons and v.details.startswith("feature distance")
+    assert not v.is_chest and v.details.startswith("feature distance")
+    assert v.reasons[0] == "it does not look like a radiograph", v.reasons  # what it is, before "rotated"
 
 
 def test_a_photo_is_refused(classifier):

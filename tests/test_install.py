@@ -2,8 +2,8 @@
 (pyproject.toml's `dependencies`, at the versions requirements.txt pins), loads the shipped model and scores a film
 of ../shared/data/cxr as the development environment does (tests/data/reference_answers.json).
 
-It takes minutes (about 6 here on a loaded 2-core machine): pip copies torch and its libraries, about 6 GB, into the
-new environment. Nothing is downloaded that the lock does not name: torch comes from this machine's disk.
+It takes minutes (6.3 to 14.5 here, on a 2-core machine shared with other test runs): pip copies torch and its
+libraries, about 6 GB, into the new environment. Nothing is downloaded that the lock does not name: torch comes from this machine's disk.
 """
 from __future__ import annotations
 

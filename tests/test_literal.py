@@ -63,7 +63,7 @@ def literal_page(tmp_path_factory):
     """tests/literal_app.py served by Streamlit, in Chromium; yields show(texts) -> the rendered texts."""
     from playwright.sync_api import sync_playwright
 
-    from webapp.browser import CHROMIUM, CHROMIUM_ARGS, SCRIPT_IDLE, free_port, require_chromium, stop_group, wait_healthy
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS, SCRIPT_IDLE, free_port, require_chromium, stop_group, wait_healthy
 
     require_chromium()
     tmp = tmp_path_factory.mktemp("literal")

@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 
 from covidxr.classifier import DEFAULT_WEIGHTS
-from webapp.browser import REPO, require_chromium
+from tests.browser import REPO, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SCRIPT = REPO / "scripts" / "load_test.py"
-
-
 def run_script(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
+    """scripts/load_test.py, run as a module from the repository's root (it imports tests/browser.py)."""
+    return subprocess.run([sys.executable, "-m", "scripts.load_test", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "COVIDXR_THREADS": "1"})
 
 

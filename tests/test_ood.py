@@ -113,7 +113,8 @@ def checked(classifier, detector, data: bytes, name: str):
     features, fractions = classifier.features([film])
     (inputs,) = classifier.prepare([film])
     (lung_prob,) = segment(classifier.lungs, [inputs.overview])
-    result = detector.check(features[0], float(fractions[0]), film, inputs.overview, lung_prob, classifier.gate_rules)
+    result = detector.check(features[0], float(fractions[0]), film, inputs.overview, lung_prob, classifier.gate_rules,
+                            kind_look=classifier.kind_look if classifier.ood is not None else None)
     if classifier.ood is not None:  # the app's path: predict() runs the same check
         assert classifier.predict([film])[0].ood.reasons == result.reasons
     return result

@@ -232,6 +232,8 @@ def test_evaluation_metrics_and_threshold_slider_without_rescoring(app, monkeypa
     assert len(table) == 6 and set(table["outcome"]) <= {"true positive", "false positive",
                                                          "true negative", "false negative"}
     assert set(table["decision"]) <= {"covid", "non-covid"}                  # the exports' words, on the page
+    warned = dict(zip(table["film"], table["warnings"]))                      # the child's film says so here too
+    assert [f for f, w in warned.items() if "child's film" in w] == [f for f in warned if "person1000_virus_1681" in f]
     assert any("`non-covid`" in c.value for c in app.caption)
     app.slider(key=state.EVAL_THRESHOLD).set_value(0.0).run()
     assert (metric(app, "Sensitivity"), metric(app, "Specificity")) == ("100%", "0%")
@@ -332,6 +334,7 @@ def test_review_shows_errors_first_and_opens_a_film_in_a_dialog(app, monkeypatch
     rank = {"FN": 0, "FP": 1, "TP": 2, "TN": 3}
     assert [rank[t] for t in tiles] == sorted(rank[t] for t in tiles)
     assert len(calls) == 6                                # heatmap thumbnails, one Grad-CAM per film
+    assert sum(c.value.startswith("⚠️ it looks like a child's film") for c in app.caption) == 1  # the Kermany sample
     if "FP" in tiles:                                     # a false positive explains itself
         assert any(c.value.startswith("The model called this COVID-19 pattern; the label says") for c in app.caption)
     opens = [b.key for b in app.button if b.key.startswith(f"{state.REVIEW_OPEN}_")]

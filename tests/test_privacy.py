@@ -39,7 +39,7 @@ import pytest
 
 from covidxr.classifier import DEFAULT_WEIGHTS
 from tests.conftest import shared_data
-from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
                             require_chromium, running_app)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -78,11 +78,22 @@ ALLOWED_AT_START: list[tuple[str, str]] = [
 ]
 
 
+def audit_store_rules() -> list[tuple[str, str]]:
+    """The audit trail's SQLite file (tests/conftest.py gives the run its own $COVIDXR_DB): the one file the app
+    writes while films arrive, by design; the content checks below search it like any other."""
+    url = os.environ.get("COVIDXR_DB", "")
+    if not url.startswith("sqlite:///"):
+        return []
+    return [("^" + re.escape(url.removeprefix("sqlite:///")) + r"(-wal|-shm|-journal)?$",
+             "the audit trail (COVIDXR_DB): film sha256s, decisions, counts; never pixels, names or identity")]
+
+
 def allowed(path: str, home: str, tmp: str, at_start: bool = True) -> str | None:
     """Why writing `path` is harmless (at start: also the start-up list), or None."""
     rules = ALLOWED_ALWAYS + (ALLOWED_AT_START if at_start else [])
     subst = {"home": re.escape(home), "tmp": re.escape(tmp)}
-    return next((why for pattern, why in rules if re.search(pattern.format(**subst), path)), None)
+    found = next((why for pattern, why in rules if re.search(pattern.format(**subst), path)), None)
+    return found or next((why for pattern, why in audit_store_rules() if re.search(pattern, path)), None)
 
 
 # ---------------------------------------------------------------- what must never reach the disk or the log
@@ -449,6 +460,20 @@ def test_server_log_has_no_file_name_or_patient_identity(browser_run: PrivacyRun
     assert "You can now view your Streamlit app" in log or "Local URL" in log, f"not the server's log:\n{log[-2000:]}"
     for text in (CANARY, *browser_run.uploads.identity):
         assert text not in log, f"{text!r} is in the server log"
+
+
+def test_the_audit_trail_holds_the_films_hashes_not_their_names(browser_run: PrivacyRun):
+    import hashlib
+
+    from covidxr.audit import open_store
+
+    store = open_store()
+    screened = {r.object for r in store.records(action="screen")}
+    assert hashlib.sha256(browser_run.uploads.film).hexdigest() in screened
+    text = store.export_json()
+    for needle in (CANARY, browser_run.uploads.film_name, browser_run.uploads.dicom_name, *browser_run.uploads.identity):
+        assert needle not in text, f"{needle!r} is in the audit trail"
+    assert store.verify().ok
 
 
 def test_pages_never_show_the_patient_identity(browser_run: PrivacyRun):

@@ -35,9 +35,11 @@ from pathlib import Path
 import pytest
 import streamlit
 
+from covidxr.audit import AuditStore
 from tests.conftest import shared_data
+from tests.postgres import running_postgres
 from tests.test_privacy import server_env, slices, strace, strace_prefix, traced_writes, weights_dir
-from webapp.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
+from tests.browser import (CHROMIUM, CHROMIUM_ARGS, OVERLAYS_READY_JS, REPO, SCRIPT_IDLE, UPLOADER, VERDICT_PATTERN,
                             free_port, require_chromium, running_app, stop_group)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -94,6 +96,7 @@ class Proxy:
     trace: Path | None
     replicas: dict[int, object]        # port -> RunningApp
     ports: tuple[int, int]
+    db: str = ""                       # the replicas' one audit store (PostgreSQL)
     first_upload: float | None = None  # time.time() before the browser test's first drop
     lost_message: str | None = None    # what the page on the stopped replica said
 
@@ -166,6 +169,19 @@ def proxy(tmp_path_factory):
     conf.write_text(render(TEMPLATE.read_text(), prefix, listen, ports))
     env = server_env(prefix / "replica-home", prefix / "replica-tmp", weights)
     with ExitStack() as stack:
+        # Sign-in on, as docs/operations.md deploys it: one [auth] (one cookie secret) for both replicas, redirect
+        # to the proxy; a real OpenID Connect provider in this process; the one audit store in PostgreSQL.
+        from oidc_provider_mock import User, run_server_in_thread
+
+        users = [User(sub=sub, claims={"name": f"Dr {sub}", "groups": ["covidxr-clinician"]}) for sub in SUBJECTS]
+        idp = stack.enter_context(run_server_in_thread(port=free_port(), user_claims=users))
+        (prefix / "replica-home" / ".streamlit").mkdir()
+        (prefix / "replica-home" / ".streamlit" / "secrets.toml").write_text(
+            f'[auth]\nredirect_uri = "http://127.0.0.1:{listen}/oauth2callback"\ncookie_secret = "{uuid.uuid4().hex}"\n'
+            f'client_id = "covidxr"\nclient_secret = "s"\n'
+            f'server_metadata_url = "http://localhost:{idp.server_port}/.well-known/openid-configuration"\n')
+        db = stack.enter_context(running_postgres())
+        env["COVIDXR_DB"] = db
         replicas = {port: stack.enter_context(running_app(prefix / f"replica-{port}.log", env=env, port=port))
                     for port in ports}
         trace = prefix / "nginx.strace" if strace() else None
@@ -177,7 +193,7 @@ def proxy(tmp_path_factory):
                                      "-e", str(prefix / "logs" / "error.log"), "-g", "daemon off;"],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         stack.callback(stop_nginx, proc)
-        p = Proxy(f"http://127.0.0.1:{listen}", prefix, proc, trace, replicas, ports)
+        p = Proxy(f"http://127.0.0.1:{listen}", prefix, proc, trace, replicas, ports, db)
         wait_nginx(p)
         yield p
 
@@ -302,13 +318,53 @@ def upload_replicas(proxy: Proxy, since: int) -> set[str]:
             if r["method"] == "PUT" and r["uri"].startswith("/_stcore/upload_file/")}
 
 
-def new_page(browser, host: str, cookie: str | None):
+SUBJECTS = [f"clin-{i}" for i in range(1, 9)]
+
+
+def new_page(browser, host: str, cookie: str | None, url: str, sub: str = "clin-1"):
+    """A new browser (pinned to a replica by `cookie`), signed in as `sub` through the provider's own form."""
+    from playwright.sync_api import expect
+
     context = browser.new_context(viewport={"width": 1280, "height": 1200})
     if cookie:
         context.add_cookies([{"name": "covidxr_replica", "value": cookie, "domain": host, "path": "/"}])
     page = context.new_page()
     page.set_default_timeout(RESULT_TIMEOUT_MS)
+    page.goto(url)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator(f'button[name="sub"][value="{sub}"]').click()
+    expect(page.get_by_text(f"Signed in: Dr {sub}")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
     return page
+
+
+def test_eight_signed_in_sessions_on_two_replicas_keep_one_audit_chain(proxy: Proxy):
+    """Eight clinicians signed in, four pinned to each replica, screen a film at once: PostgreSQL keeps one
+    unbroken chain holding every sign-in and every screen, from both replicas."""
+    from playwright.sync_api import expect, sync_playwright
+
+    host = proxy.url.split("//")[1].split(":")[0]
+    before = len(proxy.log_lines())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pages = [new_page(browser, host, f"r{1 + i % 2}", proxy.url, sub) for i, sub in enumerate(SUBJECTS)]
+            for page in pages:  # every drop first, then every wait: the replicas score and record at once
+                page.locator(UPLOADER).first.wait_for(state="attached", timeout=RESULT_TIMEOUT_MS)
+                page.wait_for_selector(SCRIPT_IDLE, timeout=RESULT_TIMEOUT_MS)
+                page.locator(UPLOADER).first.set_input_files(
+                    {"name": f"eight-{TAG}.jpg", "mimeType": "image/jpeg", "buffer": FILM_B.read_bytes()})
+            for page in pages:
+                expect(page.get_by_text(re.compile(VERDICT_PATTERN)).first).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        finally:
+            browser.close()
+    assert upload_replicas(proxy, before) == {f"127.0.0.1:{port}" for port in proxy.ports}
+    store = AuditStore(proxy.db)
+    got = store.verify()
+    assert got.ok, got
+    records = store.records()
+    assert {r.user for r in records if r.action == "sign-in"} >= set(SUBJECTS)
+    assert {r.user for r in records if r.action == "screen"} >= set(SUBJECTS)
+    store.dispose()
 
 
 def test_sessions_are_isolated_and_survive_a_stopped_replica(proxy: Proxy, capsys):
@@ -321,7 +377,8 @@ def test_sessions_are_isolated_and_survive_a_stopped_replica(proxy: Proxy, capsy
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             # Two clinicians, pinned to different replicas (a new browser gets whichever has fewer sessions).
-            page_a, page_b = new_page(browser, host, "r1"), new_page(browser, host, "r2")
+            page_a, page_b = (new_page(browser, host, "r1", proxy.url, "clin-1"),
+                              new_page(browser, host, "r2", proxy.url, "clin-2"))
             proxy.first_upload = time.time()
             start = before = len(proxy.log_lines())
             text_a = drop(page_a, proxy.url, FILM_A, name_a)
@@ -345,7 +402,7 @@ def test_sessions_are_isolated_and_survive_a_stopped_replica(proxy: Proxy, capsy
                 print(f"\n[proxy] the page on the stopped replica says: {proxy.lost_message!r}")
 
             # A new browser pinned to the stopped replica (say, a new tab of A's browser) is served by the other.
-            page_c = new_page(browser, host, "r1")
+            page_c = new_page(browser, host, "r1", proxy.url, "clin-3")
             before = len(proxy.log_lines())
             text_c = drop(page_c, proxy.url, FILM_C, name_c)
             assert upload_replicas(proxy, before) == {up[2]}

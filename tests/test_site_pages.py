@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from covidxr.profiles import version_of
 from streamlit.testing.v1 import AppTest
 
 from covidxr.card import ModelCard
@@ -23,7 +25,7 @@ from covidxr.site import SiteError, fit_profile
 from tests.conftest import REPO, shared_data
 from tests.test_pages import started_app
 from tests.test_site import FakeCard, synthetic
-from webapp import sites, state
+from webapp import site_view, sites, state
 from webapp.wording import fmt_threshold
 
 SAMPLES = REPO / "samples"
@@ -73,13 +75,15 @@ def test_unsafe_names_are_refused_with_a_reason(name, why):
 def test_save_list_refuse_and_overwrite(tmp_path):
     card = FakeCard()
     good = made_profile("Good", card.weights_sha256)
-    sites.save(good, tmp_path, "Good")
-    assert sorted(p.name for p in (tmp_path / "Good").iterdir()) == ["site.json", "site.npz"]
+    first = sites.save(good, tmp_path, "Good")
+    assert first == tmp_path / "Good" / "versions" / version_of(good)             # a version's own folder
+    assert sorted(p.name for p in first.iterdir()) == ["site.json", "site.npz"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no temporary folder left
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]
     with pytest.raises(FileExistsError):
         sites.save(good, tmp_path, "Good")
     shutil.copytree(tmp_path / "Good", tmp_path / "Tampered")
-    tamper(tmp_path / "Tampered")
+    tamper(tmp_path / "Tampered" / "versions" / version_of(good))
     sites.save(made_profile("Other", "b" * 64), tmp_path, "Other")
     (tmp_path / "not a profile").mkdir()
     listed = {p.folder: p for p in sites.list_profiles(tmp_path, card)}
@@ -88,36 +92,42 @@ def test_save_list_refuse_and_overwrite(tmp_path):
     assert listed["Tampered"].profile is None and "sha256" in listed["Tampered"].error
     assert listed["Other"].profile is None and "another base model" in listed["Other"].error
     again = made_profile("Good", card.weights_sha256, n=10, seed=1)
+    before = {f.name: f.read_bytes() for f in first.iterdir()}
     sites.save(again, tmp_path, "Good", overwrite=True)
-    assert sites.find(tmp_path, "Good", card).profile.n_films == 20           # the cache follows the files
+    assert sites.find(tmp_path, "Good", card).profile.n_films == 20           # the adopted version is the new one
+    assert {f.name: f.read_bytes() for f in first.iterdir()} == before         # the old one was never rewritten
+    assert sites.find(tmp_path, "Good", card, version_of(good)).profile.n_films == 16  # and still decides
+    assert [(v.version, v.state) for v in sites.history(tmp_path, "Good")] == [(version_of(good), "retired"),
+                                                                               (version_of(again), "adopted")]
     assert sites.find(tmp_path, "../Good", card).error and sites.find(tmp_path, "nothing", card).error
 
 
 def test_in_use_line_rows_and_advice():
     prof = made_profile("Ward 7", "a" * 64)
-    assert sites.in_use_line(None) == "Shipped model"
-    assert sites.in_use_line(prof) == f"Site profile: Ward 7, fitted on 16 films, {prof.created[:10]}"
-    rows = sites.figure_rows(prof)
+    assert site_view.in_use_line(None) == "Shipped model"
+    assert site_view.in_use_line(prof) == (f"Site profile: Ward 7, version {version_of(prof)}, fitted on 16 films, "
+                                       f"{prof.created[:10]}")
+    rows = site_view.figure_rows(prof)
     assert [r["scored by"] for r in rows] == ["Shipped model", "Adapted: temperature (cross-validated)"]
     assert rows[1]["operating point"] == fmt_threshold(prof.threshold)
     assert all(r["AUC"].count("(") == 1 for r in rows)                          # value (95% CI)
-    assert {r["model"] for r in sites.roc_rows(prof)} == {"Shipped model", "Adapted (cross-validated)"}
-    assert sites.rough_text(prof) and "rough" in sites.rough_text(prof)
-    assert sites.films_text(prof, "covid") == "16 films: 8 COVID-19, 8 other"
+    assert {r["model"] for r in site_view.roc_rows(prof)} == {"Shipped model", "Adapted (cross-validated)"}
+    assert site_view.rough_text(prof) and "rough" in site_view.rough_text(prof)
+    assert site_view.films_text(prof, "covid") == "16 films: 8 COVID-19, 8 other"
     shipped = {"auc": 0.7, "sensitivity": 0.5, "specificity": 0.6,
                "ci": {"auc": [0.6, 0.8], "sensitivity": [0.4, 0.6], "specificity": [0.5, 0.7]}}
     better = {"auc": 0.7, "sensitivity": 0.9, "specificity": 0.62,
               "ci": {"auc": [0.6, 0.8], "sensitivity": [0.85, 0.95], "specificity": [0.52, 0.72]}}
     prof.figures.update(shipped=shipped, adapted=better)
-    assert sites.clearly_better(prof) == (["sensitivity"], [])
-    kind, text = sites.advice(prof)
+    assert site_view.clearly_better(prof) == (["sensitivity"], [])
+    kind, text = site_view.advice(prof)
     assert kind == "info" and "clearly better" in text and "do not use covidxr" in text
     prof.figures["adapted"] = {**better, "ci": {**better["ci"], "specificity": [0.2, 0.4]}}   # a trade: not better
-    assert sites.clearly_better(prof) == (["sensitivity"], ["specificity"])
-    kind, text = sites.advice(prof)
+    assert site_view.clearly_better(prof) == (["sensitivity"], ["specificity"])
+    kind, text = site_view.advice(prof)
     assert kind == "warning" and "keep the shipped model" in text and "clearly worse on specificity" in text
     prof.figures["adapted"] = shipped
-    kind, text = sites.advice(prof)
+    kind, text = site_view.advice(prof)
     assert kind == "warning" and "not clearly better" in text and "CIs overlap" in text
 
 
@@ -182,6 +192,12 @@ def in_use(at: AppTest) -> str:
     return plain(line.removeprefix("**In use:** "))
 
 
+def version_dir(profile_dir: Path) -> Path:
+    """The one version folder of a profile saved once (covidxr.profiles)."""
+    [d] = list((profile_dir / "versions").iterdir())
+    return d
+
+
 def verdict(at: AppTest) -> str:
     [v] = [e.value for e in [*at.success, *at.error, *at.warning] if "COVID-19 pattern:" in e.value]
     return v
@@ -194,10 +210,12 @@ def test_too_few_films_per_class_disable_fitting(app):
     app.radio(key=state.EVAL_SOURCE).set_value("The sample films").run()
     app.button(key=state.EVAL_RUN).click().run()
     assert not app.exception
+    assert any(c.value == "Scored with: **Shipped model**" for c in app.caption)   # the results say which
+    app.switch_page("pages/site_profiles.py").run()                   # fitting is the site admins' page's
+    assert not app.exception
     assert any("at least 8 labelled chest films of each class" in i.value and "3 COVID-19 and 3 other" in i.value
                for i in app.info)
     assert app.button(key=state.SITE_FIT).disabled and app.text_input(key=state.SITE_NAME).disabled
-    assert any(c.value == "Scored with: **Shipped model**" for c in app.caption)   # the results say which
 
 
 @pytest.mark.model
@@ -210,6 +228,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     app.button(key=state.EVAL_RUN).click().run()
     assert not app.exception and len(app.dataframe[-1].value) == 16
     assert len(app.get("vega_lite_chart")) == 1
+    app.switch_page("pages/site_profiles.py").run()
     fit = app.button(key=state.SITE_FIT)
     assert fit.disabled                                             # no name yet
     app.text_input(key=state.SITE_NAME).set_value("../Ward 7").run()
@@ -220,27 +239,27 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     assert not app.exception
 
     # saved: the profile's two files only, no film names; its figures side by side, the caveat and the advice
-    saved = profiles / "Ward 7"
+    saved = version_dir(profiles / "Ward 7")
     assert sorted(p.name for p in saved.iterdir()) == ["site.json", "site.npz"]
     text = (saved / "site.json").read_text()
     assert not any(f.stem in text for f in site_films.rglob("*.*"))
     meta = json.loads(text)
     assert meta["name"] == "Ward 7" and meta["base_sha256"] == card.weights_sha256
     assert meta["films"] == {"covid": 8, "non-covid": 8}
-    assert any("Saved as “Ward 7”" in s.value for s in app.success)
-    table = app.dataframe[-1].value
+    assert any("Saved and adopted as version" in s.value for s in app.success)
+    table = next(df.value for df in app.dataframe if "scored by" in df.value)
     assert list(table["scored by"]) == ["Shipped model", "Adapted: temperature (cross-validated)"]
     assert table["operating point"][0] == fmt_threshold(card.threshold)
     assert table["operating point"][1] == fmt_threshold(meta["threshold"])
     assert any("rough estimate" in w.value for w in app.warning)
     assert any("clearly better" in m.value for m in [*app.info, *app.warning])
     charts = [c.proto.spec for c in app.get("vega_lite_chart")]
-    assert len(charts) == 2 and '"field": "model"' in charts[1]                # the batch's ROC, then the two CV ones
+    assert len(charts) == 1 and '"field": "model"' in charts[0]                # the two CV ones
 
     # the name is now taken: refused until replacing it is ticked
     app.run()
     assert app.button(key=state.SITE_FIT).disabled
-    assert any("already saved on this server" in w.value for w in app.warning)
+    assert any("already adopted on this server" in w.value for w in app.warning)
     app.checkbox(key=state.site_overwrite("Ward 7")).check().run()
     assert not app.button(key=state.SITE_FIT).disabled
 
@@ -254,7 +273,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     assert fmt_threshold(meta["threshold"]) != fmt_threshold(card.threshold), "a test that cannot fail"
     app.selectbox(key=state.SITE_SELECT).set_value("Ward 7").run()
     assert not app.exception
-    assert in_use(app) == f"Site profile: Ward 7, fitted on 16 films, {meta['created'][:10]}"
+    assert in_use(app) == f"Site profile: Ward 7, version {saved.name}, fitted on 16 films, {meta['created'][:10]}"
     assert f"(operating point {fmt_threshold(meta['threshold'])})" in verdict(app)
     [summary] = [c.value for c in app.code]
     assert "site profile Ward 7" in summary and fmt_threshold(meta["threshold"]) in summary
@@ -298,7 +317,7 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
 def test_a_profile_that_does_not_load_cannot_be_chosen(app, profiles, card):
     sites.save(made_profile("Good", card.weights_sha256), profiles, "Good")
     shutil.copytree(profiles / "Good", profiles / "Tampered")
-    tamper(profiles / "Tampered")
+    tamper(version_dir(profiles / "Tampered"))
     sites.save(made_profile("Elsewhere", "0" * 64), profiles, "Elsewhere")
     app.run()
     assert not app.exception
@@ -307,8 +326,8 @@ def test_a_profile_that_does_not_load_cannot_be_chosen(app, profiles, card):
     assert any("Site profile Tampered cannot be used" in e and "sha256" in e for e in errors), errors
     assert any("Site profile Elsewhere cannot be used" in e and "another base model" in e for e in errors), errors
     app.selectbox(key=state.SITE_SELECT).set_value("Good").run()
-    assert in_use(app).startswith("Site profile: Good, fitted on 16 films")
-    tamper(profiles / "Good")                                        # changed on disk while in use
+    assert in_use(app).startswith("Site profile: Good, version ")
+    tamper(version_dir(profiles / "Good"))                           # changed on disk while in use
     app.run()
     assert not app.exception
     assert in_use(app) == "Shipped model"

@@ -228,6 +228,24 @@ def test_refused_films_show_no_score_anywhere_in_the_tables():
     assert "90" not in str(table[1]) and "0.9" not in str(table[1])
 
 
+def test_a_childs_scored_film_carries_its_warning_in_the_batch_table_and_the_report_line():
+    from covidxr.gate import CHILD_WARNING
+
+    child = SimpleNamespace(path="kid.jpg", label="pneumonia", source=None, probability=0.2, error=None,
+                            chest_xray=True, reasons=[], warnings=[CHILD_WARNING], positive=False)
+    refused = refused_row("ct.png", "normal")
+    refused.warnings = [CHILD_WARNING]  # a refused row's warnings are never shown: it has no score
+    table = tables.image_rows([row("a", "covid", 0.7), child, refused], 0.5)
+    assert [r["warnings"] for r in table] == ["", CHILD_WARNING, ""]
+    assert wording.row_warnings(child) == CHILD_WARNING and wording.row_warnings(refused) == ""
+    line = wording.summary_line("kid.jpg", 0.2, False, 0.15, "covid", {"covid": 0.2}, "m", "d", [CHILD_WARNING])
+    assert f"warning: {CHILD_WARNING}" in line
+    assert "warning" not in wording.summary_line("a.jpg", 0.2, False, 0.15, "covid", {"covid": 0.2}, "m", "d")
+    lines = wording.report_lines(0.2, False, 0.15, "covid", {"covid": 0.2}, "m", "d", [CHILD_WARNING])
+    assert lines[1] == f"Warning: {CHILD_WARNING}"              # under the report picture (download, DICOM SC)
+    assert not any(x.startswith("Warning") for x in wording.report_lines(0.2, False, 0.15, "covid", {}, "m", "d"))
+
+
 def test_batch_report_moves_threshold_without_rebuilding_and_knows_interruption(monkeypatch):
     from covidxr import evaluate
 
@@ -318,7 +336,7 @@ def test_upload_types_come_from_the_film_suffixes():
 # ---------------------------------------------------------------- where Streamlit may be imported
 
 PURE = ("webapp.wording", "webapp.tables", "webapp.review", "webapp.batch", "webapp.images", "webapp.lru",
-        "webapp.browser", "webapp.card_view", "webapp.sites")
+        "webapp.card_view", "webapp.sites")
 REPO = Path(__file__).resolve().parents[1]
 
 

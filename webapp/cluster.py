@@ -22,10 +22,10 @@ from covidxr.evaluate import LabelledItem, Row
 from covidxr.metrics import auc, operating_point
 from covidxr.safety import PathRefused, resolve_inside
 
-from . import sites
+from . import site_session, site_view, sites  # noqa: F401 - site_session: Active, in annotations
 from .batch import Batch, interleave, progress_text
 from .literal import literal, without_paths
-from .lru import LRU
+from covidxr.lru import LRU
 
 RAY_ENV = "COVIDXR_RAY_ADDRESS"
 RUNS_ENV = "COVIDXR_RUNS_DIR"
@@ -48,12 +48,12 @@ def runs_dir() -> Path:
 
 
 def submit(folder: str, films: int, threshold: float, positive_class: str, weights: str,
-           active: sites.Active) -> runs.Run:
+           active: "site_session.Active") -> runs.Run:
     """Start a run of a server folder (already checked against the allowed roots and scanned: `films` found) on
-    the cluster, scored with the session's site profile (`active`, webapp.sites.active()) if it has one."""
+    the cluster, scored with the session's site profile (`active`, webapp.site_session.active()) if it has one."""
     profile = active.profile
-    site_dir = None if profile is None else str(sites.sites_dir() / active.folder)
-    extra = {"scored_with": sites.in_use_line(profile), "site_token": list(sites.token(profile) or []) or None}
+    site_dir = None if profile is None else str(active.path)  # the version's own folder: never rewritten
+    extra = {"scored_with": site_view.in_use_line(profile), "site_token": list(sites.token(profile) or []) or None}
     return runs.submit(runs_dir(), folder, films, ray_address(), title=folder, site=site_dir,
                        site_name=None if profile is None else profile.name, threshold=threshold,
                        positive_class=positive_class, weights=weights, extra=extra)
@@ -103,7 +103,10 @@ def scored_by(run: runs.Run, card: Any) -> dict:
     review page decides the films with it)."""
     profile = None
     if run.meta.get("site_dir"):
-        found = sites.find(sites.sites_dir(), Path(run.meta["site_dir"]).name, card)
+        try:
+            found = sites.Listed("", Path(run.meta["site_dir"]), sites.load(Path(run.meta["site_dir"]), card))
+        except sites.SiteError:
+            found = sites.Listed("", Path(run.meta["site_dir"]))
         if found.profile is not None and list(sites.token(found.profile)) == run.meta.get("site_token"):
             profile = found.profile
     return {"site": run.meta.get("site"), "profile": profile, "line": run.meta.get("scored_with") or sites.SHIPPED,

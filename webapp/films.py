@@ -15,7 +15,7 @@ from covidxr.films import FILM_SUFFIXES, Film, FilmError, read_film
 from covidxr.safety import ZipRefused
 
 from .images import shrink, to_uint8
-from .lru import LRU, file_key
+from covidxr.lru import LRU, file_key
 from .state import FILMS, THUMBNAILS, user_state
 from .wording import class_title
 

@@ -6,6 +6,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from covidxr.overlay import blend_index, blend_table, jet
+
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
     """Float [0, 1] film pixels -> 8-bit for display."""
@@ -58,6 +60,7 @@ def shrink(pixels: np.ndarray, side: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- heatmaps that mean what the decision says
 
+DEFAULT_OPACITY = 0.45  # the heatmap's opacity as the result view opens, and in the DICOM secondary capture
 MUTED_RGB = (0.36, 0.47, 0.62)  # slate blue-grey: a map below the operating point, never a "hot" colour
 
 
@@ -75,16 +78,11 @@ def muted_overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) 
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
-def _levels(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] as 8-bit levels (uint16, to be packed two to an index), as explain.overlay takes them."""
-    return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint16)
-
-
 class Drawing:
     """A film and its heatmap made ready to draw at one size (at most `side` px, else the film's own): both
     reduced and quantized to 8-bit levels once per film, so that each opacity costs one 256 x 256 colour
-    table and one lookup per pixel. The jet drawing is explain.overlay's, pixel for pixel (the same levels
-    and table); the muted one is muted_overlay's from 8-bit levels, within 1 of 255 of it."""
+    table and one lookup per pixel (covidxr.overlay). The jet drawing is explain.overlay's, pixel for pixel (the same
+    levels and table); the muted one is muted_overlay's from 8-bit levels, within 1 of 255 of it."""
 
     def __init__(self, pixels: np.ndarray, heatmap: np.ndarray, side: int | None = None):
         p, h = np.asarray(pixels, np.float32), np.asarray(heatmap, np.float32)
@@ -93,21 +91,12 @@ class Drawing:
         if side is not None:
             p, h = shrink(p, side), shrink(h, side)
         self.shape = p.shape
-        self.index = (_levels(p) << 8) | _levels(h)
+        self.index = blend_index(p, h)
 
     def draw(self, alpha: float, muted: bool = False) -> np.ndarray:
         """uint8 RGB: the film in gray with the map over it, jet or (muted) the slate tone, at opacity alpha."""
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha {alpha} outside [0, 1]")
-        levels = np.arange(256, dtype=np.float32) / 255.0
-        a = (alpha * levels)[None, :, None]
-        if muted:
-            colour = np.asarray(MUTED_RGB, np.float32)[None, None, :]
-        else:
-            from covidxr.explain import jet
-            colour = jet(levels)[None]
-        table = (((1.0 - a) * levels[:, None, None] + a * colour) * 255.0 + 0.5).astype(np.uint8)
-        return table.reshape(256 * 256, 3).take(self.index, axis=0)  # take: 4x faster than [] indexing here
+        table = blend_table(alpha, MUTED_RGB if muted else None)
+        return table.take(self.index, axis=0)  # take: 4x faster than [] indexing here
 
 
 def colour_bar(width: int = 256, height: int = 14, muted: bool = False) -> np.ndarray:
@@ -117,8 +106,7 @@ def colour_bar(width: int = 256, height: int = 14, muted: bool = False) -> np.nd
     if muted:
         row = (1.0 - levels)[:, None] * 0.55 + levels[:, None] * np.asarray(MUTED_RGB, np.float32)
     else:
-        from covidxr.explain import jet  # the very colours of the overlay
-        row = jet(levels)
+        row = jet(levels)  # the very colours of the overlay
     return np.repeat((row[None] * 255.0 + 0.5).astype(np.uint8), height, axis=0)
 
 
@@ -159,3 +147,21 @@ def annotated(image: np.ndarray, lines: list[str], margin: int = 12) -> np.ndarr
         draw.text((margin, y), text, fill=(20, 28, 40), font=font)
         y += step
     return np.asarray(panel)
+
+
+def heat_overlay(pixels: np.ndarray, heatmap: np.ndarray, positive: bool, alpha: float) -> np.ndarray:
+    """The overlay at the film's full size: jet for a film called positive, muted slate below the operating point."""
+    from covidxr.explain import overlay
+
+    return (overlay if positive else muted_overlay)(pixels, heatmap, alpha)
+
+
+def report_image(pixels: np.ndarray, heatmap: np.ndarray, positive: bool, alpha: float, lines: list[str]) -> np.ndarray:
+    """The report-ready picture, uint8 RGB: the film with its map (jet when called positive, else muted slate,
+    as the result view draws it), the colour scale under it, and `lines` (report_lines) printed below. The
+    app's download and the DICOM secondary capture (covidxr.pacs) are both this picture."""
+    drawing = heat_overlay(pixels, heatmap, positive, alpha)
+    bar = Image.fromarray(colour_bar(muted=not positive)).resize((drawing.shape[1], max(8, drawing.shape[0] // 40)),
+                                                                 Image.NEAREST)
+    gap = np.full((4, drawing.shape[1], 3), 255, np.uint8)
+    return annotated(np.vstack([drawing, gap, np.asarray(bar), gap]), lines)

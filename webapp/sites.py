@@ -1,29 +1,26 @@
-"""Site profiles in the app (covidxr.site): the server's profile folder, safe names, loading with reasons,
-saving, the "in use" line, the rows of the shipped-against-adapted table and the advice beside it.
+"""Site profiles on the server, for every session (covidxr.site, covidxr.profiles): the profile folder, safe names,
+loading with reasons (cached), listing the adopted versions, adding a version, fitting from a batch. Which
+version a session decides with is webapp.site_session's; the words and rows shown about a profile,
+webapp.site_view's.
 
 The profile folder is `$COVIDXR_SITES_DIR`, default `sites/` beside app.py (a relative value is taken from there
-too); each profile is a sub-folder holding site.json + site.npz, as `python -m covidxr site fit --out` writes it.
-Which profile a browser session uses is kept in its session state (webapp.state.SITE_ACTIVE, the folder name;
-None: the shipped model). The module itself imports no Streamlit: the few functions that read the session
-import it when called.
+too); each profile is a sub-folder named after it, holding its immutable versions (covidxr.profiles). The module
+imports no Streamlit.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from covidxr.site import ARRAYS_FILE, MIN_PER_CLASS, ROUGH_PER_CLASS, SITE_FILE, SiteError, SiteProfile
+from covidxr import profiles
+from covidxr.site import ARRAYS_FILE, MIN_PER_CLASS, SITE_FILE, SiteError, SiteProfile
 
 from .lru import LRU
-from .tables import RATES, estimate_cells
-from .wording import class_title, fmt_threshold, is_refused
+from .wording import class_title, is_refused
 
 SITES_ENV = "COVIDXR_SITES_DIR"
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -70,11 +67,14 @@ def check_name(name: str) -> str:
 
 @dataclass
 class Listed:
-    """One sub-folder of the profile folder: its profile, or why it cannot be used."""
+    """One version of a profile (by default its adopted one): the profile, or why it cannot be used.
+    `path` is the version's own folder; `version` its content hash (covidxr.profiles.version_of)."""
     folder: str
     path: Path
     profile: SiteProfile | None = None
     error: str | None = None
+    version: str = ""
+    state: str = profiles.ADOPTED
 
 
 _CACHE_SIZE = 64
@@ -115,9 +115,17 @@ def load(path: Path, card: Any) -> SiteProfile:
     return found
 
 
+def _listed(folder: str, v: profiles.Version, card: Any) -> Listed:
+    try:
+        profile = load(v.path, card)
+    except SiteError as e:
+        return Listed(folder, v.path, error=str(e), version=v.version, state=v.state)
+    return Listed(folder, v.path, profile, version=v.version or profiles.version_of(profile), state=v.state)
+
+
 def list_profiles(directory: Path, card: Any) -> list[Listed]:
-    """Every profile in the folder (sub-folders holding site.json or site.npz; hidden ones, such as a save in
-    progress, are skipped), by folder name, each loaded or with the reason it cannot be used."""
+    """The adopted version of every profile in the folder (hidden sub-folders are skipped; a profile whose
+    versions are all retired is not listed), by name, each loaded or with the reason it cannot be used."""
     directory = Path(directory)
     try:
         subs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -125,144 +133,52 @@ def list_profiles(directory: Path, card: Any) -> list[Listed]:
         return []
     out = []
     for p in subs:
-        if not ((p / SITE_FILE).exists() or (p / ARRAYS_FILE).exists()):
-            continue
-        try:
-            out.append(Listed(p.name, p, load(p, card)))
-        except SiteError as e:
-            out.append(Listed(p.name, p, error=str(e)))
+        cur = profiles.current(p)
+        if cur is not None:
+            out.append(_listed(p.name, cur, card))
     return out
 
 
-def find(directory: Path, folder: str, card: Any) -> Listed:
-    """The profile of one sub-folder by name (a name that is not a plain sub-folder is refused)."""
+def find(directory: Path, folder: str, card: Any, version: str | None = None) -> Listed:
+    """One profile by name (a name that is not a plain sub-folder is refused): `version` (kept even when it has
+    been retired since: a session decides with the version it chose), else its adopted version."""
     directory = Path(directory)
     if not folder or Path(folder).name != folder or folder.startswith("."):
         return Listed(str(folder), directory, error="not a profile folder name")
     path = directory / folder
-    try:
-        return Listed(folder, path, load(path, card))
-    except SiteError as e:
-        return Listed(folder, path, error=str(e))
+    found = profiles.versions(path)
+    if version:
+        pick = next((v for v in found if v.version == version), None)
+        if pick is None and found and not found[0].version:  # older layout: one version in place
+            pick = found[0]
+    else:
+        pick = profiles.current(path)
+    if pick is None:
+        return Listed(folder, path, error="no adopted version" if not version else f"no version {version}")
+    got = _listed(folder, pick, card)
+    if version and got.profile is not None and got.version != version:
+        return Listed(folder, path, error=f"no version {version}")
+    return got
 
 
-def save(profile: SiteProfile, directory: Path, folder: str, overwrite: bool = False) -> Path:
-    """Write the profile (site.json + site.npz, nothing else) to directory/folder: written in a hidden folder
-    first and renamed into place, so that a reader never sees half a profile. FileExistsError when the folder
-    exists and `overwrite` is not given."""
+def history(directory: Path, folder: str) -> list[profiles.Version]:
+    """Every version of one profile with its state, oldest first."""
+    return profiles.versions(Path(directory) / check_name(folder))
+
+
+def save(profile: SiteProfile, directory: Path, folder: str, overwrite: bool = False, user: str = "") -> Path:
+    """Add the profile as a new version under `folder` and adopt it (covidxr.profiles.add_version: written in a
+    hidden folder and renamed into place, never rewritten). With `overwrite` the version adopted before is
+    retired; without, FileExistsError when the name has an adopted version. Returns the version's folder."""
     folder = check_name(folder)
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / folder
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"a profile named {folder!r} already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=root))
-    try:
-        profile.save(tmp)
-        if target.exists():
-            old = root / f".{folder}.old-{uuid.uuid4().hex[:8]}"
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return profiles.add_version(profile, Path(directory), folder, user=user, replace=overwrite).path
 
 
-# ---------------------------------------------------------------- words and rows
-
-def in_use_line(profile: SiteProfile | None) -> str:
-    """"Shipped model" or "Site profile: NAME, fitted on N films, DATE"."""
-    return SHIPPED if profile is None else profile.describe()
-
+# ---------------------------------------------------------------- identity
 
 def token(profile: SiteProfile | None) -> tuple | None:
-    """What identifies a profile's decisions in a cache (a profile saved again under its name is another one)."""
-    return None if profile is None else (profile.name, profile.created, profile.threshold)
-
-
-def method_title(method: str) -> str:
-    if method == "temperature":
-        return "temperature (the site's own temperature and threshold)"
-    return f"head (a regularised layer on the frozen features, L2 {method.rsplit('_', 1)[-1]})"
-
-
-def films_text(profile: SiteProfile, positive_class: str) -> str:
-    """"16 films: 8 COVID-19, 8 other"."""
-    pos = profile.films.get(positive_class, 0)
-    return f"{profile.n_films} films: {pos} {class_title(positive_class)}, {profile.n_films - pos} other"
-
-
-def figure_rows(profile: SiteProfile) -> list[dict[str, str]]:
-    """Shipped against adapted on the site's films, both cross-validated, each "value (95% CI)"."""
-    f = profile.figures or {}
-    rows = []
-    for what, title in (("shipped", SHIPPED), ("adapted", f"Adapted: {profile.method} (cross-validated)")):
-        r = f.get(what) or {}
-        rows.append({"scored by": title,
-                     "operating point": fmt_threshold(r["threshold"]) if r.get("threshold") is not None else "—",
-                     **estimate_cells(r)})
-    return rows
-
-
-def roc_rows(profile: SiteProfile) -> list[dict[str, Any]]:
-    """The cross-validated ROC points of both rows, for one chart: {model, fpr, tpr, i}."""
-    out = []
-    for what, title in (("shipped", SHIPPED), ("adapted", "Adapted (cross-validated)")):
-        points = profile.roc.get(what)
-        if points is None or len(points) != 2:
-            continue
-        out += [{"model": title, "fpr": float(x), "tpr": float(y), "i": i} for i, (x, y) in enumerate(zip(*points))]
-    return out
-
-
-def _ci(r: dict, k: str) -> tuple[float, float] | None:
-    ci = (r.get("ci") or {}).get(k)
-    return None if not ci or ci[0] is None or ci[1] is None else (float(ci[0]), float(ci[1]))
-
-
-def clearly_better(profile: SiteProfile) -> tuple[list[str], list[str]]:
-    """(metrics whose adapted 95% CI lies wholly above the shipped one's, those wholly below)."""
-    f = profile.figures or {}
-    shipped, adapted = f.get("shipped") or {}, f.get("adapted") or {}
-    better, worse = [], []
-    for k in RATES:
-        a, s = _ci(adapted, k), _ci(shipped, k)
-        if a and s:
-            if a[0] > s[1]:
-                better.append(k)
-            elif a[1] < s[0]:
-                worse.append(k)
-    return better, worse
-
-
-def advice(profile: SiteProfile) -> tuple[str, str]:
-    """("info" | "warning", text): use the adapted row only when it is clearly better (docs/site-profiles.md)."""
-    better, worse = clearly_better(profile)
-    names = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity"}
-    tail = ("If neither row is good enough for your purpose, do not use covidxr on these films. Re-fit when the "
-            "equipment, the protocol or the population changes.")
-    if better and not worse:
-        return "info", (f"The adapted row is clearly better on your films: its 95% CI for "
-                        f"{' and '.join(names[k] for k in better)} lies above the shipped model's. The method was "
-                        "chosen on the same folds, so the adapted row is slightly optimistic; check it on a fresh "
-                        "labelled batch scored with the profile. " + tail)
-    why = (f"it is clearly worse on {' and '.join(names[k] for k in worse)}" if worse
-           else "the 95% CIs overlap")
-    return "warning", (f"The adapted row is not clearly better than the shipped one on your films ({why}): keep "
-                       "the shipped model. The shipped row is the honest estimate of how covidxr does on your "
-                       "films. Use a profile only when its row is clearly better, with enough films that its CI "
-                       "does not overlap the shipped one's. " + tail)
-
-
-def rough_text(profile: SiteProfile) -> str | None:
-    if not profile.rough:
-        return None
-    return (f"Fewer than {ROUGH_PER_CLASS} films of a class: these figures are a rough estimate, with wide "
-            "intervals. More films give a steadier profile.")
+    """What identifies a profile's decisions in a cache: its name and version (content hash)."""
+    return None if profile is None else (profile.name, profiles.version_of(profile))
 
 
 # ---------------------------------------------------------------- fitting from a batch
@@ -309,56 +225,3 @@ def fit(classifier: Any, items: list, name: str, progress=None, fitting=None) ->
         fitting()
     profile = fit_profile(got.data, classifier.card, name, methods=FIT_METHODS, n_boot=N_BOOT)
     return profile, got.skipped
-
-
-# ---------------------------------------------------------------- this session's profile (Streamlit)
-
-@dataclass
-class Active:
-    """The session's profile: None for the shipped model; `error` when the one chosen can no longer be used."""
-    profile: SiteProfile | None = None
-    folder: str | None = None
-    error: str | None = None
-
-
-def active() -> Active:
-    """This session's site profile (webapp.state.SITE_ACTIVE), loaded (cached); one that no longer loads is
-    dropped from the session with its reason, and the shipped model is used."""
-    import streamlit as st
-
-    from . import state
-    from .model import card
-
-    folder = st.session_state.get(state.SITE_ACTIVE)
-    if not folder:
-        return Active()
-    found = find(sites_dir(), folder, card())
-    if found.profile is None:
-        st.session_state[state.SITE_ACTIVE] = None
-        return Active(folder=folder, error=found.error)
-    return Active(found.profile, folder)
-
-
-def active_profile() -> SiteProfile | None:
-    return active().profile
-
-
-def scoring_classifier(profile: SiteProfile | None = None):
-    """The server's model at the operating point of `profile` (None: the shipped one): a shallow copy sharing
-    the networks, cached per profile."""
-    from .model import classifier
-
-    clf = classifier()
-    if profile is None:
-        return clf
-    key = (id(clf), token(profile))
-    with _cache_lock:
-        found = _with_site.get(key)
-    if found is None:
-        found = clf.with_site(profile)
-        with _cache_lock:
-            _with_site.put(key, found)
-    return found
-
-
-_with_site: LRU[tuple, Any] = LRU(_CACHE_SIZE)  # the model at each profile's operating point

@@ -20,6 +20,7 @@ EXPLANATIONS = "explanations"  # LRU of Grad-CAM explanations, by content
 THUMBNAILS = "thumbnails"      # LRU of the review gallery's thumbnails, by film path
 REVIEW_OPEN = "review_open"    # the batch row opened large on the review page
 SITE_ACTIVE = "site_active"    # the session's site profile: its folder in the profile folder (None: shipped model)
+SITE_VERSION = "site_version"  # the version of that profile the session decides with (webapp.site_session)
 SITE_FITTED = "site_fitted"    # Batch evaluation page: the last batch's fitted profile {folder, profile, skipped}
 BATCH_SCORED_BY = "batch_scored_by"  # how the last batch was scored: {"site": name or None, "profile", "line", "threshold"}
 DISPLAY_IMAGES = "display_images"  # LRU of the result view's JPEG bytes, by film, colouring and opacity (webapp.view)
@@ -29,6 +30,7 @@ BATCH_RUN = "batch_run"        # (run id, state, films scored) of the cluster ru
 # ---------------------------------------------------------------- widgets: Screen a film
 SCREEN_UPLOAD = "screen_upload"
 SCREEN_SAMPLE = "screen_sample"
+SITE_SWITCH = "site_switch"    # "switch to the newer version" of the session's profile
 SITE_SELECT = "site_select"    # the operating point in use: "Shipped model" or a saved site profile
 
 # ---------------------------------------------------------------- widgets: Batch evaluation
@@ -61,6 +63,7 @@ REVIEW_DIALOG = "review_dialog"      # the batch row shown in the review dialog 
 REVIEW_PREV = "review_prev"
 REVIEW_NEXT = "review_next"
 REVIEW_HEATMAPS = "review_heatmaps"  # heatmap thumbnails in the gallery
+WORKLIST_STUDY = "worklist_study"    # the study opened on the Worklist page
 
 
 def review_open_button(row: int) -> str:

@@ -6,7 +6,8 @@ from typing import Any, Iterable, Sequence
 from covidxr.card import decision_label
 
 from .review import outcome
-from .wording import METRIC_TITLES, NOT_CHEST, OUTCOME_TITLES, class_title, fmt_rate, fmt_rate_ci, is_refused, row_reasons
+from .wording import (METRIC_TITLES, NOT_CHEST, OUTCOME_TITLES, class_title, fmt_rate, fmt_rate_ci, is_refused,
+                      row_reasons, row_warnings)
 
 RATIO_METRICS = {"auc"}  # shown as a number (0.868): an area, not a share of films; the rest as percentages
 
@@ -97,12 +98,13 @@ def score_column(positive_class: str) -> str:
 def image_rows(rows: Iterable[Any], threshold: float, positive_class: str = "covid") -> list[dict[str, Any]]:
     """The per-image table: one dict per scored or refused film (evaluate.Row), with its decision in the
     exports' words (`covid` / `non-covid`) and its outcome at `threshold`. A film the gate refused shows
-    "not a frontal chest radiograph" and its reasons, never a score. Failures are listed elsewhere."""
+    "not a frontal chest radiograph" and its reasons, never a score; a scored film its warnings (a child's film).
+    Failures are listed elsewhere."""
     out, score = [], score_column(positive_class)
     for r in rows:
         if is_refused(r) and getattr(r, "error", None) is None:
             out.append({"film": r.path, "label": r.label or "", "source": r.source or "", score: None,
-                        "decision": NOT_CHEST, "outcome": row_reasons(r) or NOT_CHEST})
+                        "decision": NOT_CHEST, "outcome": row_reasons(r) or NOT_CHEST, "warnings": ""})
             continue
         if r.probability is None:
             continue
@@ -110,7 +112,7 @@ def image_rows(rows: Iterable[Any], threshold: float, positive_class: str = "cov
         out.append({"film": r.path, "label": r.label or "", "source": r.source or "",
                     score: round(100.0 * float(r.probability), 1),
                     "decision": decision_label(called, positive_class),
-                    "outcome": OUTCOME_TITLES[outcome(r.positive, called)]})
+                    "outcome": OUTCOME_TITLES[outcome(r.positive, called)], "warnings": row_warnings(r)})
     return out
 
 

@@ -16,20 +16,19 @@ import numpy as np
 import streamlit as st
 
 import covidxr
-from covidxr.explain import Explanation, explain, overlay
+from covidxr.explain import Explanation, explain
 from covidxr.films import Film, film_summary
 
 from . import state
-from .images import (DISPLAY_SIDE, LARGE_SIDE, Drawing, annotated, colour_bar, jpeg_bytes, muted_overlay,
-                     overlay_name, png_bytes, to_uint8)
+from .images import (DEFAULT_OPACITY, DISPLAY_SIDE, LARGE_SIDE, Drawing, colour_bar, heat_overlay, jpeg_bytes,
+                     overlay_name, png_bytes, report_image, to_uint8)
 from .literal import literal
-from .lru import LRU
+from covidxr.lru import LRU
 from .model import card, classifier
 from .tables import class_rows
-from .wording import (DISCLAIMER_PLAIN, class_title, gate_warnings, other_finding_sentence, refusal, summary_line,
-                      tone, verdict)
+from .wording import (class_title, gate_warnings, model_text, other_finding_sentence, refusal, report_lines,
+                      summary_line, tone, verdict)
 
-DEFAULT_OPACITY = 0.45
 ICONS = {"positive": "🔴", "review": "⚠️", "negative": "✅", "refused": "🚫", "warning": "⚠️"}
 
 
@@ -38,7 +37,8 @@ def explanations() -> LRU[str, Explanation]:
     return state.user_state(state.EXPLANATIONS, lambda: LRU(48))
 
 
-ACTIVE = object()  # explained()/show_result(): the session's operating point (webapp.sites.active)
+from . import site_session
+from .site_session import ACTIVE  # explained()/show_result(): the session's operating point
 
 
 def explained(key: str, film: Film, profile=ACTIVE) -> Explanation:
@@ -46,14 +46,14 @@ def explained(key: str, film: Film, profile=ACTIVE) -> Explanation:
     for the shipped model's), by default the session's (webapp.sites). Cached by (profile, film): switching
     profiles decides again. The review page passes the profile its batch was scored with, so that the film
     it opens is decided as its row was."""
-    from . import sites
+    from . import site_session, sites
 
     if profile is ACTIVE:
-        profile = sites.active_profile()
+        profile = site_session.active_profile()
     cache = explanations()
     found = cache.get((sites.token(profile), key))
     if found is None:
-        clf = classifier() if profile is None else sites.scoring_classifier(profile)
+        clf = classifier() if profile is None else site_session.scoring_classifier(profile)
         with st.spinner(f"Computing the heatmap for {literal(film.name) if film.name else 'the film'}…"):
             found = cache.put((sites.token(profile), key), explain(clf, film))
     return found
@@ -63,8 +63,7 @@ def model_version(site: str | None = None) -> str:
     """The model as a report names it: card name, weights sha256[:12], package version, and the site profile
     that decided (the prediction's `site`), if any."""
     c = card()
-    text = f"{c.name} (weights {c.weights_sha256[:12]}, covidxr {covidxr.__version__})"
-    return text if site is None else f"{text}, site profile {site}"
+    return model_text(c.name, c.weights_sha256, covidxr.__version__, site)
 
 
 def show_facts(film: Film) -> None:
@@ -113,12 +112,22 @@ def show_result(key: str, film: Film, threshold: float | None = None, profile=AC
     show_decision(pred, positive, t, positive_class)
     for w in gate_warnings(pred.ood):
         st.warning(literal(w), icon=ICONS["warning"])
-    show_drawing(key, film, ex, positive, t, positive_class)
+    show_drawing(key, film, ex, positive, t, positive_class,
+                 _export_record(key, pred, positive, site_session.active_profile() if profile is ACTIVE else profile))
     return ex
 
 
+def _export_record(key: str, pred, positive: bool, profile):
+    """The audit record of the overlay's download (webapp.audit_log.deferred): recorded when the file is made."""
+    from . import audit_log
+
+    return audit_log.deferred("export", obj=key, profile=profile, decision=pred.label, probability=pred.probability,
+                              detail={"what": "overlay png", "positive": positive})
+
+
 @st.fragment
-def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float, positive_class: str) -> None:
+def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float, positive_class: str,
+                 record_export=lambda: None) -> None:
     """Everything of a result that follows the opacity slider: film and overlay, colour scale, larger view,
     table, download and summary. A fragment, so that moving the slider reruns only this film's drawing, not
     the page (nor the other films on it); its images come encoded from this session's cache."""
@@ -148,14 +157,15 @@ def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float
                          "probability", min_value=0.0, max_value=100.0, format="%.0f%%")})
         show_facts(film)
     today = dt.date.today().isoformat()
+    warned = gate_warnings(pred.ood)
     summary = summary_line(film.name or "film", pred.probability, positive, t, positive_class,
-                           pred.class_probabilities, model_version(pred.site), today)
-    other = None if positive else other_finding_sentence(pred.class_probabilities, positive_class)
-    lines = [verdict(pred.probability, positive, t, positive_class) + (f". {other}" if other else ""),
-             f"Model: {model_version(pred.site)}", f"Date: {today}", DISCLAIMER_PLAIN]
+                           pred.class_probabilities, model_version(pred.site), today, warned)
+    lines = report_lines(pred.probability, positive, t, positive_class, pred.class_probabilities,
+                         model_version(pred.site), today, warned)
 
-    def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked
-        return png_bytes(annotated(drawn(film, ex, positive, alpha), lines))
+    def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked (and recorded)
+        record_export()
+        return png_bytes(report_image(film.pixels, ex.heatmap, positive, alpha, lines))
 
     cols[1].download_button("Download overlay (PNG)", full_size,
                             file_name=overlay_name(film.name), mime="image/png", key=state.overlay_download(key),
@@ -175,7 +185,7 @@ def display_images() -> LRU:
 
 def drawn(film: Film, ex: Explanation, positive: bool, alpha: float) -> np.ndarray:
     """The overlay at the film's full size: jet for a film called positive, muted slate below the operating point."""
-    return (overlay if positive else muted_overlay)(film.pixels, ex.heatmap, alpha)
+    return heat_overlay(film.pixels, ex.heatmap, positive, alpha)
 
 
 def film_jpeg(key: str, film: Film) -> bytes:
@@ -249,6 +259,5 @@ def heat_thumbnail(item, called_positive: bool, side: int = 256, profile=ACTIVE)
         else:
             ex = explained(loaded.key, loaded.film, profile)
             pixels, heat = shrink(loaded.film.pixels, side), shrink(ex.heatmap.astype("float32"), side)
-            draw = overlay if called_positive else muted_overlay
-            thumbs.put(key, draw(pixels, heat, DEFAULT_OPACITY))
+            thumbs.put(key, heat_overlay(pixels, heat, called_positive, DEFAULT_OPACITY))
     return thumbs.get(key)

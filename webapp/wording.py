@@ -132,13 +132,34 @@ def tone(positive: bool, class_probabilities: Mapping[str, float], positive_clas
 
 
 def summary_line(name: str, probability: float, positive: bool, threshold: float, positive_class: str,
-                 class_probabilities: Mapping[str, float], model: str, date: str) -> str:
-    """One line to paste into a report: film, decision, other finding, model and version, date, disclaimer."""
+                 class_probabilities: Mapping[str, float], model: str, date: str,
+                 warnings: Iterable[str] = ()) -> str:
+    """One line to paste into a report: film, decision, other finding, the gate's warnings (a child's film),
+    model and version, date, disclaimer."""
     parts = [name, verdict(probability, positive, threshold, positive_class)]
     if not positive and (other := other_finding_sentence(class_probabilities, positive_class)):
         parts.append(other.rstrip("."))
+    parts += [f"warning: {w}" for w in warnings]
     parts += [f"model {model}", date, "research screening aid, not a diagnosis"]
     return " · ".join(parts)
+
+
+def model_text(name: str, weights_sha256: str, version: str, site: str | None = None) -> str:
+    """The model as a report names it: card name, weights sha256[:12], package version, and the site profile
+    that decided, if any."""
+    text = f"{name} (weights {weights_sha256[:12]}, covidxr {version})"
+    return text if site is None else f"{text}, site profile {site}"
+
+
+def report_lines(probability: float, positive: bool, threshold: float, positive_class: str,
+                 class_probabilities: Mapping[str, float], model: str, date: str,
+                 warnings: Iterable[str] = ()) -> list[str]:
+    """The text printed under a report image (images.report_image): decision with score and operating point,
+    the gate's warnings (a child's film), model and version, date, disclaimer. The app's download and the DICOM
+    secondary capture print these."""
+    other = None if positive else other_finding_sentence(class_probabilities, positive_class)
+    return [verdict(probability, positive, threshold, positive_class) + (f". {other}" if other else ""),
+            *(f"Warning: {w}" for w in warnings), f"Model: {model}", f"Date: {date}", DISCLAIMER_PLAIN]
 
 
 def review_explanation(outcome: str, label: str | None, positive_class: str) -> str | None:
@@ -216,6 +237,14 @@ def row_reasons(row: Any) -> str:
         if value:
             return "; ".join(_split_numbers(str(v))[0] for v in ([value] if isinstance(value, str) else value))
     return ""
+
+
+def row_warnings(row: Any) -> str:
+    """A scored batch row's warnings ("; "-joined; e.g. a child's film); "" for a refused row, which has no score
+    to read with care."""
+    if is_refused(row):
+        return ""
+    return "; ".join(str(w) for w in (getattr(row, "warnings", None) or ()))
 
 
 def is_refused(row: Any) -> bool:

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..safety import sha256_regular, spreadsheet_raw, spreadsheet_safe
+from ..card import sha256_file
+from ..safety import MAX_FILE_BYTES, spreadsheet_raw, spreadsheet_safe
 from .batch import FIELDS
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -118,8 +119,12 @@ class ResultsFile:
 
 
 def sha256_of(path: str) -> str:
-    """The file's sha256 ("" for one that cannot be read or is no regular file: a FIFO never blocks a resume)."""
-    return sha256_regular(path)
+    """The file's sha256 ("" for one that cannot be read or is no regular file, so a FIFO never blocks a resume, or
+    is larger than a film may be: it is refused when read, and hashing a 5 GB sparse file took 20 s)."""
+    try:
+        return sha256_file(path, MAX_FILE_BYTES)
+    except OSError:
+        return ""
 
 
 def already_done(records: list[dict], done: dict[str, dict], threads: int = 8) -> Iterator[tuple[dict, dict | None]]:

@@ -40,6 +40,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ..atomic import write_atomic
+from ..lru import LRU
+
 RUN_FILE, ROWS_FILE, REPORT_FILE, EXIT_FILE = "run.json", "rows.csv", "report.json", "exit.json"
 OUT_FILE, ERR_FILE, LOCK_FILE = "stdout.txt", "stderr.txt", ".lock"
 RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "interrupted"
@@ -49,9 +52,9 @@ _ID = re.compile(r"[A-Za-z0-9_-]{16}")
 _ERROR_TAIL = 64 << 10  # bytes of stderr searched for the error line (progress counts fill the rest)
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the wrapper's cwd: `-m covidxr` finds this package
 _children: dict[int, subprocess.Popen] = {}  # wrappers this process started: polled, so none stays a zombie
-_counted: dict[str, tuple[int, int]] = {}  # rows.csv path -> (bytes counted, up to a line's end; lines in them)
+# rows.csv path -> (bytes counted, up to a line's end; lines in them), for the files most recently counted
+_counted: LRU[str, tuple[int, int]] = LRU(256)  # more runs than any page lists
 _counted_lock = threading.Lock()
-_COUNTED_FILES = 256  # files remembered (more runs than any page lists)
 
 
 class RunNotFound(ValueError):
@@ -230,7 +233,7 @@ def scored(run: Run) -> int:
     process), up to the last whole line, which a resume's repair of a cut line never moves back past."""
     path = str(run.file(ROWS_FILE))
     with _counted_lock:
-        offset, lines = _counted.get(path, (0, 0))
+        offset, lines = _counted.get(path) or (0, 0)
     try:
         with open(path, "rb") as f:
             if offset > os.fstat(f.fileno()).st_size:  # a file started afresh
@@ -245,9 +248,7 @@ def scored(run: Run) -> int:
     except OSError:
         return 0
     with _counted_lock:
-        if path not in _counted and len(_counted) >= _COUNTED_FILES:
-            _counted.pop(next(iter(_counted)))  # the oldest file counted
-        _counted[path] = (offset, lines)
+        _counted.put(path, (offset, lines))
     return max(0, min(lines - 1, run.total))
 
 
@@ -329,10 +330,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    """Written beside and renamed into place: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    tmp.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Written whole or not at all (covidxr.atomic): a reader never sees half a file."""
+    write_atomic(path, json.dumps(value, indent=1) + "\n")
 
 
 @contextmanager

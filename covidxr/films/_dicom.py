@@ -10,6 +10,7 @@ from collections.abc import MutableSequence
 from datetime import date
 
 import numpy as np
+from scipy.special import expit
 
 from ._common import (Film, FilmError, _check_size, _finish, _fit_array, _gray, _percentile_window, _reason,
                       _stretch)
@@ -199,7 +200,7 @@ def _window(ds) -> tuple[float, float] | None:
 def _apply_window(x: np.ndarray, c: float, w: float, function: str) -> np.ndarray:
     """DICOM PS3.3 C.11.2.1.2 windowing, normalised to [0, 1]."""
     if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        return expit(4.0 * (x - c) / w)  # the logistic, without overflow far from the centre
     if function == "LINEAR_EXACT":
         return np.clip((x - c) / w + 0.5, 0.0, 1.0)
     return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)

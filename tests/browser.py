@@ -1,6 +1,7 @@
-"""Drives the app in Debian's Chromium for the load script and the browser tests: starts the real server
-and holds the Playwright constants and page scripts both use. It imports neither pytest, nor Streamlit, nor
-covidxr, so that scripts/load_test.py runs without the test suite.
+"""Drives the app in Debian's Chromium for the browser tests and the load script (`python -m scripts.load_test`):
+starts the real server and holds the Playwright constants and page scripts both use. A test harness, not part
+of the app; it imports neither pytest, nor Streamlit, nor covidxr, so that the load script needs no more of the
+test suite than this file.
 
 `running_app()` starts the app (`python -m webapp.serve`, i.e. `streamlit run app.py`) on a loopback port in its own process group and stops it by
 that group; the Playwright bits are plain constants and page scripts usable from the sync and async APIs.

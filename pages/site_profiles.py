@@ -1,0 +1,17 @@
+"""Site profiles (site admins): fit a profile from the session's last batch, and adopt or retire the versions of
+every profile on the server, with their history. Parts in webapp/site_admin.py."""
+import streamlit as st
+
+from webapp import auth, site_admin, state
+from webapp.model import classifier
+
+auth.require_admin("open the Site profiles page")
+clf = classifier()  # the shipped model: site profiles are fitted with it
+st.title("Site profiles")
+st.subheader("Fit a site profile from the last batch")
+site_admin.fit_form(clf, st.session_state.get(state.BATCH))
+st.divider()
+st.subheader("Profiles on this server and their versions")
+st.caption("Versions are never rewritten: a replaced version is retired and kept. Clinicians choose among the "
+           "adopted ones; a session keeps the version it chose until its user switches.")
+site_admin.history(clf.card)

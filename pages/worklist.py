@@ -1,0 +1,54 @@
+"""Worklist: the studies the DICOM node received (`dicom serve`), highest COVID-19 score first; a study opens
+with its films fetched from the PACS (DICOMweb WADO-RS) in the Screen page's result view."""
+import streamlit as st
+
+from covidxr.pacs.wado import DICOMWEB_ENV, WadoError, dicomweb_url, fetch_film
+from covidxr.pacs.worklist import Worklist, database_url
+from webapp import state
+from webapp.films import load_film
+from webapp.view import show_result
+from webapp.worklist import study_label, study_rows
+
+st.title("Worklist")
+st.caption("Studies the DICOM node received, highest COVID-19 score first (triage). A research screening aid, "
+           "not a diagnosis: every study is read by a radiologist whatever its rank.")
+
+url = database_url(create=False)  # the page never creates a database
+if url is None:
+    st.info("No worklist database yet: the DICOM node (`python -m covidxr dicom serve`) creates it "
+            "(COVIDXR_DB, or the default SQLite file) when it starts.")
+    st.stop()
+try:
+    studies = Worklist.open(url).studies()
+except Exception as e:  # noqa: BLE001 - the database is down or unreadable: say so, show nothing
+    st.error("The worklist database cannot be read.", icon="🚫")
+    st.code(str(e), language=None)
+    st.stop()
+if not studies:
+    st.info("No study yet: the DICOM node (`python -m covidxr dicom serve`) lists here what the PACS sends it.")
+    st.stop()
+st.dataframe(study_rows(studies), hide_index=True, width="stretch")
+pick = st.selectbox("Open a study", [None, *range(len(studies))], key=state.WORKLIST_STUDY,
+                    format_func=lambda i: "—" if i is None else study_label(i + 1, studies[i]))
+if pick is None:
+    st.stop()
+study = studies[pick]
+if not dicomweb_url():
+    st.error(f"Set {DICOMWEB_ENV} to the PACS's DICOMweb root to open films from it.", icon="🚫")
+    st.stop()
+for film_row in study.films:
+    with st.container(border=True):
+        st.text(f"Film {film_row['sop_uid']}")
+        try:
+            with st.spinner("Fetching the film from the PACS…"):
+                data = fetch_film(study.study_uid, film_row["series_uid"], film_row["sop_uid"])
+        except WadoError as e:
+            st.error("This film could not be fetched from the PACS.", icon="🚫")
+            st.text(str(e))
+            continue
+        loaded = load_film(f"{film_row['sop_uid']}.dcm", data)
+        if loaded.film is None:
+            st.error("This film could not be read.", icon="🚫")
+            st.text(loaded.error)
+            continue
+        show_result(loaded.key, loaded.film)
