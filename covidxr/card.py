@@ -28,10 +28,11 @@ class CardError(ValueError):
     """The model card is missing, malformed, or does not match the weights beside it."""
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, limit: int | None = None) -> str:
     """The hex sha256 of a regular file's bytes, read in chunks (never the whole file in memory). OSError when it
-    cannot be read; FileRefused (an OSError) for a FIFO or a device, which is never opened (safety.open_regular)."""
-    fd, _ = open_regular(path, None)
+    cannot be read; FileRefused (an OSError) for a FIFO or a device, which is never opened (safety.open_regular),
+    or for a file larger than `limit` (None: any size)."""
+    fd, _ = open_regular(path, limit)
     with os.fdopen(fd, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 

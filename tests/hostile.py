@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 from webapp.literal import JOINER
@@ -96,3 +98,22 @@ def plain(markdown: str) -> str:
     """Markdown made by webapp.literal back to the words a reader sees: escapes and word joiners dropped.
     For tests that read a page's texts (AppTest gives the Markdown source)."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", str(markdown)).replace(JOINER, "")
+
+
+class Blocked(BaseException):
+    """A read blocked (a FIFO opened for reading waits for a writer): a BaseException, so that no reader's
+    `except OSError` can swallow it and let the test pass."""
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail with Blocked, rather than hang the suite, when the body takes longer than `seconds`."""
+    def hung(*_):
+        raise Blocked(f"blocked for more than {seconds} s")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import signal
 import zipfile
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from covidxr import cli
 from covidxr.safety import FORMULA_STARTS
 from tests.conftest import shared_data
-from tests.hostile import DICOM_VALUE, FORMULAS, MARKUP, NAMES, safe_file_name, special_files
+from tests.hostile import DICOM_VALUE, FORMULAS, MARKUP, NAMES, deadline, safe_file_name, special_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 KAGGLE = shared_data("cxr", "kaggle-radiography-db-224px")
@@ -25,13 +24,8 @@ DICOM_FILM = shared_data("dicom", "cxr", "siim-acr_CR_PA_jpeg-baseline.dcm")
 
 @pytest.fixture(autouse=True)
 def alarm():
-    def hung(*_):
-        raise TimeoutError("the command blocked on a file")
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(600)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with deadline(600):
+        yield
 
 
 def films(cls: str, n: int) -> list[Path]:

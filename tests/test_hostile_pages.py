@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import signal
 import zipfile
 
 import pydicom
@@ -14,7 +13,8 @@ import pytest
 
 from covidxr.safety import FORMULA_STARTS
 from tests.conftest import shared_data
-from tests.hostile import DICOM_VALUE, FORMULAS, LONG_NAME, MARKUP, NAMES, safe_file_name, special_files
+from tests.hostile import (DICOM_VALUE, FORMULAS, LONG_NAME, MARKUP, NAMES, deadline, safe_file_name,
+                           special_files)
 from tests.test_pages import NORMAL_SAMPLE, SAMPLES, started_app, texts
 from webapp import state
 from webapp.literal import literal
@@ -31,13 +31,8 @@ def app(classifier, monkeypatch):
 
 @pytest.fixture
 def alarm():
-    def hung(*_):
-        raise TimeoutError("the page blocked on a file")
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(600)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with deadline(600):
+        yield
 
 
 def shown_literally(at, names) -> None:

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from covidxr.evaluate import scan_folder
-from tests.hostile import special_files
+from tests.hostile import deadline, special_files
 from covidxr.safety import (ROOTS_ENV, PathRefused, ZipRefused, allowed_roots, check_zip, read_entry,
                             resolve_inside)
 
@@ -186,16 +186,8 @@ def test_read_entry_does_not_trust_declared_sizes():
 
 @pytest.fixture
 def alarm():
-    """Fail, rather than hang the suite, if a read blocks (a FIFO opened for reading waits for a writer)."""
-    import signal
-
-    def hung(*_):
-        raise TimeoutError("a read blocked")
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with deadline(60):
+        yield
 
 
 def test_read_regular_refuses_special_and_huge_files_without_reading(tmp_path, alarm):

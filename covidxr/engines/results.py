@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..card import sha256_file
-from ..safety import spreadsheet_raw, spreadsheet_safe
+from ..safety import MAX_FILE_BYTES, spreadsheet_raw, spreadsheet_safe
 from .batch import FIELDS
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -119,9 +119,10 @@ class ResultsFile:
 
 
 def sha256_of(path: str) -> str:
-    """The file's sha256 ("" for one that cannot be read or is no regular file: a FIFO never blocks a resume)."""
+    """The file's sha256 ("" for one that cannot be read or is no regular file, so a FIFO never blocks a resume, or
+    is larger than a film may be: it is refused when read, and hashing a 5 GB sparse file took 20 s)."""
     try:
-        return sha256_file(path)
+        return sha256_file(path, MAX_FILE_BYTES)
     except OSError:
         return ""
 
