@@ -8,7 +8,6 @@ the store cannot be written nothing is scored (one line on stderr, exit 1).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -96,8 +95,13 @@ def open_for_scoring() -> AuditStore | None:
 
 
 def file_sha256(path: str) -> str:
+    """The film's sha256 through the bounded reader (card.sha256_file: a FIFO or a device is never opened, a file
+    over the film size limit not read); "" when it cannot be read, as the film itself then is not."""
+    from .card import sha256_file
+    from .safety import MAX_FILE_BYTES
+
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return sha256_file(path, MAX_FILE_BYTES)
     except OSError:
         return ""
 

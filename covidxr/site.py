@@ -27,7 +27,6 @@ figures, operating points, adoption, threshold, temperature, the arrays' sha256)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.special import expit
 
+from .card import sha256_file
 from .metrics import auc, roc_curve  # noqa: F401  (auc: for scripts and tests)
 from .site_cv import (INNER_FOLDS, N_FOLDS, SEED, SiteData, cv_folds, figures, inner_logodds, nested,  # noqa: F401
                       rates, thresholds, within_fold_auc, youden_difference_ci)
@@ -82,10 +82,6 @@ def check_target(target: float) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # the profile
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -187,7 +183,7 @@ class SiteProfile:
                 "threshold": self.threshold, "temperature": self.temperature, "bias": a.bias,
                 "cross_validated": self.figures, "operating_points": self.operating_points,
                 "adoption": {"offered": self.offered, "why": self.offered_why, "override": self.override},
-                "arrays": ARRAYS_FILE, "arrays_sha256": _sha256(d / ARRAYS_FILE)}
+                "arrays": ARRAYS_FILE, "arrays_sha256": sha256_file(d / ARRAYS_FILE)}
         (d / SITE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         return d / SITE_FILE
 
@@ -210,7 +206,7 @@ class SiteProfile:
         arrays = d / str(meta.get("arrays", ARRAYS_FILE))
         if arrays.parent != d or not arrays.is_file():
             raise SiteError(f"site profile {d}: arrays file missing")
-        if _sha256(arrays) != meta.get("arrays_sha256"):
+        if sha256_file(arrays) != meta.get("arrays_sha256"):
             raise SiteError(f"site profile {d}: {arrays.name} does not match its sha256 in {SITE_FILE} (changed or "
                             "from another profile)")
         try:
