@@ -93,7 +93,7 @@ def test_evaluate_page_hostile_uploads_folder_and_profile_names(app, monkeypatch
     assert app.subheader[0].value.startswith("Results · ")
 
     monkeypatch.setattr("webapp.sites.fit_blocker", lambda batch: None)  # the name field, whatever the batch holds
-    app.run()
+    app.switch_page("pages/site_profiles.py").run()  # fitting lives on the Site profiles page (site admins; local: all)
     for name in [*MARKUP[:3], *FORMULAS[:2], "x" * 200, "\0", "CON", ".", "..", "a/b"]:
         app.text_input(key=state.SITE_NAME).set_value(name).run()
         shown_literally(app, [name])
