@@ -4,9 +4,9 @@ Served by `python -m webapp.serve` (what `./run.sh app` runs): see webapp/serve.
 """
 import streamlit as st
 
-from webapp.access import gate
-from webapp.uploads import keep_uploads_in_memory
-from webapp.wording import DISCLAIMER
+from webapp.views.access import gate
+from webapp.services.uploads import keep_uploads_in_memory
+from webapp.views.wording import DISCLAIMER
 
 keep_uploads_in_memory()  # before any page can receive an upload
 

@@ -1,6 +1,6 @@
 """Bounded caches, the one kind the project keeps. No Streamlit.
 
-Most live in the app's session state (see webapp.state), one set per browser session, for one user's
+Most live in the app's session state (see webapp.session.state), one set per browser session, for one user's
 films and heatmaps: the bound keeps a long session from growing without limit, and the content key means
 the same film uploaded twice is decoded, scored and explained once. A few are a process's, shared under a lock
 of their module's (site profiles as loaded, a cluster run's rows as read so far, how far each run's rows.csv

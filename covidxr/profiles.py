@@ -6,7 +6,7 @@ point with the same "in use" line. Here a profile's version is the hash of its c
 version lives in its own folder and is never rewritten. "Replacing" a profile adds a version and retires the
 one before; a session keeps the version it chose until its user switches.
 
-On disk, under the server's profile folder (webapp.sites.sites_dir, or any folder):
+On disk, under the server's profile folder (webapp.services.sites.sites_dir, or any folder):
     NAME/                   the profile's name (a safe folder name)
       versions/VERSION/     site.json + site.npz as covidxr.site.SiteProfile.save writes them
       history.jsonl         one JSON line per event: {"time", "version", "event": adopted|retired, "user"}

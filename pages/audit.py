@@ -4,7 +4,8 @@ import datetime as dt
 import streamlit as st
 
 from covidxr.audit import AuditUnavailable, open_store, records_csv, safe_url
-from webapp import access, audit_log
+from webapp.views import access
+from webapp.services import audit_log
 
 access.require_admin("open the Audit page")
 st.title("Audit trail")

@@ -1,14 +1,16 @@
 """Batch evaluation: a labelled server folder, uploads or a zip -> streamed scores -> metrics that a
 threshold slider moves without re-scoring, ROC, per-source table, per-image table, failures, downloads.
-With $COVIDXR_RAY_ADDRESS, server folders run on the cluster as runs of the server (webapp.cluster): the page
+With $COVIDXR_RAY_ADDRESS, server folders run on the cluster as runs of the server (webapp.services.cluster): the page
 follows the open run (?run=ID) and shows its results as those of a batch scored here."""
 import streamlit as st
 
-from webapp import auth, site_session, site_view, state
-from webapp.batch import Batch
-from webapp.evaluate_view import choose_films, results, run_button, scoring_place
-from webapp.literal import literal
-from webapp.model import classifier
+from webapp.services import auth
+from webapp.session import site_session, state
+from webapp.views import site_view
+from webapp.session.batch import Batch
+from webapp.views.evaluate_view import choose_films, results, run_button, scoring_place
+from webapp.views.literal import literal
+from webapp.services.model import classifier
 
 clf = classifier()  # the shipped model: site profiles are fitted with it
 card = clf.card

@@ -1,14 +1,15 @@
 """Model card, for clinicians first: intended use, who it must not be used on, what to expect at a new
 hospital (unseen-hospital figures first, then: validate locally), the headline figures with CIs; the
-engineering detail in expanders. Every number is read from weights/model_card.json (webapp.card_view)."""
+engineering detail in expanders. Every number is read from weights/model_card.json (webapp.views.card_view)."""
 import streamlit as st
 
-from webapp import card_view as cv
-from webapp import site_session, site_view
-from webapp.literal import literal
-from webapp.model import card as model_card
-from webapp.tables import breakdown_rows, confusion_table, metric_rows
-from webapp.wording import METRIC_HELP, METRIC_TITLES, class_title, fmt_threshold
+from webapp.views import card_view as cv
+from webapp.session import site_session
+from webapp.views import site_view
+from webapp.views.literal import literal
+from webapp.services.model import card as model_card
+from webapp.views.tables import breakdown_rows, confusion_table, metric_rows
+from webapp.views.wording import METRIC_HELP, METRIC_TITLES, class_title, fmt_threshold
 
 card = model_card()
 metrics = card.metrics or {}

@@ -3,14 +3,15 @@ first; "Open" shows a film large in a dialog where the user is, with previous/ne
 A film the gate refused is listed with its reasons and never a score."""
 import streamlit as st
 
-from webapp import audit_log, sites, state
-from webapp.batch import Batch
-from webapp.films import load_item, thumbnail
-from webapp.literal import literal
-from webapp.model import classifier
-from webapp.review import ERRORS, OUTCOMES, REFUSED, neighbours, outcome, review_items
-from webapp.view import heat_thumbnail, show_result
-from webapp.wording import (NOT_CHEST, OUTCOME_TITLES, class_title, fmt_pct, fmt_threshold, is_refused,
+from webapp.services import audit_log, sites
+from webapp.session import state
+from webapp.session.batch import Batch
+from webapp.session.films import load_item, thumbnail
+from webapp.views.literal import literal
+from webapp.services.model import classifier
+from webapp.views.review import ERRORS, OUTCOMES, REFUSED, neighbours, outcome, review_items
+from webapp.views.view import heat_thumbnail, show_result
+from webapp.views.wording import (NOT_CHEST, OUTCOME_TITLES, class_title, fmt_pct, fmt_threshold, is_refused,
                             review_explanation, row_reasons, row_warnings)
 
 PER_PAGE = 12

@@ -1,11 +1,13 @@
 """Screen a film: drop films (or pick a sample) -> decision, probabilities, film and Grad-CAM side by side."""
 import streamlit as st
 
-from webapp import audit_log, site_session, site_view, sites, state
-from webapp.literal import literal
-from webapp.films import CHILD_LABEL, UPLOAD_TYPES, is_paediatric_sample, load_film, sample_films, sample_title
-from webapp.model import classifier
-from webapp.view import explained, show_result
+from webapp.services import audit_log, sites
+from webapp.session import site_session, state
+from webapp.views import site_view
+from webapp.views.literal import literal
+from webapp.session.films import CHILD_LABEL, UPLOAD_TYPES, is_paediatric_sample, load_film, sample_films, sample_title
+from webapp.services.model import classifier
+from webapp.views.view import explained, show_result
 
 st.title("Screen a chest X-ray for a COVID-19 pattern")
 st.caption("Frontal (PA/AP) chest radiographs of adults: PNG, JPEG, DICOM, BMP or TIFF. Films stay in this "
@@ -15,7 +17,7 @@ clf = classifier()  # loaded when the page opens (once per server), not after th
 
 # The operating point in use in this session: the shipped model's, or the adopted version of a site profile (fitted
 # by a site admin on the Site profiles page, or `python -m covidxr site fit`). The session keeps deciding with the
-# version it chose until its user switches (webapp.site_session); a profile that does not load cannot be chosen.
+# version it chose until its user switches (webapp.session.site_session); a profile that does not load cannot be chosen.
 was = site_session.active()
 listed = sites.list_profiles(sites.sites_dir(), clf.card)
 usable = {p.folder: p for p in listed if p.profile is not None}

@@ -1,9 +1,10 @@
 """Site profiles (site admins): fit a profile from the session's last batch, and adopt or retire the versions of
-every profile on the server, with their history. Parts in webapp/site_admin.py."""
+every profile on the server, with their history. Parts in webapp/views/site_admin.py."""
 import streamlit as st
 
-from webapp import access, site_admin, state
-from webapp.model import classifier
+from webapp.views import access, site_admin
+from webapp.session import state
+from webapp.services.model import classifier
 
 access.require_admin("open the Site profiles page")
 clf = classifier()  # the shipped model: site profiles are fitted with it

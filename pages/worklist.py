@@ -4,10 +4,10 @@ import streamlit as st
 
 from covidxr.pacs.wado import DICOMWEB_ENV, WadoError, dicomweb_url, fetch_film
 from covidxr.pacs.worklist import Worklist, database_url
-from webapp import state
-from webapp.films import load_film
-from webapp.view import show_result
-from webapp.worklist import study_label, study_rows
+from webapp.session import state
+from webapp.session.films import load_film
+from webapp.views.view import show_result
+from webapp.services.worklist import study_label, study_rows
 
 st.title("Worklist")
 st.caption("Studies the DICOM node received, highest COVID-19 score first (triage). A research screening aid, "

@@ -86,7 +86,7 @@ class Expected:
     probability: float
     label: str
     threshold: float
-    sentence: str   # the screen page's sentence for this film (webapp.wording.verdict)
+    sentence: str   # the screen page's sentence for this film (webapp.views.wording.verdict)
 
 
 def cli_predictions(films: list[Path], weights: Path) -> dict[Path, dict]:
@@ -101,7 +101,7 @@ def cli_predictions(films: list[Path], weights: Path) -> dict[Path, dict]:
 def choose_films(rows: dict[Path, dict], n: int, positive_class: str) -> list[Expected]:
     """n films the CLI scored as chest films, those whose page sentences differ first (then the rest).
     `positive_class`: the model card's, whose name the CLI's label carries when the film is positive."""
-    from webapp.wording import verdict  # the page's own wording
+    from webapp.views.wording import verdict  # the page's own wording
 
     usable = [Expected(str(f), r["probability"], r["label"], r["threshold"],
                        verdict(r["probability"], r["label"] == positive_class, r["threshold"], positive_class))
@@ -215,7 +215,7 @@ async def one_round(context, url: str, r: Round, expected: Expected, deadline: D
         await page.wait_for_function(OVERLAYS_READY_JS, arg=1, timeout=deadline.left_ms())
         r.result_s = time.perf_counter() - t0
         r.shown = (await result.first.inner_text()).replace("\u2060", "").strip()
-        # names are shown through webapp.literal, whose invisible word joiners a reader does not see
+        # names are shown through webapp.views.literal, whose invisible word joiners a reader does not see
         main = (await page.get_by_test_id("stMain").inner_text()).replace("\u2060", "")
         others = {int(s) for s in UPLOAD_NAME.findall(main)} - {r.session}
         if r.upload_name not in main or others:

@@ -1,7 +1,7 @@
 """Memory bound of a server-folder batch with hostile files in it (issue #29): prints peak RSS.
 
 Two runs, each in a fresh process, of what the Batch evaluation page does for a server folder
-(webapp.batch.folder_batch inside $COVIDXR_DATA_ROOTS, then covidxr.evaluate.iter_scores with the shipped
+(webapp.session.batch.folder_batch inside $COVIDXR_DATA_ROOTS, then covidxr.evaluate.iter_scores with the shipped
 model): first a folder of real films only (the normal peak), then the same films plus a character device
 named zero.png (`mknod c 1 5`, what /dev/zero is; needs root, else left out and said so), a FIFO named
 p.png and a 5 GB sparse huge.dcm. Before the bounded reader (covidxr.safety.read_regular) the device grew
@@ -41,7 +41,7 @@ def child(folder: str) -> None:
     """One batch as the page runs it; prints a JSON line with the peak RSS and the rows' outcome."""
     from covidxr.classifier import load  # the project's packages, installed in .venv (scripts/setup.sh)
     from covidxr.evaluate import iter_scores
-    from webapp.batch import folder_batch
+    from webapp.session.batch import folder_batch
 
     clf = load(os.environ.get("COVIDXR_WEIGHTS") or REPO / "weights", threads=1)
     t0 = time.perf_counter()

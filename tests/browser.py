@@ -27,7 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking"
                  "--disable-sync", "--disable-gpu", "--disable-quic", "--no-first-run"]
 START_TIMEOUT_S = 180
 UPLOADER = '[data-testid="stFileUploader"] input[type=file]'
-# The screen page's decision sentence (webapp.wording.verdict), e.g. "No COVID-19 pattern: 12% (operating point 14.9%)".
+# The screen page's decision sentence (webapp.views.wording.verdict), e.g. "No COVID-19 pattern: 12% (operating point 14.9%)".
 VERDICT_PATTERN = r"(Positive for|No) COVID-19 pattern: .*\(operating point "
 # The app root while no script run is going on; clicks that land mid-run can be dropped with the old element.
 SCRIPT_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'

@@ -25,7 +25,7 @@ def _interrupted(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-# The app records every event in its audit trail (webapp.audit_log): the tests' runs, and the servers and CLIs they
+# The app records every event in its audit trail (webapp.services.audit_log): the tests' runs, and the servers and CLIs they
 # start, write to a store of their own for the session, never to the repo's data/audit.db.
 _AUDIT_DIR = None
 

@@ -2,7 +2,7 @@
 (issue #29), plus the special files it put in a server folder. Names only here; the files are made in a
 tmp folder at test time (a FIFO, a character device and a 5 GB sparse file cannot live in git).
 
-Each name must come out of every page as literal text (webapp.literal) and out of every CSV as a cell no
+Each name must come out of every page as literal text (webapp.views.literal) and out of every CSV as a cell no
 spreadsheet runs (covidxr.safety.spreadsheet_safe).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import stat
 from contextlib import contextmanager
 from pathlib import Path
 
-from webapp.literal import JOINER
+from webapp.views.literal import JOINER
 
 # Spreadsheet formulas (OWASP's CSV injection cases)
 FORMULAS = [
@@ -95,7 +95,7 @@ def safe_file_name(text: str) -> str:
 
 
 def plain(markdown: str) -> str:
-    """Markdown made by webapp.literal back to the words a reader sees: escapes and word joiners dropped.
+    """Markdown made by webapp.views.literal back to the words a reader sees: escapes and word joiners dropped.
     For tests that read a page's texts (AppTest gives the Markdown source)."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", str(markdown)).replace(JOINER, "")
 

@@ -1,11 +1,11 @@
-"""A page that renders each text of $LITERAL_TEXTS (a JSON list) through webapp.literal in every kind of
+"""A page that renders each text of $LITERAL_TEXTS (a JSON list) through webapp.views.literal in every kind of
 Markdown-rendering element the app uses, for tests/test_literal.py to read back in Chromium."""
 import json
 import os
 
 import streamlit as st
 
-from webapp.literal import literal
+from webapp.views.literal import literal
 
 texts = json.loads(open(os.environ["LITERAL_TEXTS"], encoding="utf-8").read())
 for i, t in enumerate(texts):

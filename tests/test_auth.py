@@ -11,7 +11,9 @@ from covidxr.audit import AuditStore
 from covidxr.profiles import version_of
 from tests.conftest import REPO
 from tests.test_site_pages import made_profile
-from webapp import auth, serve, sites, state
+from webapp.services import auth, sites
+from webapp import serve
+from webapp.session import state
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 APP = str(REPO / "app.py")

@@ -227,9 +227,9 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
 
 def test_hostile_names_render_literally_in_chromium(page: Page, server: str, traffic):
     """Issue #29's names on the real app: the Screen page's film headings and the batch's results read exactly
-    as the names (webapp.literal.visible), with no link, emphasis, colour or formula anywhere on the page."""
+    as the names (webapp.views.literal.visible), with no link, emphasis, colour or formula anywhere on the page."""
     from tests.hostile import MARKUP
-    from webapp.literal import visible
+    from webapp.views.literal import visible
 
     names = [f"{t}.jpg" for t in MARKUP[:3]] + ["report\u202egnp.pdf.jpg"]
     film = (SAMPLES / "normal" / "00001362_004.jpg").read_bytes()

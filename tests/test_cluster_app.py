@@ -31,8 +31,10 @@ from tests.test_pages import SAMPLES, metric, started_app, texts
 from tests.test_ray import copy_films, kill_tagged
 from tests.test_ray_faults import running_cluster
 from tests.test_webapp import imported_by
-from webapp import cluster, site_view, state
-from webapp.cluster import RUN_PARAM
+from webapp.services import cluster
+from webapp.views import site_view
+from webapp.session import state
+from webapp.services.cluster import RUN_PARAM
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -263,7 +265,8 @@ def test_a_run_records_and_passes_on_the_sessions_site_profile(registry, classif
     """Scored with the session's profile version: `--site` names that version's own folder, run.json its name and
     line; the page's review decides with that version even after a newer one replaced it (versions are immutable)."""
     from tests.test_site_pages import made_profile
-    from webapp import site_session, sites
+    from webapp.session import site_session
+    from webapp.services import sites
 
     monkeypatch.setenv(sites.SITES_ENV, str(tmp_path / "profiles"))
     profile = made_profile("Ward 7", classifier.card.weights_sha256)
@@ -366,7 +369,7 @@ def test_an_unreachable_address_is_refused_at_once():
 
 
 def test_the_app_glue_imports_no_streamlit():
-    assert "streamlit" not in imported_by("import webapp.cluster, covidxr.engines.runs")
+    assert "streamlit" not in imported_by("import webapp.services.cluster, covidxr.engines.runs")
 
 
 def test_the_running_runs_metrics_are_the_reports_point_estimates():

@@ -1,5 +1,5 @@
 """The hostile corpus (tests/hostile.py) on every page, in-process (AppTest): every input field takes hostile
-values and no exception box appears; every outside name reaches the page through webapp.literal only (the
+values and no exception box appears; every outside name reaches the page through webapp.views.literal only (the
 browser test in test_literal.py shows that such text renders literally); the CSV export neutralises it; a
 server folder with a FIFO, a character device and a 5 GB sparse file is evaluated without blocking."""
 from __future__ import annotations
@@ -16,8 +16,8 @@ from tests.conftest import shared_data
 from tests.hostile import (DICOM_VALUE, FORMULAS, LONG_NAME, MARKUP, NAMES, deadline, safe_file_name,
                            special_files)
 from tests.test_pages import NORMAL_SAMPLE, SAMPLES, started_app, texts
-from webapp import state
-from webapp.literal import literal
+from webapp.session import state
+from webapp.views.literal import literal
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 DICOM_FILM = shared_data("dicom", "cxr", "siim-acr_CR_PA_jpeg-baseline.dcm")
@@ -92,7 +92,7 @@ def test_evaluate_page_hostile_uploads_folder_and_profile_names(app, monkeypatch
     assert "'=cmd|' -c calc'!A0.png" in cells
     assert app.subheader[0].value.startswith("Results · ")
 
-    monkeypatch.setattr("webapp.sites.fit_blocker", lambda batch: None)  # the name field, whatever the batch holds
+    monkeypatch.setattr("webapp.services.sites.fit_blocker", lambda batch: None)  # the name field, whatever the batch holds
     app.switch_page("pages/site_profiles.py").run()  # fitting lives on the Site profiles page (site admins; local: all)
     for name in [*MARKUP[:3], *FORMULAS[:2], "x" * 200, "\0", "CON", ".", "..", "a/b"]:
         app.text_input(key=state.SITE_NAME).set_value(name).run()

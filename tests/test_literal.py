@@ -1,4 +1,4 @@
-"""webapp.literal: outside text shown literally. Properties of the Markdown it writes (Hypothesis), then the
+"""webapp.views.literal: outside text shown literally. Properties of the Markdown it writes (Hypothesis), then the
 proof that counts: Chromium renders it, through Streamlit's own Markdown, as exactly `visible(text)` in a
 paragraph, a caption beside the app's bold words, an error box, a widget label and a subheader."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import REPO
 from tests.hostile import DICOM_VALUE, FORMULAS, MARKUP, NAMES
-from webapp.literal import JOINER, literal, visible, without_paths
+from webapp.views.literal import JOINER, literal, visible, without_paths
 
 # Text as it comes from outside: any code point, with Markdown's and Streamlit's syntax characters made common.
 SYNTAX = st.sampled_from(list(string.punctuation) + [" ", "\n", "\t", "\u202e", "\u200b", "http://", "www.",

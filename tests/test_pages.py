@@ -18,10 +18,10 @@ from streamlit.testing.v1 import AppTest
 from covidxr.card import ModelCard
 from covidxr.classifier import Classifier
 from tests.conftest import REPO, shared_data
-from webapp import state
+from webapp.session import state
 from tests.hostile import plain
-from webapp.literal import literal
-from webapp.wording import fmt_threshold
+from webapp.views.literal import literal
+from webapp.views.wording import fmt_threshold
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -64,7 +64,7 @@ def app(weights, monkeypatch) -> AppTest:
 
 def texts(at: AppTest, raw: bool = False) -> list[str]:
     """Every text the page shows (alerts, markdown, captions, headings), as a reader sees it (outside text is
-    escaped by webapp.literal: tests.hostile.plain undoes it); `raw`: the Markdown sources."""
+    escaped by webapp.views.literal: tests.hostile.plain undoes it); `raw`: the Markdown sources."""
     out = []
     for kind in ("success", "error", "warning", "info", "markdown", "caption", "title", "header", "subheader"):
         out += [str(e.value) for e in getattr(at, kind)]
@@ -179,7 +179,7 @@ def test_upload_films_including_dicom_never_shows_patient_identity(app):
 
 
 def test_opacity_slider_redraws_without_recomputing_gradcam(app, monkeypatch):
-    from webapp import view
+    from webapp.views import view
 
     calls = count_calls(monkeypatch, view, "explain")
     app.file_uploader[0].set_value(film_upload(COVID_SAMPLE)).run()
@@ -306,7 +306,7 @@ def test_server_folder_only_inside_allowed_roots(app, monkeypatch):
 
 def test_interrupted_evaluation_keeps_the_rows_scored(app, classifier):
     from covidxr.evaluate import iter_scores, scan_folder
-    from webapp.batch import Batch
+    from webapp.session.batch import Batch
 
     items = scan_folder(SAMPLES, classifier.card.positive_class)
     batch = Batch("samples", len(items), classifier.threshold, classifier.card.positive_class, items)
@@ -322,7 +322,7 @@ def test_interrupted_evaluation_keeps_the_rows_scored(app, classifier):
 # ---------------------------------------------------------------- heatmap review
 
 def test_review_shows_errors_first_and_opens_a_film_in_a_dialog(app, monkeypatch):
-    from webapp import view
+    from webapp.views import view
 
     run_evaluation(app)
     app.slider(key=state.EVAL_THRESHOLD).set_value(50.0).run()

@@ -1,4 +1,4 @@
-"""Choosing a fitted profile's sensitivity and adopting it (webapp.site_choice, issue 25), driven by AppTest on
+"""Choosing a fitted profile's sensitivity and adopting it (webapp.views.site_choice, issue 25), driven by AppTest on
 a profile fitted on synthetic numbers: the chooser shows what each target costs in plain words, a profile
 clearly worse than the shipped model is refused until a reason is recorded, and the words on the clinician's
 screen carry no engineering terms (those are in the expander)."""
@@ -12,7 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from covidxr.site import SiteProfile, fit_profile
 from tests.test_site import FakeCard, binormal_site
-from webapp import site_choice, sites
+from webapp.views import site_choice
+from webapp.services import sites
 
 pytestmark = pytest.mark.slow   # fits a profile (nested cross-validation) and drives Streamlit
 
@@ -26,7 +27,8 @@ def flow(folder: str) -> None:
     import streamlit as st
 
     from covidxr.site import SiteProfile
-    from webapp import site_choice, site_view, sites
+    from webapp.views import site_choice, site_view
+    from webapp.services import sites
 
     fitted = SiteProfile.load(Path(folder) / "fitted")
     p = site_choice.choose(fitted, key="target")

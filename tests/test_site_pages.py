@@ -1,8 +1,8 @@
-"""Site profiles in the app (issue 14): webapp.sites on its own, then the pages driven by Streamlit's AppTest:
+"""Site profiles in the app (issue 14): webapp.services.sites on its own, then the pages driven by Streamlit's AppTest:
 fit and save a profile from a labelled batch, choose it on the Screen page, score with it, refuse a bad one.
 
 The profile folder is a tmp one ($COVIDXR_SITES_DIR); fitting in the app is narrowed to the temperature method
-and 200 bootstrap resamples (webapp.sites.FIT_METHODS, N_BOOT) to keep the runtime short.
+and 200 bootstrap resamples (webapp.services.sites.FIT_METHODS, N_BOOT) to keep the runtime short.
 """
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ from covidxr.site import SiteError, fit_profile
 from tests.conftest import REPO, shared_data
 from tests.test_pages import started_app
 from tests.test_site import FakeCard, synthetic
-from webapp import site_view, sites, state
-from webapp.wording import fmt_threshold
+from webapp.views import site_view
+from webapp.services import sites
+from webapp.session import state
+from webapp.views.wording import fmt_threshold
 
 SAMPLES = REPO / "samples"
 COVID_SAMPLE = SAMPLES / "covid" / "006f3a8a.jpg"
@@ -47,7 +49,7 @@ def tamper(folder: Path) -> None:
     np.savez(folder / "site.npz", **arrays)
 
 
-# ---------------------------------------------------------------- webapp.sites on its own
+# ---------------------------------------------------------------- webapp.services.sites on its own
 
 def test_the_profile_folder_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(sites.SITES_ENV, raising=False)

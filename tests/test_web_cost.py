@@ -10,7 +10,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO, shared_data
-from webapp import images
+from webapp.views import images
 
 FILM_1024 = shared_data("dicom", "cxr", "nih-cxr_DX_1024_8bit.dcm")  # a 1024 px chest film the gate accepts
 
@@ -51,7 +51,7 @@ def test_drawing_is_the_overlay_pixel_for_pixel_and_the_muted_map_within_one_lev
 
 @pytest.mark.slow
 def test_display_images_are_encoded_once_per_film_and_opacity(classifier, monkeypatch):
-    from webapp import view
+    from webapp.views import view
 
     encoded: list[tuple[int, int]] = []
     original = view.jpeg_bytes
@@ -92,7 +92,7 @@ def test_display_images_are_encoded_once_per_film_and_opacity(classifier, monkey
 def test_the_downloaded_overlay_keeps_the_films_full_size(classifier):
     from covidxr.explain import explain
     from covidxr.films import read_film
-    from webapp import view
+    from webapp.views import view
 
     film = read_film(FILM_1024.read_bytes(), name=FILM_1024.name)
     ex = explain(classifier, film)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webapp import batch, images, lru, review, tables, wording
+from covidxr import lru
+from webapp.session import batch
+from webapp.views import images, review, tables, wording
 
 
 @pytest.mark.parametrize("p, positive, expected", [
@@ -328,15 +330,15 @@ def test_wording_and_tables_follow_the_cards_positive_class():
 def test_upload_types_come_from_the_film_suffixes():
     pytest.importorskip("streamlit")
     from covidxr.films import FILM_SUFFIXES
-    from webapp.films import UPLOAD_TYPES
+    from webapp.session.films import UPLOAD_TYPES
 
     assert {f".{t}" for t in UPLOAD_TYPES} == set(FILM_SUFFIXES) and len(UPLOAD_TYPES) == len(FILM_SUFFIXES)
 
 
 # ---------------------------------------------------------------- where Streamlit may be imported
 
-PURE = ("webapp.wording", "webapp.tables", "webapp.review", "webapp.batch", "webapp.images", "webapp.lru",
-        "webapp.card_view", "webapp.sites")
+PURE = ("webapp.views.wording", "webapp.views.tables", "webapp.views.review", "webapp.session.batch", "webapp.views.images",
+        "webapp.views.card_view", "webapp.services.sites")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -361,8 +363,8 @@ def test_pure_modules_and_the_core_never_import_streamlit_or_webapp():
 def test_the_upload_spool_patch_runs_only_when_called():
     pytest.importorskip("streamlit")
     sizes = fresh_python("from starlette.formparsers import MultiPartParser as P; before = P.spool_max_size\n"
-                         "import webapp.uploads; imported = P.spool_max_size\n"
-                         "webapp.uploads.keep_uploads_in_memory(); print(before, imported, P.spool_max_size)")
+                         "import webapp.services.uploads; imported = P.spool_max_size\n"
+                         "webapp.services.uploads.keep_uploads_in_memory(); print(before, imported, P.spool_max_size)")
     before, imported, called = map(int, sizes.split())
     assert imported == before                    # importing changed nothing
     assert called > 200 << 20 > before           # called (by app.py), the whole upload limit stays in memory
@@ -370,7 +372,7 @@ def test_the_upload_spool_patch_runs_only_when_called():
 
 def test_session_state_keys_are_distinct():
     pytest.importorskip("streamlit")
-    from webapp import state
+    from webapp.session import state
 
     keys = [v for k, v in vars(state).items() if k.isupper() and isinstance(v, str)]
     assert len(keys) == len(set(keys)) >= 20
@@ -414,7 +416,7 @@ def test_review_lists_refused_films_last_without_a_score_and_walks_errors():
 
 def test_the_child_sample_is_labelled_in_the_picker():
     pytest.importorskip("streamlit")
-    from webapp.films import CHILD_LABEL, sample_films, sample_title
+    from webapp.session.films import CHILD_LABEL, sample_films, sample_title
 
     titles = {p.name: sample_title(p) for p in sample_films()}
     assert titles["person1000_virus_1681.jpg"].endswith("(child: the model is not validated on children)")
@@ -424,7 +426,7 @@ def test_the_child_sample_is_labelled_in_the_picker():
 def test_card_view_puts_unseen_hospitals_first_from_the_card():
     from covidxr.card import ModelCard
     from covidxr.classifier import DEFAULT_WEIGHTS
-    from webapp import card_view
+    from webapp.views import card_view
 
     card = ModelCard.load(DEFAULT_WEIGHTS)
     folds = card_view.unseen_folds(card)

@@ -9,7 +9,7 @@ What a result carries follows MONAI Deploy's DICOM writers and highdicom's docs:
   the operating point, the profile). It references the source image (evidence and the group's source
   image), says VerificationFlag UNVERIFIED, and its series description says research use, not for diagnosis.
   A film the gate refuses gets an SR whose evaluation is "Indeterminate" with the reasons: not assessed, why.
-- SC: an RGB secondary capture of the app's report picture (webapp.images.report_image: the film with its
+- SC: an RGB secondary capture of the app's report picture (webapp.views.images.report_image: the film with its
   Grad-CAM and colour scale, the decision, score, operating point, model version, date and "not for
   diagnostic use" printed), BurnedInAnnotation YES. None for a refused film.
 Both carry the Contributing Equipment Sequence (this software as processing equipment), sit in the film's
@@ -226,11 +226,11 @@ def make_sr(scored: Scored, classifier):
 
 
 def report_picture(scored: Scored, classifier) -> np.ndarray:
-    """The app's report picture of a scored film (uint8 RGB): webapp.images.report_image with the lines
-    webapp.wording.report_lines words, and the "not for diagnostic use" line."""
+    """The app's report picture of a scored film (uint8 RGB): webapp.views.images.report_image with the lines
+    webapp.views.wording.report_lines words, and the "not for diagnostic use" line."""
     import covidxr
-    from webapp.images import DEFAULT_OPACITY, report_image
-    from webapp.wording import gate_warnings, model_text, report_lines
+    from webapp.views.images import DEFAULT_OPACITY, report_image
+    from webapp.views.wording import gate_warnings, model_text, report_lines
 
     pred, card = scored.prediction, classifier.card
     model = model_text(card.name, card.weights_sha256, covidxr.__version__, pred.site)

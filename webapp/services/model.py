@@ -10,7 +10,7 @@ from covidxr.classifier import DEFAULT_WEIGHTS, Classifier, load
 from covidxr.explain import explain
 from covidxr.films import read_film
 
-from .films import sample_films
+from webapp.session.films import sample_films
 
 WEIGHTS_ENV = "COVIDXR_WEIGHTS"   # development only: another weights folder; the default is the shipped one
 

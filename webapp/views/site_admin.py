@@ -1,7 +1,7 @@
 """The Site profiles page's parts (site admins only): fit a profile from the session's last batch, show its
 figures, and the versions of every profile on the server with adopt / retire.
 
-Every action checks the role again (webapp.access.require_admin: refused and recorded as denied without it) and
+Every action checks the role again (webapp.views.access.require_admin: refused and recorded as denied without it) and
 is recorded (site-fit, site-adopt, site-retire) with the profile's name and version.
 """
 from __future__ import annotations
@@ -13,9 +13,11 @@ import streamlit as st
 from covidxr import profiles
 from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError
 
-from . import access, audit_log, site_view, sites, state
-from .charts import roc_chart
-from .literal import literal, without_paths
+from webapp.views import access, site_view
+from webapp.services import audit_log, sites
+from webapp.session import state
+from webapp.views.charts import roc_chart
+from webapp.views.literal import literal, without_paths
 
 
 def fit_form(clf: Any, batch: Any) -> None:

@@ -15,16 +15,18 @@ from covidxr.evaluate import iter_scores
 from covidxr.films import FilmError
 from covidxr.safety import PathRefused, ZipRefused
 
-from . import access, audit_log, auth, cluster, site_view, sites, state
-from .batch import Batch, folder_batch, interleave, progress_text, upload_batch
-from .batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
-from .charts import roc_chart
-from .films import SAMPLES, UPLOAD_TYPES, sample_films
-from .literal import literal, without_paths
-from .roots import data_roots
-from .tables import (breakdown_rows, confusion_table, fmt_metric, image_rows, metric_rows, refused_rows, roc_points,
+from webapp.views import access, site_view
+from webapp.services import audit_log, auth, cluster, sites
+from webapp.session import state
+from webapp.session.batch import Batch, folder_batch, interleave, progress_text, upload_batch
+from webapp.views.batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
+from webapp.views.charts import roc_chart
+from webapp.session.films import SAMPLES, UPLOAD_TYPES, sample_films
+from webapp.views.literal import literal, without_paths
+from webapp.services.roots import data_roots
+from webapp.views.tables import (breakdown_rows, confusion_table, fmt_metric, image_rows, metric_rows, refused_rows, roc_points,
                      score_column)
-from .wording import DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold
+from webapp.views.wording import DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold
 
 SOURCES = ["Upload films or a .zip", "A folder on the server", "The sample films"]
 Collect = Callable[[], tuple]  # () -> (title, items, keep_for_review), called when the run starts

@@ -1,7 +1,7 @@
 """Site profiles on the server, for every session (covidxr.site, covidxr.profiles): the profile folder, safe names,
 loading with reasons (cached), listing the adopted versions, adding a version, fitting from a batch. Which
-version a session decides with is webapp.site_session's; the words and rows shown about a profile,
-webapp.site_view's.
+version a session decides with is webapp.session.site_session's; the words and rows shown about a profile,
+webapp.views.site_view's.
 
 The profile folder is `$COVIDXR_SITES_DIR`, default `sites/` beside app.py (a relative value is taken from there
 too); each profile is a sub-folder named after it, holding its immutable versions (covidxr.profiles). The module
@@ -19,11 +19,11 @@ from typing import Any, Iterable
 from covidxr import profiles
 from covidxr.site import ARRAYS_FILE, MIN_PER_CLASS, SITE_FILE, SiteError, SiteProfile
 
-from .lru import LRU
-from .wording import class_title, is_refused
+from covidxr.lru import LRU
+from webapp.views.wording import class_title, is_refused
 
 SITES_ENV = "COVIDXR_SITES_DIR"
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = "sites"
 SHIPPED = "Shipped model"
 MAX_NAME = 64

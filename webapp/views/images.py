@@ -23,7 +23,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 # What the result view sends to the browser: the film and its overlay beside each other at about a
 # column's width in the wide layout, the "larger view" at full width; each encoded once per film and
-# opacity (webapp.view) and handed to st.image as JPEG bytes, which Streamlit passes on without
+# opacity (webapp.views.view) and handed to st.image as JPEG bytes, which Streamlit passes on without
 # decoding or encoding them again. The downloaded overlay (png_bytes) keeps the film's full size.
 DISPLAY_SIDE = 800
 LARGE_SIDE = 1024

@@ -1,12 +1,12 @@
 """What the signed-in user may do, and the records it leaves: the sign-in screen and sidebar (gate), signing out,
-and the role check every admin control calls (require_admin). Here webapp.auth (who the user is) and
-webapp.audit_log (what is recorded) meet, so that neither imports the other."""
+and the role check every admin control calls (require_admin). Here webapp.services.auth (who the user is) and
+webapp.services.audit_log (what is recorded) meet, so that neither imports the other."""
 from __future__ import annotations
 
 from typing import Any
 
-from . import audit_log
-from .auth import LOCAL_MODE, ROLE_TITLES, SIGNED_IN, User, current_user, user
+from webapp.services import audit_log
+from webapp.services.auth import LOCAL_MODE, ROLE_TITLES, SIGNED_IN, User, current_user, user
 
 
 def gate() -> User:

@@ -14,12 +14,12 @@ from covidxr.evaluate import LabelledItem
 from covidxr.films import FILM_SUFFIXES, Film, FilmError, read_film
 from covidxr.safety import ZipRefused
 
-from .images import shrink, to_uint8
+from webapp.views.images import shrink, to_uint8
 from covidxr.lru import LRU, file_key
-from .state import FILMS, THUMBNAILS, user_state
-from .wording import class_title
+from webapp.session.state import FILMS, THUMBNAILS, user_state
+from webapp.views.wording import class_title
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 UPLOAD_TYPES = [s.lstrip(".") for s in FILM_SUFFIXES]
 # Sample films of children (samples/README.md): the model is not validated on them, and the picker says so.
 PAEDIATRIC_SAMPLES = {"pneumonia/person1000_virus_1681.jpg"}

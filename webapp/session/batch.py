@@ -14,7 +14,7 @@ from covidxr import evaluate
 from covidxr.evaluate import LabelledItem, scan_folder, scan_uploads
 from covidxr.safety import resolve_inside
 
-from .wording import is_refused
+from webapp.views.wording import is_refused
 
 T = TypeVar("T")
 

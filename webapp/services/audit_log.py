@@ -20,7 +20,7 @@ UNAVAILABLE = ("The audit trail cannot be written, so nothing is scored or chang
 def _model_fields() -> dict[str, str]:
     import covidxr
 
-    from .model import card
+    from webapp.services.model import card
 
     return {"model_version": covidxr.__version__, "weights_sha256": card().weights_sha256}
 
@@ -28,7 +28,7 @@ def _model_fields() -> dict[str, str]:
 def _profile_fields(profile: Any) -> dict[str, str]:
     from covidxr.profiles import version_of
 
-    from . import site_session
+    from webapp.session import site_session
 
     if profile is site_session.ACTIVE:
         profile = site_session.active_profile()
@@ -45,7 +45,7 @@ def _stop(e: Exception) -> None:
 
 def event(user: Any, action: str, obj: str = "", decision: str = "", probability: float | None = None,
           outcome: str = SUCCESS, detail: dict | None = None, profile: Any = None, model: bool = True) -> AuditEvent:
-    """The event of `user` (webapp.auth.User). `profile`: a covidxr.site.SiteProfile, None (shipped model), or
+    """The event of `user` (webapp.services.auth.User). `profile`: a covidxr.site.SiteProfile, None (shipped model), or
     site_session.ACTIVE (the session's)."""
     fields = {**(_model_fields() if model else {}), **_profile_fields(profile)}
     return AuditEvent(action=action, user=user.subject, user_name=user.name, role=user.role, object=obj,
@@ -66,7 +66,7 @@ def deferred(action: str, **kw: Any):
     """A function that records this event of the session's user when called: for downloads, whose content is
     made on click outside the page's run. The event is built now; AuditUnavailable raised then (no record, no
     file: the download fails)."""
-    from .auth import user
+    from webapp.services.auth import user
 
     ev = event(user(), action, **kw)
     return lambda: open_store().record(ev)
@@ -74,7 +74,7 @@ def deferred(action: str, **kw: Any):
 
 def record(action: str, **kw: Any) -> None:
     """Record one event of the session's user (see record_as)."""
-    from .auth import user
+    from webapp.services.auth import user
 
     record_as(user(), action, **kw)
 

@@ -5,8 +5,8 @@ from typing import Any, Iterable, Sequence
 
 from covidxr.card import decision_label
 
-from .review import outcome
-from .wording import (METRIC_TITLES, NOT_CHEST, OUTCOME_TITLES, class_title, fmt_rate, fmt_rate_ci, is_refused,
+from webapp.views.review import outcome
+from webapp.views.wording import (METRIC_TITLES, NOT_CHEST, OUTCOME_TITLES, class_title, fmt_rate, fmt_rate_ci, is_refused,
                       row_reasons, row_warnings)
 
 RATIO_METRICS = {"auc"}  # shown as a number (0.868): an area, not a share of films; the rest as percentages

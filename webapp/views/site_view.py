@@ -8,9 +8,9 @@ from typing import Any
 from covidxr import profiles
 from covidxr.site import ROUGH_PER_CLASS, SiteProfile
 
-from .sites import SHIPPED
-from .tables import RATES, estimate_cells
-from .wording import class_title, fmt_threshold
+from webapp.services.sites import SHIPPED
+from webapp.views.tables import RATES, estimate_cells
+from webapp.views.wording import class_title, fmt_threshold
 
 def in_use_line(profile: SiteProfile | None) -> str:
     """"Shipped model" or "Site profile: NAME, version V, fitted on N films, DATE"."""

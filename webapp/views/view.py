@@ -19,14 +19,14 @@ import covidxr
 from covidxr.explain import Explanation, explain
 from covidxr.films import Film, film_summary
 
-from . import state
-from .images import (DEFAULT_OPACITY, DISPLAY_SIDE, LARGE_SIDE, Drawing, colour_bar, heat_overlay, jpeg_bytes,
+from webapp.session import state
+from webapp.views.images import (DEFAULT_OPACITY, DISPLAY_SIDE, LARGE_SIDE, Drawing, colour_bar, heat_overlay, jpeg_bytes,
                      overlay_name, png_bytes, report_image, to_uint8)
-from .literal import literal
+from webapp.views.literal import literal
 from covidxr.lru import LRU
-from .model import card, classifier
-from .tables import class_rows
-from .wording import (class_title, gate_warnings, model_text, other_finding_sentence, refusal, report_lines,
+from webapp.services.model import card, classifier
+from webapp.views.tables import class_rows
+from webapp.views.wording import (class_title, gate_warnings, model_text, other_finding_sentence, refusal, report_lines,
                       summary_line, tone, verdict)
 
 ICONS = {"positive": "🔴", "review": "⚠️", "negative": "✅", "refused": "🚫", "warning": "⚠️"}
@@ -37,16 +37,17 @@ def explanations() -> LRU[str, Explanation]:
     return state.user_state(state.EXPLANATIONS, lambda: LRU(48))
 
 
-from . import site_session
-from .site_session import ACTIVE  # explained()/show_result(): the session's operating point
+from webapp.session import site_session
+from webapp.session.site_session import ACTIVE  # explained()/show_result(): the session's operating point
 
 
 def explained(key: str, film: Film, profile=ACTIVE) -> Explanation:
     """The film's prediction and heatmap at an operating point: `profile` (a covidxr.site.SiteProfile, or None
-    for the shipped model's), by default the session's (webapp.sites). Cached by (profile, film): switching
+    for the shipped model's), by default the session's (webapp.services.sites). Cached by (profile, film): switching
     profiles decides again. The review page passes the profile its batch was scored with, so that the film
     it opens is decided as its row was."""
-    from . import site_session, sites
+    from webapp.session import site_session
+    from webapp.services import sites
 
     if profile is ACTIVE:
         profile = site_session.active_profile()
@@ -118,8 +119,8 @@ def show_result(key: str, film: Film, threshold: float | None = None, profile=AC
 
 
 def _export_record(key: str, pred, positive: bool, profile):
-    """The audit record of the overlay's download (webapp.audit_log.deferred): recorded when the file is made."""
-    from . import audit_log
+    """The audit record of the overlay's download (webapp.services.audit_log.deferred): recorded when the file is made."""
+    from webapp.services import audit_log
 
     return audit_log.deferred("export", obj=key, profile=profile, decision=pred.label, probability=pred.probability,
                               detail={"what": "overlay png", "positive": positive})
@@ -247,8 +248,8 @@ def heat_thumbnail(item, called_positive: bool, side: int = 256, profile=ACTIVE)
     below the operating point), 8-bit RGB at most `side` px; None when the film cannot be read again.
     The heatmap comes from this session's cache (computed once per film and `profile`, see explained(),
     shared with the large view)."""
-    from .films import load_item
-    from .images import shrink
+    from webapp.session.films import load_item
+    from webapp.views.images import shrink
 
     thumbs = state.user_state(state.THUMBNAILS, lambda: LRU(256))
     key = (item.path, "heat", called_positive)

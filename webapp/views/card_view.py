@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .tables import estimate_cells, fmt_estimate
-from .wording import class_title, fmt_threshold
+from webapp.views.tables import estimate_cells, fmt_estimate
+from webapp.views.wording import class_title, fmt_threshold
 
 SOURCE_TITLES = {"hannover-mhh": "Hannover Medical School", "ieee8023-jul2020": "Cohen et al. collection (ieee8023)",
                  "ieee8023-via-darkcovidnet": "Cohen et al. collection (DarkCovidNet copy)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .wording import fmt_pct
+from webapp.views.wording import fmt_pct
 
 STATE_WORDS = {"scored": "scored", "refused": "not assessed (not a frontal chest film)", "error": "unreadable"}
 DELIVERY_WORDS = {"pending": "results being sent", "delivered": "results in the PACS",

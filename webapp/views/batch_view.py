@@ -1,5 +1,5 @@
 """The Batch evaluation page's views of a batch's headline metrics and of the server's cluster runs
-(webapp.cluster: the registry's app side, without Streamlit): the run list, a running run's live progress
+(webapp.services.cluster: the registry's app side, without Streamlit): the run list, a running run's live progress
 (an `st.fragment` that refreshes itself), and a stopped run's state with its Resume button. A run's rows
 become the session's batch, which the page then shows as any other."""
 from __future__ import annotations
@@ -9,11 +9,12 @@ import streamlit as st
 from covidxr.card import ModelCard
 from covidxr.engines import runs
 
-from .literal import literal
-from . import cluster, sites, state
-from .roots import data_roots
-from .tables import fmt_metric, fmt_metric_ci
-from .wording import METRIC_HELP, METRIC_TITLES, fmt_threshold
+from webapp.views.literal import literal
+from webapp.services import cluster, sites
+from webapp.session import state
+from webapp.services.roots import data_roots
+from webapp.views.tables import fmt_metric, fmt_metric_ci
+from webapp.views.wording import METRIC_HELP, METRIC_TITLES, fmt_threshold
 
 NO_INTERVAL = "95% CI: too few films for an interval"
 

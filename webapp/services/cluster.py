@@ -22,9 +22,11 @@ from covidxr.evaluate import LabelledItem, Row
 from covidxr.metrics import auc, operating_point
 from covidxr.safety import PathRefused, resolve_inside
 
-from . import site_session, site_view, sites  # noqa: F401 - site_session: Active, in annotations
-from .batch import Batch, interleave, progress_text
-from .literal import literal, without_paths
+from webapp.session import site_session  # noqa: F401 - site_session: Active, in annotations
+from webapp.views import site_view
+from webapp.services import sites
+from webapp.session.batch import Batch, interleave, progress_text
+from webapp.views.literal import literal, without_paths
 from covidxr.lru import LRU
 
 RAY_ENV = "COVIDXR_RAY_ADDRESS"
@@ -50,7 +52,7 @@ def runs_dir() -> Path:
 def submit(folder: str, films: int, threshold: float, positive_class: str, weights: str,
            active: "site_session.Active") -> runs.Run:
     """Start a run of a server folder (already checked against the allowed roots and scanned: `films` found) on
-    the cluster, scored with the session's site profile (`active`, webapp.site_session.active()) if it has one."""
+    the cluster, scored with the session's site profile (`active`, webapp.session.site_session.active()) if it has one."""
     profile = active.profile
     site_dir = None if profile is None else str(active.path)  # the version's own folder: never rewritten
     extra = {"scored_with": site_view.in_use_line(profile), "site_token": list(sites.token(profile) or []) or None}
@@ -139,7 +141,7 @@ def started_text(run: runs.Run) -> str:
 def shows_run_errors() -> bool:
     """Whether this session may see a cluster run's error line (its stderr): site admins only. Sign-in and
     roles are not wired yet (#23), so nobody sees it in the app; the operator reads stderr.txt in the run's
-    folder. The line is shown without paths (webapp.literal.without_paths) even then."""
+    folder. The line is shown without paths (webapp.views.literal.without_paths) even then."""
     return False
 
 

@@ -1,4 +1,4 @@
-"""The site-profile version this browser session decides with (webapp.state.SITE_ACTIVE + SITE_VERSION).
+"""The site-profile version this browser session decides with (webapp.session.state.SITE_ACTIVE + SITE_VERSION).
 
 Why pinned: a profile replaced by a site admin must not change the decisions of a clinician who is screening
 with it. The session keeps the version it chose until its user switches, and is told when a newer version of
@@ -13,7 +13,7 @@ from typing import Any
 
 from covidxr.site import SiteProfile
 
-from .lru import LRU
+from covidxr.lru import LRU
 
 ACTIVE = object()  # "the session's profile", where a function takes a profile or None (the shipped model)
 
@@ -35,7 +35,7 @@ def choose(folder: str | None, version: str | None = None) -> None:
     pinned on first use."""
     import streamlit as st
 
-    from . import state
+    from webapp.session import state
 
     st.session_state[state.SITE_ACTIVE] = folder
     st.session_state[state.SITE_VERSION] = version
@@ -45,8 +45,9 @@ def active() -> Active:
     """This session's site profile and version, loaded (cached)."""
     import streamlit as st
 
-    from . import sites, state
-    from .model import card
+    from webapp.services import sites
+    from webapp.session import state
+    from webapp.services.model import card
 
     folder = st.session_state.get(state.SITE_ACTIVE)
     if not folder:
@@ -74,8 +75,8 @@ _with_site: LRU[tuple, Any] = LRU(_CACHE_SIZE)  # the model at each profile vers
 def scoring_classifier(profile: SiteProfile | None = None):
     """The server's model at the operating point of `profile` (None: the shipped one): a shallow copy sharing
     the networks, cached per profile version."""
-    from . import sites
-    from .model import classifier
+    from webapp.services import sites
+    from webapp.services.model import classifier
 
     clf = classifier()
     if profile is None:

@@ -14,16 +14,16 @@ import streamlit as st
 T = TypeVar("T")
 
 # ---------------------------------------------------------------- per-session objects
-BATCH = "batch"                # webapp.batch.Batch: the session's last batch evaluation
+BATCH = "batch"                # webapp.session.batch.Batch: the session's last batch evaluation
 FILMS = "films"                # LRU of decoded films, by content and name
 EXPLANATIONS = "explanations"  # LRU of Grad-CAM explanations, by content
 THUMBNAILS = "thumbnails"      # LRU of the review gallery's thumbnails, by film path
 REVIEW_OPEN = "review_open"    # the batch row opened large on the review page
 SITE_ACTIVE = "site_active"    # the session's site profile: its folder in the profile folder (None: shipped model)
-SITE_VERSION = "site_version"  # the version of that profile the session decides with (webapp.site_session)
+SITE_VERSION = "site_version"  # the version of that profile the session decides with (webapp.session.site_session)
 SITE_FITTED = "site_fitted"    # Batch evaluation page: the last batch's fitted profile {folder, profile, skipped}
 BATCH_SCORED_BY = "batch_scored_by"  # how the last batch was scored: {"site": name or None, "profile", "line", "threshold"}
-DISPLAY_IMAGES = "display_images"  # LRU of the result view's JPEG bytes, by film, colouring and opacity (webapp.view)
+DISPLAY_IMAGES = "display_images"  # LRU of the result view's JPEG bytes, by film, colouring and opacity (webapp.views.view)
 CLUSTER_RUN = "cluster_run"    # Batch evaluation page: the id of the cluster run open in this session (also ?run=ID)
 BATCH_RUN = "batch_run"        # (run id, state, films scored) of the cluster run BATCH was last built from
 
@@ -47,7 +47,7 @@ EVAL_INCLUDE_REFUSED = "eval_include_refused"
 SITE_NAME = "site_name"              # fit a site profile from the batch: its name (and folder)
 SITE_OVERWRITE = "site_overwrite"    # replace the saved profile of that name (one box per name: site_overwrite())
 SITE_FIT = "site_fit"
-SITE_TARGET = "site_target"          # the fitted profile's sensitivity to aim at (webapp.site_choice)
+SITE_TARGET = "site_target"          # the fitted profile's sensitivity to aim at (webapp.views.site_choice)
 SITE_OVERRIDE = "site_override"      # adopt a profile not offered anyway: the reason, recorded
 SITE_SAVE = "site_save"
 SITE_SAVED = "site_saved"            # the folder of the fitted profile just saved
@@ -75,7 +75,7 @@ def review_open_button(row: int) -> str:
     return f"{REVIEW_OPEN}_{row}"
 
 
-# ---------------------------------------------------------------- widgets: one result (webapp.view)
+# ---------------------------------------------------------------- widgets: one result (webapp.views.view)
 
 def opacity_slider(film_key: str) -> str:
     """The heatmap opacity of one film (by content), so that each shown film keeps its own."""

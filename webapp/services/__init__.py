@@ -1,0 +1,1 @@
+"""Process-wide services: one per server process, shared by every session."""

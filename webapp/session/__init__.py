@@ -1,0 +1,1 @@
+"""Per-session state: what one browser session keeps (st.session_state) and decodes once."""
