@@ -37,11 +37,16 @@ VERSION_CHARS = 12  # hex digits shown and used as the folder name (48 bits: col
 
 def version_of(profile: SiteProfile) -> str:
     """The profile's content hash (first VERSION_CHARS hex digits of a sha256 over everything that decides a
-    result and describes it: name, base model, method, threshold, adapter arrays, films, time of fitting)."""
+    result and describes it: name, base model, method, operating-point rule, target sensitivity, threshold,
+    adapter arrays, whether it is offered for adoption and the override that adopts it anyway (reason, time,
+    who), films, time of fitting). Two profiles that decide any film differently, or that were adopted on
+    different grounds, never share a version."""
     h = hashlib.sha256()
     a = profile.adapter
-    meta = {"name": profile.name, "base": profile.base_sha256, "method": profile.method,
+    meta = {"name": profile.name, "base": profile.base_sha256, "method": profile.method, "rule": profile.rule,
+            "target": None if profile.target is None else round(float(profile.target), 9),
             "threshold": round(float(profile.threshold), 9), "scale": float(a.scale), "bias": float(a.bias),
+            "offered": bool(profile.offered), "override": profile.override or None,
             "films": profile.films, "created": profile.created}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for arr in (a.w, a.mean, a.std):

@@ -135,11 +135,11 @@ class SiteProfile:
         return replace(self, target=op["target"], threshold=op["threshold"], offered=op["offered"],
                        offered_why=op["why"], override=None, figures={**self.figures, "adapted": adapted})
 
-    def with_override(self, reason: str) -> "SiteProfile":
-        """The profile with an override of a refused offer recorded (its reason and time)."""
+    def with_override(self, reason: str, by: str = "") -> "SiteProfile":
+        """The profile with an override of a refused offer recorded (its reason, time and, given, who)."""
         if not (reason or "").strip():
             raise SiteError("an override needs a reason")
-        return replace(self, override={"reason": reason.strip(),
+        return replace(self, override={"reason": reason.strip(), **({"by": by} if by else {}),
                                        "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
     def check_adoptable(self) -> None:

@@ -442,3 +442,25 @@ def test_site_refuses_a_profile_not_offered_until_an_override_is_recorded(fitted
     meta["adoption"]["override"] = {"reason": "checked on our own 300 films", "at": "2026-01-01T00:00:00+00:00"}
     (bad / "site.json").write_text(json.dumps(meta))
     assert main(["predict", film, "--site", str(bad), "--json"]) == 0
+
+
+def test_the_version_hashes_everything_that_decides_a_result_and_survives_a_round_trip(tmp_path):
+    """covidxr.profiles.version_of: a profile at another target sensitivity, threshold, rule, offer or override is
+    another version; saving and loading keeps the version."""
+    from dataclasses import replace
+
+    from covidxr.profiles import version_of
+
+    prof = fit_profile(binormal_site(12, 12, 0), FakeCard(), "v", methods=["temperature"], n_boot=20)
+    v = version_of(prof)
+    assert version_of(replace(prof)) == v                                            # content, not identity
+    others = {"target": prof.at_target(0.97), "threshold": replace(prof, threshold=prof.threshold + 1e-6),
+              "rule": replace(prof, rule="empirical"), "offer": replace(prof, offered=False),
+              "override": prof.with_override("checked on 200 films", by="sub-admin"),
+              "override reason": prof.with_override("another reason", by="sub-admin"),
+              "overrider": prof.with_override("checked on 200 films", by="sub-other")}
+    versions = {k: version_of(p) for k, p in others.items()}
+    assert v not in versions.values() and len(set(versions.values())) == len(versions), versions
+    for p in (prof, others["target"], others["override"]):
+        p.save(tmp_path / version_of(p))
+        assert version_of(SiteProfile.load(tmp_path / version_of(p))) == version_of(p)
