@@ -1,5 +1,5 @@
 """Site profiles in the app (issue 14): webapp.services.sites on its own, then the pages driven by Streamlit's AppTest:
-fit and save a profile from a labelled batch, choose it on the Screen page, score with it, refuse a bad one.
+fit a profile from a labelled batch, look at it, adopt it, choose it on the Screen page, score with it, refuse a bad one.
 
 The profile folder is a tmp one ($COVIDXR_SITES_DIR); fitting in the app is narrowed to the temperature method
 and 200 bootstrap resamples (webapp.services.sites.FIT_METHODS, N_BOOT) to keep the runtime short.
@@ -240,30 +240,41 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     app.button(key=state.SITE_FIT).click().run()
     assert not app.exception
 
-    # saved: the profile's two files only, no film names; its figures side by side, the caveat and the advice
+    # fitted, kept in the session only: nothing saved before it is adopted; its figures side by side, the caveat,
+    # the advice, both ROC curves and the sensitivity chooser
+    assert not profiles.exists() or not any(profiles.iterdir())
+    assert any("kept in your session only" in i.value for i in app.info)
+    fitted = app.session_state[state.SITE_FITTED]["profile"]
+    table = next(df.value for df in app.dataframe if "scored by" in df.value)
+    assert list(table["scored by"]) == ["Shipped model", site_view.ADAPTED]
+    assert table["operating point"][0] == fmt_threshold(card.threshold)
+    assert table["operating point"][1] == fmt_threshold(fitted.threshold)
+    assert app.select_slider(key=state.SITE_TARGET).value == fitted.target
+    assert any("rough estimate" in w.value for w in app.warning)
+    assert any("clearly better" in m.value for m in [*app.info, *app.warning])
+    charts = [c.proto.spec for c in app.get("vega_lite_chart")]
+    assert len(charts) == 1 and '"field": "model"' in charts[0]                # the two CV ones
+    assert fitted.offered, "a test that cannot adopt: the profile fitted on these films is not offered"
+    app.button(key=state.SITE_SAVE).click().run()
+    assert not app.exception
+
+    # adopted: the profile's two files only, no film names
     saved = version_dir(profiles / "Ward 7")
     assert sorted(p.name for p in saved.iterdir()) == ["site.json", "site.npz"]
     text = (saved / "site.json").read_text()
     assert not any(f.stem in text for f in site_films.rglob("*.*"))
     meta = json.loads(text)
     assert meta["name"] == "Ward 7" and meta["base_sha256"] == card.weights_sha256
-    assert meta["films"] == {"covid": 8, "non-covid": 8}
-    assert any("Saved and adopted as version" in s.value for s in app.success)
-    table = next(df.value for df in app.dataframe if "scored by" in df.value)
-    assert list(table["scored by"]) == ["Shipped model", site_view.ADAPTED]
-    assert table["operating point"][0] == fmt_threshold(card.threshold)
-    assert table["operating point"][1] == fmt_threshold(meta["threshold"])
-    assert any("rough estimate" in w.value for w in app.warning)
-    assert any("clearly better" in m.value for m in [*app.info, *app.warning])
-    charts = [c.proto.spec for c in app.get("vega_lite_chart")]
-    assert len(charts) == 1 and '"field": "model"' in charts[0]                # the two CV ones
+    assert meta["films"] == {"covid": 8, "non-covid": 8} and meta["threshold"] == fitted.threshold
+    assert any(f"Adopted as version {saved.name}" in s.value for s in app.success)
 
-    # the name is now taken: refused until replacing it is ticked
-    app.run()
-    assert app.button(key=state.SITE_FIT).disabled
+    # fitted again under the same name: adopting it needs the replace box
+    app.button(key=state.SITE_FIT).click().run()
+    assert app.button(key=state.SITE_SAVE).disabled
     assert any("already adopted on this server" in w.value for w in app.warning)
     app.checkbox(key=state.site_overwrite("Ward 7")).check().run()
-    assert not app.button(key=state.SITE_FIT).disabled
+    assert not app.button(key=state.SITE_SAVE).disabled
+    assert len(list((profiles / "Ward 7" / "versions").iterdir())) == 1       # still nothing new saved
 
     # the Screen page offers it; choosing it changes the line in use, the threshold and the report line
     app.switch_page("pages/screen.py").run()

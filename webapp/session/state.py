@@ -21,7 +21,8 @@ THUMBNAILS = "thumbnails"      # LRU of the review gallery's thumbnails, by film
 REVIEW_OPEN = "review_open"    # the batch row opened large on the review page
 SITE_ACTIVE = "site_active"    # the session's site profile: its folder in the profile folder (None: shipped model)
 SITE_VERSION = "site_version"  # the version of that profile the session decides with (webapp.session.site_session)
-SITE_FITTED = "site_fitted"    # Batch evaluation page: the last batch's fitted profile {folder, profile, skipped}
+SITE_FITTED = "site_fitted"    # Site profiles page: the profile fitted from the last batch, kept in this session only
+                               # until a site admin adopts it {folder, profile, skipped}
 BATCH_SCORED_BY = "batch_scored_by"  # how the last batch was scored: {"site": name or None, "profile", "line", "threshold"}
 DISPLAY_IMAGES = "display_images"  # LRU of the result view's JPEG bytes, by film, colouring and opacity (webapp.views.view)
 CLUSTER_RUN = "cluster_run"    # Batch evaluation page: the id of the cluster run open in this session (also ?run=ID)
@@ -49,8 +50,8 @@ SITE_OVERWRITE = "site_overwrite"    # replace the saved profile of that name (o
 SITE_FIT = "site_fit"
 SITE_TARGET = "site_target"          # the fitted profile's sensitivity to aim at (webapp.views.site_choice)
 SITE_OVERRIDE = "site_override"      # adopt a profile not offered anyway: the reason, recorded
-SITE_SAVE = "site_save"
-SITE_SAVED = "site_saved"            # the folder of the fitted profile just saved
+SITE_SAVE = "site_save"              # adopt the fitted profile (saved as a new version)
+SITE_SAVED = "site_saved"            # the profile just adopted {folder, version, line}
 CLUSTER_RESUME = "cluster_resume"  # start an interrupted or failed cluster run again where it stopped
 CLUSTER_OPEN = "cluster_open"      # the list's Open button of one cluster run (one per run: cluster_open())
 # The batch form as the user left it: Streamlit drops the state of widgets that are not drawn (another

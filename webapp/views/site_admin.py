@@ -1,8 +1,15 @@
-"""The Site profiles page's parts (site admins only): fit a profile from the session's last batch, show its
-figures, and the versions of every profile on the server with adopt / retire.
+"""The Site profiles page's parts (site admins only): fit a profile from the session's last batch, look at it
+beside the shipped model and choose its sensitivity, and only then adopt it; and the versions of every profile
+on the server with adopt / retire.
 
-Every action checks the role again (webapp.views.access.require_admin: refused and recorded as denied without it) and
-is recorded (site-fit, site-adopt, site-retire) with the profile's name and version.
+Fit, look, adopt (issue 25): a fitted profile is kept in this session only (SITE_FITTED); nothing is written to
+the server's profile folder, so no other user sees it, until a site admin presses Adopt. Adopting saves it as
+an immutable version (covidxr.profiles) at the sensitivity chosen, with the override if one was needed. A
+profile clearly worse than the shipped model is not offered without an explicit override and its reason.
+
+Every action checks the role again (webapp.views.access.require_admin: refused and recorded as denied without
+it) and is recorded (site-fit, site-adopt, site-retire) with the profile's name and version. An adoption is
+recorded before the profile is written: when the audit trail cannot be written nothing is adopted (fail closed).
 """
 from __future__ import annotations
 
@@ -11,56 +18,49 @@ from typing import Any
 import streamlit as st
 
 from covidxr import profiles
-from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError
+from covidxr.site import MIN_PER_CLASS, ROUGH_PER_CLASS, SiteError, SiteProfile
 
-from webapp.views import access, site_view
-from webapp.services import audit_log, sites
+from webapp.views import access, site_choice, site_view
+from webapp.services import audit_log, auth, sites
 from webapp.session import state
 from webapp.views.charts import roc_chart
 from webapp.views.literal import literal, without_paths
 
+FIT_LABEL = "Fit a site profile (nothing is saved yet)"
+ADOPT_LABEL = "Adopt this profile for every user of the server"
+# Widget keys of the look-and-adopt step that belong to one fitted profile: dropped when another is fitted.
+_STEP_KEYS = (state.SITE_TARGET, state.SITE_OVERRIDE, f"{state.SITE_OVERRIDE}_box", state.SITE_SAVED)
+
 
 def fit_form(clf: Any, batch: Any) -> None:
-    """Name, replace box and the Fit button for the session's last batch; the fitted profile's figures below."""
-    card = clf.card
-    st.caption(f"A site profile recalibrates the model on your own labelled films: at least {MIN_PER_CLASS} of each "
-               f"class; below {ROUGH_PER_CLASS} of a class its figures are rough. It is fitted with the shipped model "
-               "(whatever is in use), its figures are cross-validated beside the shipped model's, and it is saved as "
-               "a new version under its name in this server's profile folder. Saving adopts it for every user of "
-               "the server; sessions deciding with an older version keep it until their user switches. The films "
-               "are re-read in memory; only the profile is written, with no film names.")
+    """Name and the Fit button for the session's last batch. Fitting keeps the profile in this session only."""
+    st.caption(f"A site profile adapts the model to your own labelled films: at least {MIN_PER_CLASS} of each "
+               f"class; below {ROUGH_PER_CLASS} of a class its figures are rough. It is fitted with the shipped "
+               "model, and its figures are checked on your films beside the shipped model's. Fitting saves "
+               "nothing: you look at the profile first, choose the sensitivity it aims at, and only adopting it "
+               "saves it, as a new version under its name, for every user of the server. The films are re-read "
+               "in memory; only the adopted profile is written, with no film names.")
     blocker = "No batch yet: run one on the Batch evaluation page first." if batch is None else sites.fit_blocker(batch)
     name = st.text_input("Profile name (also its folder on the server)", key=state.SITE_NAME,
                          max_chars=sites.MAX_NAME, disabled=blocker is not None,
                          placeholder="e.g. St Mary radiology 2024")
-    folder, problem, exists, overwrite = None, None, False, False
+    folder, problem = None, None
     if blocker is None and name.strip():
         try:
             folder = sites.check_name(name)
         except ValueError as e:
             problem = f"This name cannot be used: {literal(e)}."
-        else:
-            exists = profiles.current(sites.sites_dir() / folder) is not None
-    if exists:
-        overwrite = st.checkbox("Replace the adopted version of this profile (it is kept, retired, in the history)",
-                                key=state.site_overwrite(folder))
     if blocker:
         st.info(blocker, icon="ℹ️")
     elif problem:
         st.error(problem, icon="🚫")
-    elif exists and not overwrite:
-        st.warning("A profile of this name is already adopted on this server: choose another name, or tick the box "
-                   "to add a new version and retire the current one.", icon="⚠️")
-    if st.button("Fit and save the site profile", key=state.SITE_FIT,
-                 disabled=blocker is not None or folder is None or (exists and not overwrite)):
-        fit_and_save(clf, batch, folder, overwrite)
-    fitted = st.session_state.get(state.SITE_FITTED)
-    if fitted:
-        show_fitted(fitted, card.positive_class)
+    if st.button(FIT_LABEL, key=state.SITE_FIT, disabled=blocker is not None or folder is None):
+        fit(clf, batch, folder)
 
 
-def fit_and_save(clf: Any, batch: Any, folder: str, overwrite: bool) -> None:
-    user = access.require_admin("site-fit", profile=folder)
+def fit(clf: Any, batch: Any, folder: str) -> None:
+    """Fit a profile on the batch's films and keep it in this session (SITE_FITTED): nothing is saved."""
+    access.require_admin("site-fit", profile=folder)
     audit_log.check()
     bar = st.progress(0.0, text="Reading the films again…")
 
@@ -69,40 +69,104 @@ def fit_and_save(clf: Any, batch: Any, folder: str, overwrite: bool) -> None:
 
     try:
         profile, skipped = sites.fit(clf, batch.items, folder, progress=fit_progress, fitting=lambda: bar.progress(
-            0.85, text="Fitting and cross-validating the profile…"))
-        path = sites.save(profile, sites.sites_dir(), folder, overwrite=overwrite, user=user.subject)
-    except (SiteError, FileExistsError, OSError) as e:  # TooFewFilms is a SiteError
+            0.85, text="Fitting the profile and checking it on your films…"))
+    except (SiteError, OSError) as e:  # TooFewFilms is a SiteError
         bar.empty()
         audit_log.record("site-fit", outcome=audit_log.FAILURE, profile=None, detail={"name": folder, "why": str(e)})
-        st.error(f"No profile was saved: {literal(without_paths(e))}", icon="🚫")
+        st.error(f"No profile was fitted: {literal(without_paths(e))}", icon="🚫")
         return
     bar.empty()
-    audit_log.record("site-fit", profile=profile, detail={"films": profile.n_films, "method": profile.method,
-                                                          "threshold": profile.threshold, "replaced": overwrite})
-    audit_log.record("site-adopt", profile=profile, detail={"version_folder": path.name})
+    audit_log.record("site-fit", profile=profile, detail={"name": folder, "films": profile.n_films,
+                                                          "method": profile.method, "saved": False})
+    for k in _STEP_KEYS:
+        st.session_state.pop(k, None)
     st.session_state[state.SITE_FITTED] = {"folder": folder, "profile": profile, "skipped": len(skipped)}
 
 
-def show_fitted(fitted: dict, positive_class: str) -> None:
-    p = fitted["profile"]
-    figs = p.figures or {}
-    st.success(f"Saved and adopted as version {profiles.version_of(p)}: {literal(site_view.in_use_line(p))}. Clinicians "
-               "choose it on the Screen page.", icon="💾")
-    st.markdown(f"**Shipped model against the adapted profile on your films**, both cross-validated: "
-                f"{site_view.films_text(p, positive_class)}, {figs.get('folds', '?')} folds by "
-                f"{figs.get('folds_by', 'film')}; 95% CIs in brackets. Method kept: {site_view.method_title(p.method)}.")
-    st.dataframe(site_view.figure_rows(p), hide_index=True)
-    if rough := site_view.rough_text(p):
+def review(positive_class: str) -> None:
+    """Look, choose, adopt: the session's fitted profile beside the shipped model at the sensitivity chosen, in
+    plain words (the engineering terms in an expander), then the Adopt button (site admins only)."""
+    saved = st.session_state.get(state.SITE_SAVED)
+    if saved:
+        st.success(f"Adopted as version {saved['version']}: {literal(saved['line'])}. Clinicians choose it on the "
+                   "Screen page.", icon="💾")
+    fitted = st.session_state.get(state.SITE_FITTED)
+    if not fitted:
+        return
+    p: SiteProfile = fitted["profile"]
+    folder = fitted["folder"]
+    st.subheader("Look before adopting")
+    st.info("This profile is kept in your session only: nothing is saved and no other user sees it until you "
+            "adopt it below.", icon="👀")
+    st.markdown(f"**The shipped model against the profile adapted to your films** ({site_view.films_text(p, positive_class)}). "
+                "Both are checked on your own films: each film is scored by a profile fitted without that film "
+                "(cross-validated), so the figures are what to expect on your next films. 95% CIs in brackets.")
+    at = site_choice.choose(p, key=state.SITE_TARGET)
+    st.dataframe(site_view.figure_rows(at), hide_index=True)
+    if rough := site_view.rough_text(at):
         st.warning(rough, icon="⚠️")
-    kind, text = site_view.advice(p)
+    kind, text = site_view.advice(at)
     {"info": st.info, "warning": st.warning}[kind](text, icon="⚖️")
+    if roc := site_view.roc_rows(at):
+        a = at.figures.get("adapted") or {}
+        point = None
+        if a.get("sensitivity") is not None and a.get("specificity") is not None:
+            point = (1 - a["specificity"], a["sensitivity"],
+                     f"your choice: sensitivity {100 * a['sensitivity']:.0f}%, specificity {100 * a['specificity']:.0f}%")
+        st.markdown("**ROC curves on your films, both checked the same way** (the red dot: the sensitivity you chose)")
+        st.altair_chart(roc_chart(roc, by="model", operating_point=point), width="stretch")
     if fitted["skipped"]:
         st.caption(f"{fitted['skipped']} film{'s' if fitted['skipped'] > 1 else ''} of the batch left out of the fit "
                    "(unreadable, unlabelled, or not a frontal chest radiograph).")
-    if roc := site_view.roc_rows(p):
-        st.markdown("**ROC curves, cross-validated** (out-of-fold scores on your films)")
-        st.altair_chart(roc_chart(roc, by="model"), width="stretch")
-    st.caption(figs.get("note", ""))
+    site_choice.engineering(at)
+    adopt_form(folder, at)
+
+
+def adopt_form(folder: str, profile: SiteProfile) -> None:
+    """The replace box (when the name is adopted already), the refusal and override of a profile not offered,
+    and the Adopt button."""
+    st.subheader("Adopt it")
+    exists = profiles.current(sites.sites_dir() / folder) is not None
+    overwrite = False
+    if exists:
+        st.warning("A profile of this name is already adopted on this server: tick the box to add this one as a "
+                   "new version and retire the current one (kept in the history), or fit again under another "
+                   "name.", icon="⚠️")
+        overwrite = st.checkbox("Replace the adopted version of this profile", key=state.site_overwrite(folder))
+    chosen, allowed = site_choice.adopt_controls(profile, key=state.SITE_OVERRIDE, by=auth.user().subject)
+    if st.button(ADOPT_LABEL, key=state.SITE_SAVE, type="primary", disabled=not allowed or (exists and not overwrite)):
+        version = adopt(folder, chosen, overwrite)
+        if version is not None:
+            st.session_state.pop(state.SITE_FITTED, None)
+            st.session_state[state.SITE_SAVED] = {"folder": folder, "version": version,
+                                                  "line": site_view.in_use_line(chosen)}
+            st.rerun()
+
+
+def adopt(folder: str, profile: SiteProfile, overwrite: bool) -> str | None:
+    """Save the profile as a new adopted version (site admins only): recorded first, so that nothing is adopted
+    without its record; a profile not offered needs its override. Returns its version, None when refused."""
+    user = access.require_admin("site-adopt", profile=folder)
+    audit_log.check()
+    version = profiles.version_of(profile)
+    if not profile.adoptable:
+        audit_log.record("site-adopt", outcome=audit_log.DENIED, profile=None,
+                         detail={"name": folder, "version": version, "why": profile.offered_why})
+        st.error("Not adopted: this profile is not offered for adoption and no override was given.", icon="🚫")
+        return None
+    override = profile.override or {}
+    audit_log.record("site-adopt", profile=profile, detail={
+        "name": folder, "version": version, "target_sensitivity": profile.target, "threshold": profile.threshold,
+        "rule": profile.rule, "method": profile.method, "films": profile.n_films, "offered": profile.offered,
+        "override": override.get("reason"), "replaced": overwrite})
+    try:
+        sites.save(profile, sites.sites_dir(), folder, overwrite=overwrite, user=user.subject)
+    except (SiteError, FileExistsError, OSError) as e:
+        audit_log.record("site-adopt", outcome=audit_log.FAILURE, profile=None,
+                         detail={"name": folder, "version": version, "why": str(e)})
+        st.error(f"The profile was not adopted: {literal(without_paths(e))}", icon="🚫")
+        return None
+    return version
 
 
 def version_rows(folder: str) -> list[dict[str, str]]:

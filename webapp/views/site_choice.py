@@ -87,19 +87,25 @@ def choose(profile: SiteProfile, key: str) -> SiteProfile:
     return at
 
 
-def adopt_controls(profile: SiteProfile, key: str) -> tuple[SiteProfile, bool]:
-    """(profile, allowed): a refused profile gets its reason and an override box that needs a reason; the
-    override is recorded in the profile returned."""
+def adopt_controls(profile: SiteProfile, key: str, by: str = "") -> tuple[SiteProfile, bool]:
+    """(profile, allowed): a refused profile gets its reason, an explicit override box and the reason for it;
+    only both together allow adopting it, and the override (reason, time, `by`) is recorded in the profile
+    returned, so that it is part of the version (covidxr.profiles.version_of) and of the audit record."""
     import streamlit as st
 
     why = refusal(profile)
     if why is None:
         return profile, True
     st.error(why, icon="🚫")
-    reason = st.text_input("Adopt it anyway: the reason (recorded in the profile)", key=key, max_chars=300)
-    if not reason.strip():
+    if not st.checkbox("Adopt it anyway, against this advice (the override and its reason are recorded)",
+                       key=f"{key}_box"):
         return profile, False
-    return profile.with_override(reason), True
+    reason = st.text_input("The reason for adopting it anyway (recorded with the profile and in the audit trail)",
+                           key=key, max_chars=300)
+    if not reason.strip():
+        st.caption("Give the reason to adopt it.")
+        return profile, False
+    return profile.with_override(reason, by=by), True
 
 
 def engineering(profile: SiteProfile) -> None:
