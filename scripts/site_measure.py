@@ -207,17 +207,25 @@ def judged(test_set, card, prof) -> dict:
     return {"shipped": (ps, ps >= card.threshold), "adapted": (pa, pa >= prof.threshold)}
 
 
-def pooled(y: np.ndarray, parts: list[dict], what: str) -> dict:
+def pooled(y: np.ndarray, parts: list[dict], what: str, n_boot: int = 0) -> dict:
     """Two halves, each scored by its own model: AUC per half (a ranking is never pooled across models) and
-    their mean; sensitivity and specificity of the pooled decisions, each at its own model's threshold."""
+    their mean; sensitivity and specificity of the pooled decisions, each at its own model's threshold, with
+    Wilson 95% CIs. With `n_boot`, the AUC is the one over the pairs of films that share a half (each pair
+    ranked by one model; covidxr.site.within_fold_auc) with its bootstrap 95% CI."""
     from covidxr.metrics import auc
-    from covidxr.site import rates
+    from covidxr.site import rates, within_fold_auc
 
     aucs = [auc(yy, part[what][0]) for yy, part in zip(y, parts)]
     r = rates(np.concatenate(y), np.concatenate([part[what][1] for part in parts]))
-    return {"auc": round(float(np.mean(aucs)), 4), "auc_per_half": [round(v, 4) for v in aucs],
-            "sensitivity": r["sensitivity"], "specificity": r["specificity"], "ci": r["ci"],
-            "flagged_per_100": r["flagged_per_100"]}
+    out = {"auc": round(float(np.mean(aucs)), 4), "auc_per_half": [round(v, 4) for v in aucs],
+           "sensitivity": r["sensitivity"], "specificity": r["specificity"], "ci": dict(r["ci"]),
+           "flagged_per_100": r["flagged_per_100"]}
+    if n_boot:
+        ends = np.cumsum([0] + [len(yy) for yy in y])
+        a, ci = within_fold_auc(np.concatenate(y), np.concatenate([part[what][0] for part in parts]),
+                                [np.arange(lo, hi) for lo, hi in zip(ends, ends[1:])], n_boot)
+        out["auc"], out["ci"]["auc"] = round(float(a), 4), [round(float(v), 4) for v in ci]
+    return out
 
 
 def meets(adapted: dict, shipped: dict) -> bool:
@@ -266,7 +274,8 @@ def measure_source(work: Path, s: str, draws: int, max_fit: int = 200, rules: tu
         for r, prof in fitted_by_rule(data.subset(fit_idx), card, f"{s}_half{k}", rules, target, 50).items():
             got[r].append(judged(data.subset(test_idx), card, prof) | {"method": prof.method})
     for rule in rules:
-        res = {"fold_model": pooled(ys, got[rule], "shipped"), "with_profile": pooled(ys, got[rule], "adapted"),
+        res = {"fold_model": pooled(ys, got[rule], "shipped", 1000),
+               "with_profile": pooled(ys, got[rule], "adapted", 1000),
                "methods_chosen": [g["method"] for g in got[rule]]}
         res["target_met"] = meets(res["with_profile"], res["fold_model"])
         out["halves"][rule] = res

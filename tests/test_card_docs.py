@@ -136,3 +136,33 @@ def test_site_adaptation_table_is_rendered_beside_the_held_out_folds(tmp_path):
                      "8 per class", "0.681 (+0.020; -0.010 to 0.050; 4 draws)"):
         assert expected in page, expected
     assert "A site profile" not in render(tmp_path, small_card())
+
+
+def test_site_adaptation_by_rule_is_rendered_at_the_profiles_own_threshold(tmp_path):
+    """The table of scripts/site_measure.py since issue 25: the chosen rule's halves, with CIs, and by site size."""
+    def half(auc, sens, spec, per_half):
+        return {"auc": auc, "auc_per_half": per_half, "sensitivity": sens, "specificity": spec,
+                "flagged_per_100": round(100 * (1 - spec)),
+                "ci": {"auc": [auc - 0.0411, auc + 0.0411], "sensitivity": [sens - 0.05, sens + 0.03],
+                       "specificity": [spec - 0.1, spec + 0.1]}}
+    rules = {"binormal": {"fold_model": half(0.6912, 0.93, 0.1333, [0.7212, 0.6611]),
+                          "with_profile": half(0.6912, 0.8711, 0.3133, [0.7212, 0.6611]), "target_met": False},
+             "empirical": {"fold_model": half(0.6912, 0.93, 0.1333, [0.7212, 0.6611]),
+                           "with_profile": half(0.6912, 0.9611, 0.0667, [0.7212, 0.6611]), "target_met": False}}
+    fold = {"films": {"covid": 283, "non-covid": 75}, "fold_networks": 1, "target_sensitivity": 0.9,
+            "max_fit_per_class": 200, "halves": rules,
+            "by_site_size": {"16": {"draws": 8, "fold_model": {"auc": 0.6912, "sensitivity": 0.93, "specificity": 0.1333},
+                                    "binormal": {"auc": 0.7021, "sensitivity": 0.8877, "specificity": 0.2111,
+                                                 "target_met": False}}}}
+    card = small_card()
+    card["metrics"]["site_adaptation"] = {"what": "halves by patient", "target": "a test target", "folds": {"site-a": fold},
+                                          "rule": {"chosen": "binormal", "by_rule": {
+                                              "binormal": {"cells_met": 0, "cells": 2, "mean_youden": 0.1844},
+                                              "empirical": {"cells_met": 0, "cells": 2, "mean_youden": 0.0278}}}}
+    page = render(tmp_path, card)
+    for expected in ("operating-point rule: binormal", "| site-a | 283/75 | 1 | with the profile (binormal) | "
+                     "0.691 (0.650-0.732); halves 0.721, 0.661 | 0.871 (0.821-0.901) | 0.313 (0.213-0.413) | 69 | no |",
+                     "| site-a | 16 | 8 | 0.691 / 0.702 | 0.930 / 0.888 | 0.133 / 0.211 | no |",
+                     "| binormal | 0 of 2 | 0.184 |", "| empirical | 0 of 2 | 0.028 |"):
+        assert expected in page, expected
+    assert "0.961" not in page.split("The rules compared")[0]     # the other rule's profile is not in the tables

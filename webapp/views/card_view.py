@@ -125,17 +125,26 @@ def site_adaptation_rows(card: Any) -> list[dict]:
 
 
 def site_adaptation_text(card: Any) -> str | None:
-    """What the measured site-profile table says, in words (None when the card has no such measurement)."""
+    """What the measured site-profile table says, in words (None when the card has no such measurement): per
+    source, the profile at its own operating point against the model without it, and where the target was met."""
     sa = (card.metrics or {}).get("site_adaptation") or {}
     folds = _site_folds(sa)
     if not folds:
         return None
+    pct = lambda v: "?" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    said = []
+    for s, f in folds.items():
+        a, b = f.get("with_profile") or {}, f.get("fold_model") or {}
+        if f.get("auc_gain") is not None and "halves" not in f:  # the table before issue 25: the gain in AUC
+            said.append(f"{source_title(s)}: AUC {f['auc_gain']:+.3f}")
+        else:
+            said.append(f"{source_title(s)}: sensitivity {pct(a.get('sensitivity'))} and specificity "
+                        f"{pct(a.get('specificity'))} at the profile's own operating point, against "
+                        f"{pct(b.get('sensitivity'))} and {pct(b.get('specificity'))} without it")
     met = [s for s, f in folds.items() if f.get("target_met")]
-    gains = "; ".join(f"{source_title(s)}: AUC {'+' if (f.get('auc_gain') or 0) >= 0 else ''}{f.get('auc_gain', 0):.3f}"
-                      for s, f in folds.items() if f.get("auc_gain") is not None)
-    verdict = ("The target was met on " + ", ".join(source_title(s) for s in met) if met
-               else "No site profile improved the model on a source it had never seen")
-    return (f"A site profile fitted on one half of a held-out source's patients, scored on the other half ({gains}). "
-            f"{verdict} (target: {sa.get('target', 'not stated')}). Fit one on your own films as a validation first: "
-            "the shipped model's row is the honest local estimate, and the adapted row is worth using only when it "
-            "is clearly better.")
+    verdict = ("The target was met on " + ", ".join(source_title(s) for s in met) + " only" if met
+               else "The target was met on no source")
+    return (f"A site profile fitted on one half of a held-out source's patients, scored on the other half ("
+            f"{'; '.join(said)}). {verdict} (target: {sa.get('target', 'not stated')}). Fit one on your own films "
+            "as a validation first: the shipped model's row is the honest local estimate, and the adapted row is "
+            "worth using only when it is clearly better.")
