@@ -246,8 +246,8 @@ def parser() -> argparse.ArgumentParser:
     sf.add_argument("--out", required=True, metavar="SITE_DIR", help="where to write site.json and site.npz")
     sf.add_argument("--name", default=None, help="the profile's name (default: SITE_DIR's name)")
     sf.add_argument("--target-sensitivity", type=float, default=None, metavar="S",
-                    help="the sensitivity the profile's threshold is read at (default 0.90); the profile stores the "
-                         "specificity to expect there, with its 95%% CI")
+                    help="the sensitivity the profile's threshold is read at (default 0.85, chosen by measurement: "
+                         "docs/site-profiles.md); the profile stores the specificity to expect there, with its 95%% CI")
     sf.add_argument("--override", metavar="REASON", default=None,
                     help="adopt a profile that is clearly worse than the shipped model anyway; REASON is recorded")
     sf.set_defaults(run=cmd_site_fit)

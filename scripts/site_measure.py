@@ -11,7 +11,8 @@ several random draws).
     python scripts/site_measure.py prepare [--work .cache/train]    # segmenter, caches, fold networks, features
     python scripts/site_measure.py measure [--json out.json] [--card]  # the table (--card: into the model card)
     python scripts/site_measure.py adabn [--json adabn.json]            # AdaBN on the fold models, for comparison
-    python scripts/site_measure.py card --json out.json [--adabn-json adabn.json] [--note TEXT]  # a stored table
+    python scripts/site_measure.py card --json out.json [--adabn-json a.json] [--compare-json c.json] [--note TEXT]  # into the card
+    python scripts/site_measure.py compare t080.json t085.json t090.json [--json cmp.json]  # targets side by side
 
 `prepare` checkpoints and resumes (the fold networks are the training's `loso_<source>` runs, so
 `python -m covidxr train` reuses them); its outputs live in `<work>/site/`.
@@ -90,7 +91,8 @@ def prepare(data: Path, work: Path, sources: tuple[str, ...] = HELD_OUT, n_netwo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("prepare", "measure", "adabn", "card"))
+    ap.add_argument("what", choices=("prepare", "measure", "adabn", "card", "compare"))
+    ap.add_argument("tables", nargs="*", help="compare: measured tables (measure --target S --json FILE)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cxr"))
     ap.add_argument("--work", default=str(ROOT / ".cache" / "train"))
     ap.add_argument("--threads", type=int, default=1)
@@ -100,6 +102,7 @@ def main() -> int:
     ap.add_argument("--card", action="store_true", help="write it into weights/model_card.json (metrics.site_adaptation)")
     ap.add_argument("--draws", type=int, default=10, help="random site sets per size (8, 16, 32, 64 films per class)")
     ap.add_argument("--adabn-json", help="card: AdaBN's results (from `adabn --json`) to add")
+    ap.add_argument("--compare-json", help="card: the targets compared (from `compare --json`) to add")
     ap.add_argument("--note", help="card: a note to keep with the table (what was and was not measured)")
     ap.add_argument("--max-fit", type=int, default=200, help="films per class a profile is fitted on, at most")
     ap.add_argument("--adabn", action="store_true", help="also measure AdaBN (re-estimated BatchNorm statistics)")
@@ -116,9 +119,17 @@ def main() -> int:
             for src, r in json.loads(Path(args.adabn_json).read_text()).items():
                 if src in result["folds"]:
                     result["folds"][src]["adabn"] = r
+        if args.compare_json:
+            result["by_target"] = json.loads(Path(args.compare_json).read_text())
         if args.note:
             result["note"] = args.note
         write_card(result)
+        return 0
+    if args.what == "compare":  # several measured tables, one per target sensitivity
+        res = compare([json.loads(Path(t).read_text()) for t in args.tables])
+        print(json.dumps(res, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
         return 0
     if args.what == "adabn":
         res = {s: adabn(Path(args.work), Path(args.data), s) for s in HELD_OUT
@@ -318,6 +329,38 @@ def choose_rule(folds: dict) -> dict:
     return {"chosen": best, "by_rule": score}
 
 
+def operating_point_held(adapted: dict, shipped: dict) -> bool:
+    """The operating-point half of issue 25's target, which a rule and a target sensitivity decide (the AUC
+    half is the ranking's, the same for every rule): sensitivity >= 0.80 and specificity >= the fold model's
+    + 0.10, at the profile's own threshold on films it never saw."""
+    return bool(adapted["sensitivity"] >= 0.80 and adapted["specificity"] >= shipped["specificity"] + 0.10)
+
+
+def compare(results: list[dict]) -> dict:
+    """Measured tables at several target sensitivities (`measure --target S --json`), side by side: per target
+    and rule, the cells (both folds' halves and every site size) whose operating point held, those meeting the
+    whole target, the mean sensitivity and specificity at the profile's own threshold, and the worst cell's
+    sensitivity. What chose DEFAULT_TARGET and RULE (docs/site-profiles.md)."""
+    out = {}
+    for res in results:
+        first = next(iter(res["folds"].values()))
+        t = str(first["target_sensitivity"])
+        for rule in first["halves"]:
+            cells = []
+            for f in res["folds"].values():
+                h = f["halves"][rule]
+                cells.append((h["with_profile"], h["fold_model"], h["target_met"]))
+                cells += [(c[rule], c["fold_model"], c[rule]["target_met"]) for c in f["by_site_size"].values()]
+            out.setdefault(t, {})[rule] = {
+                "cells": len(cells), "operating_point_held": sum(operating_point_held(a, b) for a, b, _ in cells),
+                "target_met": sum(bool(m) for _, _, m in cells),
+                "mean_sensitivity": round(float(np.mean([a["sensitivity"] for a, _, _ in cells])), 4),
+                "min_sensitivity": round(float(np.min([a["sensitivity"] for a, _, _ in cells])), 4),
+                "mean_specificity_gain": round(float(np.mean([a["specificity"] - b["specificity"]
+                                                              for a, b, _ in cells])), 4)}
+    return out
+
+
 def adabn(work: Path, data_dir: Path, s: str, n_stats: int = 256, n_test: int = 400) -> dict:
     """AdaBN on the fold model: every BatchNorm's statistics re-estimated on films of one half of the source
     (unlabelled), then the other half scored; against the fold model on the same films. Needs the networks
@@ -376,12 +419,12 @@ def measure(work: Path, args) -> int:
     result = {
         "what": "each held-out source of the leave-one-source-out folds with both classes: the fold model (the "
                 "shipped recipe's first fold_networks networks at the fold length, trained without the source, "
-                "calibrated on its own validation films) "
-                "scores the source's films; the source's patients are split in two halves, a site profile is fitted "
-                "on one (its threshold read at the target sensitivity inside that half, by nested cross-validation) "
-                "and judged on the other at its own threshold, then the other way round; AUC per half (mean), "
-                "sensitivity and specificity of the pooled decisions with Wilson 95% CIs; then n films per class "
-                "drawn from one half, judged on the other (means over draws)",
+                "calibrated on its own validation films) scores the source's films; the source's patients are split "
+                "in two halves, a site profile is fitted on one (its threshold read at the target sensitivity inside "
+                "that half, by nested cross-validation) and judged on the other at its own threshold, then the other "
+                "way round; AUC over the pairs of films that share a half with a bootstrap 95% CI (each half's AUC "
+                "beside it), sensitivity and specificity of the pooled decisions with Wilson 95% CIs; then n films "
+                "per class drawn from one half, judged on the other (means over draws)",
         "script": "scripts/site_measure.py",
         "target": "at the profile's own threshold: sensitivity >= 0.80 and specificity >= the fold model's + 0.10, "
                   "with AUC >= 0.85",

@@ -138,8 +138,8 @@ def test_site_adaptation_table_is_rendered_beside_the_held_out_folds(tmp_path):
     assert "A site profile" not in render(tmp_path, small_card())
 
 
-def test_site_adaptation_by_rule_is_rendered_at_the_profiles_own_threshold(tmp_path):
-    """The table of scripts/site_measure.py since issue 25: the chosen rule's halves, with CIs, and by site size."""
+def by_rule_card() -> dict:
+    """A card holding a site_adaptation table in the shape scripts/site_measure.py writes since issue 25."""
     def half(auc, sens, spec, per_half):
         return {"auc": auc, "auc_per_half": per_half, "sensitivity": sens, "specificity": spec,
                 "flagged_per_100": round(100 * (1 - spec)),
@@ -158,11 +158,41 @@ def test_site_adaptation_by_rule_is_rendered_at_the_profiles_own_threshold(tmp_p
     card["metrics"]["site_adaptation"] = {"what": "halves by patient", "target": "a test target", "folds": {"site-a": fold},
                                           "rule": {"chosen": "binormal", "by_rule": {
                                               "binormal": {"cells_met": 0, "cells": 2, "mean_youden": 0.1844},
-                                              "empirical": {"cells_met": 0, "cells": 2, "mean_youden": 0.0278}}}}
-    page = render(tmp_path, card)
+                                              "empirical": {"cells_met": 0, "cells": 2, "mean_youden": 0.0278}}},
+                                          "by_target": {"0.85": {"binormal": {
+                                              "cells": 2, "operating_point_held": 1, "target_met": 0,
+                                              "mean_sensitivity": 0.8794, "min_sensitivity": 0.8711,
+                                              "mean_specificity_gain": 0.1394}}}}
+    return card
+
+
+def test_site_adaptation_by_rule_is_rendered_at_the_profiles_own_threshold(tmp_path):
+    """The table of scripts/site_measure.py since issue 25: the chosen rule's halves, with CIs, and by site size."""
+    page = render(tmp_path, by_rule_card())
     for expected in ("operating-point rule: binormal", "| site-a | 283/75 | 1 | with the profile (binormal) | "
                      "0.691 (0.650-0.732); halves 0.721, 0.661 | 0.871 (0.821-0.901) | 0.313 (0.213-0.413) | 69 | no |",
                      "| site-a | 16 | 8 | 0.691 / 0.702 | 0.930 / 0.888 | 0.133 / 0.211 | no |",
-                     "| binormal | 0 of 2 | 0.184 |", "| empirical | 0 of 2 | 0.028 |"):
+                     "| binormal | 0 of 2 | 0.184 |", "| empirical | 0 of 2 | 0.028 |",
+                     "| 0.85 | binormal | 1 of 2 | 0 of 2 | 0.879 | 0.871 | 0.139 |"):
         assert expected in page, expected
     assert "0.961" not in page.split("The rules compared")[0]     # the other rule's profile is not in the tables
+
+
+def test_the_card_block_of_another_page_is_rendered_from_the_card():
+    """README.md and docs/site-profiles.md hold the site-profile summary between markers; the script renders it
+    from the card (links relative to the page) and leaves the rest of the page as it was."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("card_docs", SCRIPT)
+    cd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cd)
+    begin, end = cd.markers("site-adaptation")
+    page = f"# Title\n\nbefore\n{begin}\nstale 0.999\n{end}\nafter\n"
+    got = cd.with_blocks(page, by_rule_card(), "")
+    assert got.startswith("# Title\n\nbefore\n" + begin) and got.endswith(end + "\nafter\n")
+    assert "stale" not in got and "0.133 (0.033-0.233) -> 0.313 (0.213-0.413)" in got and "| 87 -> 69 |" in got
+    assert "](model-card.md#a-site-profile" in got and "binormal" in got
+    assert "](docs/model-card.md#" in cd.with_blocks(page, by_rule_card(), "docs/")
+    assert cd.with_blocks("no markers\n", by_rule_card(), "") == "no markers\n"
+    for p in cd.BLOCK_PAGES:                                 # the committed pages hold the block
+        assert begin in p.read_text() and end in p.read_text(), p

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from covidxr.audit import AuditStore
 from covidxr.profiles import version_of
+from covidxr import site
 from covidxr.site import SiteProfile, fit_profile
 from tests.test_auth import ADMIN, AUTH, CLINICIAN
 from tests.test_site import FakeCard, binormal_site
@@ -93,7 +94,7 @@ def adoptions(url: str) -> list:
 def test_choose_a_sensitivity_read_its_cost_and_adopt_it(env, fitted):
     at = app_with(fitted)
     slider = at.select_slider(key=state.SITE_TARGET)
-    assert slider.value == fitted.target == 0.9
+    assert slider.value == fitted.target == site.DEFAULT_TARGET
     assert slider.options == [site_choice.target_label(op["target"]) for op in fitted.operating_points]
     slider.set_value(0.97).run()
     assert not at.exception
@@ -112,6 +113,7 @@ def test_choose_a_sensitivity_read_its_cost_and_adopt_it(env, fitted):
     [expander] = at.expander
     assert expander.label == site_choice.ENGINEERING and "temperature" in expander.text[0].value
     assert "kept in your session only" in screen_text(at)
+    assert any("fewer than 20 films of a class" in i.value for i in at.info)          # the floor rule says so
     assert not sites.sites_dir().exists() and not adoptions(env)                      # nothing saved before Adopt
 
     at.button(key=state.SITE_SAVE).click().run()

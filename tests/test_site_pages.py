@@ -348,3 +348,25 @@ def test_a_profile_that_does_not_load_cannot_be_chosen(app, profiles, card):
     assert app.selectbox(key=state.SITE_SELECT).options == ["Shipped model"]
     app.switch_page("pages/model_card.py").run()
     assert not app.exception and not any("site profile in use" in h.value for h in app.subheader)
+
+
+def test_the_model_card_page_reads_the_measured_site_table_at_the_profiles_own_threshold():
+    """webapp.views.card_view on the shipped card's metrics.site_adaptation (scripts/site_measure.py, issue 25): the
+    chosen rule's rows with CIs, in words the per-source rates at the profile's own threshold, where the target
+    was met, and how many of the model's networks the fold models had."""
+    from webapp.views import card_view
+
+    card = ModelCard.load(WEIGHTS)
+    sa = card.metrics["site_adaptation"]
+    rule = sa["rule"]["chosen"]
+    rows = card_view.site_adaptation_rows(card)
+    assert len(rows) == 2 * len(sa["folds"]) and all(r["AUC"].count("(") == 1 for r in rows)
+    text = card_view.site_adaptation_text(card)
+    for src, f in sa["folds"].items():
+        a = f["halves"][rule]["with_profile"]
+        assert (f"sensitivity {100 * a['sensitivity']:.0f}% and specificity {100 * a['specificity']:.0f}% at the "
+                "profile's own operating point") in text
+        assert (card_view.source_title(src) in text.split("The target was met on")[1]) == f["halves"][rule]["target_met"]
+    nets = {f["fold_networks"] for f in sa["folds"].values()}
+    assert (f"Measured with {max(nets)} of the model's {len(card.networks)} networks" in text) == (
+        max(nets) < len(card.networks))

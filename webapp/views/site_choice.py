@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from covidxr.site import SiteProfile
+from covidxr.site import FLOOR_FILMS, SiteProfile
 
 ENGINEERING = "Engineering detail: how the profile was fitted and checked"
 
@@ -63,6 +63,17 @@ def expectation(profile: SiteProfile) -> str:
             + per_100(a, s))
 
 
+def floor_note(profile: SiteProfile) -> str | None:
+    """Why every sensitivity gives the same decisions, when it does: the "floor" rule keeps the shipped operating
+    point below FLOOR_FILMS films of a class (measured: steadier on few films; docs/site-profiles.md)."""
+    if profile.rule != "floor" or not profile.films or min(profile.films.values()) >= FLOOR_FILMS:
+        return None
+    return (f"With fewer than {FLOOR_FILMS} films of a class, the profile keeps the shipped model's operating point "
+            "and adapts only how it ranks your films, so every sensitivity below gives the same decisions: on so "
+            "few films a threshold of their own moves a lot from one set of films to the next. From "
+            f"{FLOOR_FILMS} films of each class, the threshold is read at the sensitivity you aim at.")
+
+
 def refusal(profile: SiteProfile) -> str | None:
     """Why this choice is not offered for adoption (None: it is)."""
     if profile.offered:
@@ -82,6 +93,8 @@ def choose(profile: SiteProfile, key: str) -> SiteProfile:
                               value=profile.target if profile.target in targets else targets[-1],
                               format_func=target_label, key=key)
     at = profile.at_target(chosen)
+    if note := floor_note(profile):
+        st.info(note, icon="ℹ️")
     st.markdown(expectation(at))
     st.dataframe(target_rows(profile), hide_index=True)
     return at
