@@ -84,10 +84,10 @@ def inner_logodds(z: np.ndarray, data: SiteData, penalty: float | None, k: int =
 
 
 def thresholds(adapter: Adapter, y: np.ndarray, s: np.ndarray, rule: str, targets: tuple[float, ...],
-               shipped_threshold: float) -> dict[float, float]:
-    """{target: threshold} by `rule` on inner out-of-fold log-odds s."""
+               shipped_threshold: float, n: int | None = None) -> dict[float, float]:
+    """{target: threshold} by `rule` on inner out-of-fold log-odds s (`n`: see site_maths.operating_point)."""
     point = adapter.shipped_point(shipped_threshold)
-    return {t: operating_point(rule, y, s, t, point) for t in targets}
+    return {t: operating_point(rule, y, s, t, point, n) for t in targets}
 
 
 @dataclass
@@ -109,6 +109,7 @@ def nested(z: np.ndarray, data: SiteData, penalty: float | None, rules: tuple[st
     n = len(data.y)
     out = Nested(np.zeros(n))
     folds = out.folds = cv_folds(data.y, data.groups, k, seed)
+    n_class = int(min(data.counts))  # the site's rarer class: each fold applies the rule's branch the profile will
     for rule in rules:
         for t in targets:
             out.decisions[(rule, t)] = np.zeros(n, bool)
@@ -120,7 +121,7 @@ def nested(z: np.ndarray, data: SiteData, penalty: float | None, rules: tuple[st
         p = adapter.probability(z[test], data.features[test])
         out.probability[test] = p
         for rule in rules:
-            for t, thr in thresholds(adapter, part.y, s, rule, targets, shipped_threshold).items():
+            for t, thr in thresholds(adapter, part.y, s, rule, targets, shipped_threshold, n_class).items():
                 out.decisions[(rule, t)][test] = p >= thr
                 out.fold_thresholds[(rule, t)].append(thr)
     return out

@@ -119,11 +119,16 @@ def binormal_point(y: np.ndarray, s: np.ndarray, target: float) -> float:
     return float(pos.mean() - max(sd, 1e-6) * norm.ppf(target))
 
 
-def operating_point(rule: str, y: np.ndarray, s: np.ndarray, target: float, shipped_point: float) -> float:
+def operating_point(rule: str, y: np.ndarray, s: np.ndarray, target: float, shipped_point: float,
+                    n: int | None = None) -> float:
     """The threshold (a probability) by `rule` (RULES) for sensitivity `target`, from the site's log-odds s of
-    films the adapter never saw, their truth y, and the shipped operating point on the same scale."""
+    films the adapter never saw, their truth y, and the shipped operating point on the same scale. `n`: the
+    films of the site's rarer class, which decide "floor" and "shrunk" (default: those of y). Cross-validation
+    passes the whole site's, so that each fold applies the branch the profile itself will: a fold holds about
+    4/5 of the films, and with 20-24 of a class it would otherwise judge the shipped point while the profile
+    reads its own."""
     y = np.asarray(y, bool)
-    n = int(min(y.sum(), (~y).sum()))
+    n = int(min(y.sum(), (~y).sum())) if n is None else int(n)
     if rule == "empirical":
         return choose_threshold(y, expit(s), target)
     if rule == "binormal":

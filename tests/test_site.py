@@ -464,3 +464,15 @@ def test_the_version_hashes_everything_that_decides_a_result_and_survives_a_roun
     for p in (prof, others["target"], others["override"]):
         p.save(tmp_path / version_of(p))
         assert version_of(SiteProfile.load(tmp_path / version_of(p))) == version_of(p)
+
+
+def test_the_floor_rule_is_judged_as_the_profile_applies_it():
+    """Cross-validation applies the branch of "floor" that the profile itself applies (the site's films per class,
+    not the fold's): with 22 + 22 films the profile reads its own threshold at each target, and so do the folds
+    (the expected figures move with the target); with 16 + 16 the shipped point is kept by both, every target alike."""
+    big = fit_profile(binormal_site(22, 22, 5), FakeCard(), "f", methods=["temperature"], n_boot=20, rule="floor")
+    ops = big.operating_points
+    assert len({op["threshold"] for op in ops}) == len(ops)
+    assert ops[0]["sensitivity"] < ops[-1]["sensitivity"] and ops[0]["specificity"] > ops[-1]["specificity"]
+    small = fit_profile(binormal_site(16, 16, 5), FakeCard(), "f", methods=["temperature"], n_boot=20, rule="floor")
+    assert len({(op["threshold"], op["sensitivity"], op["specificity"]) for op in small.operating_points}) == 1
