@@ -52,3 +52,42 @@ def test_bad_input():
     with pytest.raises(ValueError):
         predictive_values(0.9, 0.8, 0.1, (0.95, 0.85), (0.7, 0.9))
     assert math.isnan(ppv(0.0, 1.0, 0.1))  # no positive calls at all: no PPV
+
+
+def test_operating_rates_of_the_shipped_model_come_from_the_card():
+    from covidxr.card import ModelCard
+    from covidxr.predictive import operating_rates
+
+    card = ModelCard.load("weights")
+    r = operating_rates(card)
+    v = card.metrics["validation"]
+    assert r.sensitivity == v["sensitivity"] and tuple(r.specificity_ci) == tuple(v["ci"]["specificity"])
+    pv = r.at(0.1)
+    assert pv.ppv < v["ppv"]  # the card's PPV is at the validation set's ~48% prevalence: at 10% it is lower
+
+
+def test_operating_rates_of_a_profile_are_its_own():
+    from types import SimpleNamespace
+
+    from covidxr.predictive import operating_rates
+
+    prof = SimpleNamespace(figures={"adapted": {"sensitivity": 0.8, "specificity": 0.7,
+                                                "ci": {"sensitivity": [0.7, 0.9], "specificity": [0.6, 0.8]}}})
+    r = operating_rates(None, prof)
+    assert (r.sensitivity, r.specificity_ci) == (0.8, (0.6, 0.8)) and "site" in r.measured_on
+    assert operating_rates(None, SimpleNamespace(figures={})) is None  # an old profile without them: none shown
+
+
+@pytest.mark.parametrize("text, value", [("0.1", 0.1), ("10%", 0.1), (" 2.5% ", 0.025), (0.3, 0.3)])
+def test_parse_prevalence(text, value):
+    from covidxr.predictive import parse_prevalence
+
+    assert parse_prevalence(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["0", "1", "100%", "-0.1", "ten", ""])
+def test_parse_prevalence_refuses(text):
+    from covidxr.predictive import parse_prevalence
+
+    with pytest.raises(ValueError):
+        parse_prevalence(text)

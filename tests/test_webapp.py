@@ -437,3 +437,74 @@ def test_card_view_puts_unseen_hospitals_first_from_the_card():
     assert wording.fmt_threshold(card.threshold) in card_view.decision_text(card)
     shown = str(card_view.ablation_rows(card)) + str(card_view.training_facts(card))
     assert "adversary" not in shown.lower() and "best_step" not in shown
+
+
+# ---------------------------------------------------------------- issue 28: the drawing carries the score
+
+def _spot():
+    film = np.full((64, 64), 0.5, np.float32)
+    heat = np.zeros((64, 64), np.float32)
+    heat[20:40, 20:40] = 1.0
+    return film, heat
+
+
+def test_a_film_at_7_percent_and_one_at_99_percent_do_not_look_alike():
+    """The map is normalised per film: its colour is jet(map x score), so a 99% film's hot spot is red and a 7%
+    film's (called positive, e.g. at a low site operating point) is dark blue."""
+    from covidxr.explain import overlay
+
+    film, heat = _spot()
+    low = images.heat_overlay(film, heat, True, 0.8, 0.07).astype(int)
+    high = images.heat_overlay(film, heat, True, 0.8, 0.99).astype(int)
+    assert np.abs(high - low)[20:40, 20:40].mean() > 80        # measurably different where the model looked
+    r_hi, r_lo = high[30, 30], low[30, 30]
+    assert r_hi[0] - r_hi[2] > 80 and r_hi[0] - r_hi[1] > 80   # (jet's dark) red where the 99% film's model looked
+    assert r_lo[2] > r_lo[0] + 40 and r_lo[0] < 120             # blue, no red, at the 7% film's
+    assert np.array_equal(high[0, 0], low[0, 0])               # no attention: the film's gray in both
+    d = images.Drawing(film, heat)                              # the result view's drawing is the same picture
+    assert np.array_equal(d.draw(0.8, score=0.07), overlay(film, heat, 0.8, 0.07))
+    assert np.array_equal(overlay(film, heat, 0.8, 1.0), overlay(film, heat, 0.8))
+
+
+def test_the_colour_scale_marks_the_films_score_and_says_what_its_ends_mean():
+    bar = images.colour_bar(101, 6, score=0.3).astype(int)
+    assert (bar[0, 30] < 40).all()                             # the tick at the score
+    assert bar[0, 90].min() > 150                              # beyond the score: washed out, unreachable
+    low, high, meaning = images.scale_labels("covid", 0.3, muted=False)
+    assert (low, high) == ("0%", "100%") and "COVID-19 score" in meaning and "30%" in meaning
+    assert "not a COVID-19 finding" in images.scale_labels("covid", 0.3, muted=True)[2]
+
+
+def test_the_report_picture_names_its_film_and_grows_by_the_scale_and_the_text():
+    film, heat = _spot()
+    lines = wording.report_lines(0.96, True, 0.149, "covid", {"covid": 0.96}, "m", "2026-01-01",
+                                 film=wording.film_identifiers("chest 01.png"), by="shipped model")
+    assert lines[0] == "Film: chest 01.png"
+    assert lines[1] == "Positive for COVID-19 pattern: 96% (operating point 14.9%, shipped model)"
+    assert any("not the chance that this patient has COVID-19" in x for x in lines)
+    assert lines[-1] == wording.DISCLAIMER_PLAIN
+    bare = images.annotated(images.heat_overlay(film, heat, True, 0.45, 0.96), [])
+    report = images.report_image(film, heat, True, 0.45, lines, 0.96, "covid")
+    legend = images.labelled_bar(480, "covid", 0.96, False)
+    assert report.shape[0] >= bare.shape[0] + legend.shape[0] + 12 * (len(lines) + 1)
+    assert wording.film_identifiers(None, "A1", "20200315") == ["Accession number: A1", "Study date: 2020-03-15"]
+
+
+def test_the_decision_names_its_operating_point_and_the_score_says_what_it_is():
+    assert wording.verdict(0.96, True, 0.149, "covid", wording.decided_by("North ward", "abc123")) == (
+        "Positive for COVID-19 pattern: 96% (operating point 14.9%, site profile North ward, version abc123)")
+    assert wording.decided_by() == "shipped model"
+    assert "not the chance that this patient has COVID-19" in wording.score_meaning("covid")
+
+
+def test_the_review_dialog_never_calls_a_97_percent_film_negative_in_plain_words():
+    """A batch threshold moved to 98% is a trial: a 97% film is below it but positive at the operating point
+    that decided (14.9%); both are said, and the page shows it amber, not green."""
+    text = wording.trial_verdict(0.97, 0.98, 0.149, "covid", "shipped model")
+    assert "97%" in text and "below the batch's trial threshold 98%" in text
+    assert "positive for a COVID-19 pattern at the operating point 14.9%, shipped model" in text
+    assert not text.startswith("No COVID-19 pattern")
+    assert wording.trial_verdict(0.5, 0.98, 0.149, "covid") is not None
+    assert wording.trial_verdict(0.99, 0.98, 0.149, "covid") is None   # both sides agree: the plain verdict
+    assert wording.trial_verdict(0.97, 0.149, 0.149, "covid") is None  # at the operating point itself
+    assert "above" in wording.trial_verdict(0.10, 0.05, 0.149, "covid")

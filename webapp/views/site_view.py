@@ -10,7 +10,7 @@ from covidxr.site import ROUGH_PER_CLASS, SiteProfile
 
 from webapp.services.sites import SHIPPED
 from webapp.views.tables import RATES, estimate_cells
-from webapp.views.wording import class_title, fmt_threshold
+from webapp.views.wording import class_title, decided_by, fmt_threshold
 
 def in_use_line(profile: SiteProfile | None) -> str:
     """"Shipped model" or "Site profile: NAME, version V, fitted on N films, DATE"."""
@@ -18,6 +18,12 @@ def in_use_line(profile: SiteProfile | None) -> str:
         return SHIPPED
     return (f"Site profile: {profile.name}, version {profiles.version_of(profile)}, fitted on {profile.n_films} "
             f"films, {profile.created[:10]}")
+
+
+def decider(profile: SiteProfile | None) -> str:
+    """Whose operating point decides, as the decision banner names it: "shipped model" or "site profile NAME,
+    version V"."""
+    return decided_by() if profile is None else decided_by(profile.name, profiles.version_of(profile))
 
 
 def method_title(method: str) -> str:
