@@ -28,8 +28,8 @@ if not studies:
     st.info("No study yet: the DICOM node (`python -m covidxr dicom serve`) lists here what the PACS sends it.")
     st.stop()
 st.dataframe(study_rows(studies), hide_index=True, width="stretch")
-pick = st.selectbox("Open a study", [None, *range(len(studies))], key=state.WORKLIST_STUDY,
-                    format_func=lambda i: "—" if i is None else study_label(i + 1, studies[i]))
+pick = st.selectbox("Open a study", list(range(len(studies))), index=None, key=state.WORKLIST_STUDY,
+                    format_func=lambda i: study_label(i + 1, studies[i]), placeholder="No study open")
 if pick is None:
     st.stop()
 study = studies[pick]

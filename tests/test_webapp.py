@@ -94,7 +94,10 @@ def test_metrics_as_percentages_with_intervals():
 def test_class_rows_most_likely_first_with_titles():
     rows = tables.class_rows({"covid": 0.2, "normal": 0.7, "pneumonia": 0.1})
     assert [r["class"] for r in rows] == ["no finding", "COVID-19", "other pneumonia"]
-    assert [r["probability (%)"] for r in rows] == [70.0, 20.0, 10.0]
+    assert [r["probability"] for r in rows] == ["70%", "20%", "10%"]
+    tiny = tables.class_rows({"covid": 0.003, "normal": 0.997})                # rounded as the banner rounds:
+    assert [r["probability"] for r in tiny] == ["> 99%", "< 1%"]              # never a false "0%" or "100%"
+    assert wording.fmt_pct(0.003) == "< 1%"
 
 
 def test_file_key_is_content_based():
@@ -209,9 +212,12 @@ def test_image_rows_skip_failures_and_follow_threshold():
     assert [(r["film"], r["outcome"]) for r in tables.image_rows(rows, 0.5)] == [("a", "true positive"),
                                                                                  ("b", "false positive")]
     assert [r["outcome"] for r in tables.image_rows(rows, 0.8)] == ["false negative", "true negative"]
-    # the decision in the exports' words (covid / non-covid), the score as a percentage
-    assert [(r["decision"], r["COVID-19 score (%)"]) for r in tables.image_rows(rows, 0.65)] == [
-        ("covid", 70.0), ("non-covid", 60.0)]
+    # the decision in the exports' words (covid / non-covid), the score as the banner words it (one rounding rule)
+    assert [(r["decision"], r["COVID-19 score"]) for r in tables.image_rows(rows, 0.65)] == [
+        ("covid", "70%"), ("non-covid", "60%")]
+    low = [row("d", "normal", 0.003), row("e", "covid", 0.6449)]
+    assert [r["COVID-19 score"] for r in tables.image_rows(low, 0.65)] == [
+        wording.fmt_pct(0.003), wording.fmt_pct(0.6449, 0.65)] == ["< 1%", "64.5%"]   # one decimal at the threshold
 
 
 def refused_row(path, label, p=0.9, reasons=("its DICOM body part is HIP, not chest (distance 3.0, limit 1.9)",)):
@@ -223,7 +229,9 @@ def refused_row(path, label, p=0.9, reasons=("its DICOM body part is HIP, not ch
 def test_refused_films_show_no_score_anywhere_in_the_tables():
     rows = [row("a", "covid", 0.7), refused_row("hip.dcm", "normal")]
     table = tables.image_rows(rows, 0.5)
-    assert table[1]["COVID-19 score (%)"] is None and table[1]["decision"] == "not a frontal chest radiograph"
+    assert table[1]["COVID-19 score"] == "not scored: not a frontal chest radiograph"   # the reason, never "None"
+    assert table[1]["decision"] == "not a frontal chest radiograph"
+    assert None not in table[1].values()
     assert table[1]["outcome"] == "its DICOM body part is HIP, not chest"          # reasons in words, no numbers
     assert tables.refused_rows(rows) == [{"film": "hip.dcm", "label": "normal",
                                           "reasons": "its DICOM body part is HIP, not chest"}]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from webapp.views.tables import estimate_cells, fmt_estimate
-from webapp.views.wording import class_title, fmt_threshold
+from webapp.views.wording import class_title, fmt_change, fmt_threshold
 
 SOURCE_TITLES = {"hannover-mhh": "Hannover Medical School", "ieee8023-jul2020": "Cohen et al. collection (ieee8023)",
                  "ieee8023-via-darkcovidnet": "Cohen et al. collection (DarkCovidNet copy)",
@@ -131,7 +131,7 @@ def site_adaptation_text(card: Any) -> str | None:
     if not folds:
         return None
     met = [s for s, f in folds.items() if f.get("target_met")]
-    gains = "; ".join(f"{source_title(s)}: AUC {'+' if (f.get('auc_gain') or 0) >= 0 else ''}{f.get('auc_gain', 0):.3f}"
+    gains = "; ".join(f"{source_title(s)}: {fmt_change('AUC', f['auc_gain'])} with the profile"
                       for s, f in folds.items() if f.get("auc_gain") is not None)
     verdict = ("The target was met on " + ", ".join(source_title(s) for s in met) if met
                else "No site profile improved the model on a source it had never seen")

@@ -26,7 +26,8 @@ from webapp.views.literal import literal, without_paths
 from webapp.services.roots import data_roots
 from webapp.views.tables import (breakdown_rows, confusion_table, fmt_metric, image_rows, metric_rows, refused_rows, roc_points,
                      score_column)
-from webapp.views.wording import DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold
+from webapp.views.wording import (DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold,
+                                  score_meaning)
 
 SOURCES = ["Upload films or a .zip", "A folder on the server", "The sample films"]
 Collect = Callable[[], tuple]  # () -> (title, items, keep_for_review), called when the run starts
@@ -44,9 +45,9 @@ def choose_films(card: ModelCard) -> tuple[str, Collect | None]:
         uploads = st.file_uploader("Drop films, or a .zip of a labelled folder", type=[*UPLOAD_TYPES, "zip"],
                                    accept_multiple_files=True, key=state.EVAL_UPLOAD)
         loose_label = st.selectbox("Label of the films dropped without a folder (zips keep their folders)",
-                                   [None, *card.class_names], key=state.EVAL_LABEL,
-                                   format_func=lambda c: "no label (scored, not in the metrics)" if c is None
-                                   else class_title(c))
+                                   ["", *card.class_names], key=state.EVAL_LABEL,  # "": no label (None would
+                                   format_func=lambda c: "no label (scored, not in the metrics)" if not c  # show
+                                   else class_title(c)) or None  # as "Choose an option")
         if uploads:
             collect = lambda: upload_batch([(f.name, f.getvalue()) for f in uploads], loose_label,
                                              card.positive_class)  # noqa: E731
@@ -227,7 +228,8 @@ def results(batch: Batch, card: ModelCard) -> None:
     st.markdown("**Per image**")
     per_image = image_rows(report.rows, batch.threshold, card.positive_class)
     score = score_column(card.positive_class)
-    st.dataframe(per_image, hide_index=True, column_config={score: st.column_config.NumberColumn(format="%.1f%%")},
+    st.dataframe(per_image, hide_index=True, column_config={score: st.column_config.TextColumn(
+                     help=score_meaning(card.positive_class))},
                  column_order=[c for c in (per_image[0] if per_image else {}) if c != "source"
                                or any(r["source"] for r in per_image)])
     st.caption(DECISION_CAPTION.format(pos=card.positive_class, title=class_title(card.positive_class))

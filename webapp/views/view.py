@@ -190,8 +190,7 @@ def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float
     cols = st.columns([2, 1])
     with cols[0]:
         st.dataframe(class_rows(pred.class_probabilities), hide_index=True, width="stretch",
-                     column_config={"probability (%)": st.column_config.ProgressColumn(
-                         "probability", min_value=0.0, max_value=100.0, format="%.0f%%")})
+                     column_config={"probability": st.column_config.TextColumn(help=score_meaning(positive_class))})
         show_facts(film)
     today = dt.date.today().isoformat()
     warned = gate_warnings(pred.ood)

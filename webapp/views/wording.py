@@ -80,6 +80,15 @@ def operating_point(threshold: float) -> str:
     return f"operating point {fmt_threshold(threshold)}"
 
 
+def fmt_change(what: str, delta: float, digits: int = 3) -> str:
+    """A change written as a change: "AUC 0.056 lower", "AUC 0.073 higher", "AUC unchanged"; never "AUC -0.056",
+    which reads as a negative AUC."""
+    size = f"{abs(delta):.{digits}f}"
+    if float(size) == 0.0:
+        return f"{what} unchanged"
+    return f"{what} {size} {'higher' if delta > 0 else 'lower'}"
+
+
 def fmt_rate(x: float | None) -> str:
     """A metric (a proportion, AUC, ECE) as a percentage to one decimal: 0.9 -> "90%", 0.9123 -> "91.2%"."""
     return "—" if x is None else _pct(x, 1)
