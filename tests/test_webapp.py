@@ -516,3 +516,22 @@ def test_the_review_dialog_never_calls_a_97_percent_film_negative_in_plain_words
     assert wording.trial_verdict(0.99, 0.98, 0.149, "covid") is None   # both sides agree: the plain verdict
     assert wording.trial_verdict(0.97, 0.149, 0.149, "covid") is None  # at the operating point itself
     assert "above" in wording.trial_verdict(0.10, 0.05, 0.149, "covid")
+
+
+def test_changes_are_written_as_changes_and_card_columns_fit_their_cells():
+    assert wording.fmt_change("AUC", -0.0561) == "AUC 0.056 lower"
+    assert wording.fmt_change("AUC", 0.0733) == "AUC 0.073 higher"
+    assert wording.fmt_change("AUC", 0.0002) == "AUC unchanged"
+    rows = [{"source": "Kermany paediatric pneumonia", "AUC": "0.677 (0.615–0.739)"}]
+    w = tables.column_widths(rows)
+    assert w["AUC"] >= tables.CHAR_PX * len(rows[0]["AUC"]) and w["source"] > w["AUC"]
+    assert tables.column_widths([{"x": "y" * 500}])["x"] == tables.MAX_PX
+
+
+def test_the_model_card_never_writes_a_negative_auc():
+    from webapp.views import card_view
+
+    card = SimpleNamespace(positive_class="covid", metrics={"site_adaptation": {"target": "t", "folds": {
+        "a": {"auc_gain": -0.056}, "b": {"auc_gain": 0.073}}}})
+    text = card_view.site_adaptation_text(card)
+    assert "AUC 0.056 lower" in text and "AUC 0.073 higher" in text and "-0.0" not in text

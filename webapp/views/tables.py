@@ -135,3 +135,17 @@ def roc_points(roc: dict | None) -> list[dict[str, float]]:
     if not roc:
         return []
     return [{"fpr": float(f), "tpr": float(t)} for f, t in zip(roc["fpr"], roc["tpr"])]
+
+
+CHAR_PX, PAD_PX, MAX_PX = 8, 28, 460  # about Streamlit's 14 px sans-serif: wide enough, measured by eye at 1440x900
+
+
+def column_widths(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """A pixel width per column that fits its longest cell (or title), so that no cell is cut off
+    ("0.677 (0.615–" of an AUC with its CI); capped at MAX_PX, past which a table scrolls sideways."""
+    widths: dict[str, int] = {}
+    for r in rows:
+        for k, v in r.items():
+            n = max(len(str(k)), len("" if v is None else str(v)))
+            widths[k] = max(widths.get(k, 0), n)
+    return {k: min(MAX_PX, CHAR_PX * n + PAD_PX) for k, n in widths.items()}
