@@ -140,14 +140,20 @@ def test_sample_film_gives_decision_probabilities_and_heatmap(app, card):
     app.selectbox(key=state.SCREEN_SAMPLE).set_value(COVID_SAMPLE).run()
     assert not app.exception
     [sentence] = verdicts(app)
-    assert f"(operating point {fmt_threshold(card.threshold)})" in sentence and "p =" not in sentence
+    assert f"(operating point {fmt_threshold(card.threshold)}, shipped model)" in sentence and "p =" not in sentence
     assert sentence.startswith(("Positive for COVID-19 pattern: ", "No COVID-19 pattern: "))
     probabilities = app.dataframe[0].value
     assert len(probabilities) == len(card.class_names)
     assert all(p.endswith("%") for p in probabilities["probability"])                 # worded as the banner words it
     captions = [c for img in app.image for c in img.captions]
     assert "Film" in captions and any(c.startswith("Grad-CAM") for c in captions)
-    assert any("low → high attention for the COVID-19 class" in c.value for c in app.caption)   # the colour scale
+    scale = [plain(c.value) for c in app.caption if plain(c.value).startswith("Colour scale")]   # the colour scale,
+    assert scale and "0% (left)" in scale[0] and "100% (right)" in scale[0] and "COVID-19 score" in scale[0]  # its ends
+    shown = texts(app)
+    assert sum("not the chance that this patient has COVID-19" in t for t in shown) == 1   # what the score is, once
+    [pv] = [t for t in shown if t.startswith("At a prevalence of 10% (the default")]       # PPV and NPV with CIs
+    assert re.search(r"right \d+(\.\d)?% of the time \(PPV, 95% CI \d+(\.\d)?–\d+(\.\d)?%\)", pv), pv
+    assert "(NPV, " in pv and app.selectbox(key=state.SITE_SELECT).proto.HasField("raw_value")  # not "Choose an option"
     assert [d.label for d in app.get("download_button")] == ["Download overlay (PNG)"]
     [summary] = [c.value for c in app.code]                                           # a line to copy
     assert COVID_SAMPLE.name in summary and fmt_threshold(card.threshold) in summary and card.name in summary
