@@ -49,9 +49,11 @@ if (profile := site_session.active_profile()) is not None:
     st.subheader(f"The site profile in use: {literal(profile.name)}")
     st.markdown(f"In this session the Screen and Batch evaluation pages decide at this profile's operating point, "
                 f"**{fmt_threshold(profile.threshold)}**, not the shipped one. Fitted {profile.created[:10]} on "
-                f"{site_view.films_text(profile, card.positive_class)}; method: {site_view.method_title(profile.method)}. "
+                f"{site_view.films_text(profile, card.positive_class)}. "
                 "Both rows on the site's films, cross-validated (95% CIs in brackets):")
     table(site_view.figure_rows(profile))
+    with st.expander("Engineering detail: how the profile was fitted"):
+        st.caption(f"Method: {site_view.method_title(profile.method)}.")
     if rough := site_view.rough_text(profile):
         st.caption(rough)
 

@@ -12,7 +12,7 @@ from webapp.services.model import classifier
 from webapp.views.review import ERRORS, OUTCOMES, REFUSED, neighbours, outcome, review_items
 from webapp.views.view import heat_thumbnail, show_result
 from webapp.views.wording import (NOT_CHEST, OUTCOME_TITLES, class_title, fmt_pct, fmt_threshold, is_refused,
-                            review_explanation, row_reasons, row_warnings)
+                            review_explanation, row_reasons, row_warnings, score_meaning)
 
 PER_PAGE = 12
 COLUMNS = 4
@@ -32,7 +32,7 @@ scored_by = st.session_state.get(state.BATCH_SCORED_BY) or {}
 batch_profile = scored_by.get("profile")  # the films are decided as the batch was scored, whatever is in use now
 st.caption(f"{literal(batch.title)} · {len(entries)} films · outcomes at operating point "
            f"{fmt_threshold(batch.threshold)} (set on the Batch evaluation page) · scored with: "
-           f"{literal(scored_by.get('line', sites.SHIPPED))}")
+           f"{literal(scored_by.get('line', sites.SHIPPED))}. {score_meaning(card.positive_class, short=True)}")
 pairs = [(r.probability, r.positive, is_refused(r)) for _, r in entries]
 present = [o for o in ALL if o in {it.outcome for it in review_items(pairs, batch.threshold)}]
 left, mid, right = st.columns([3, 1, 1])

@@ -21,6 +21,7 @@ from webapp.session import state
 from webapp.session.batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from webapp.views.batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
 from webapp.views.charts import roc_chart
+from webapp.views.view import ENGINEERING
 from webapp.session.films import SAMPLES, UPLOAD_TYPES, sample_films
 from webapp.views.literal import literal, without_paths
 from webapp.services.roots import data_roots
@@ -188,7 +189,11 @@ def results(batch: Batch, card: ModelCard) -> None:
     if refused:
         st.warning(f"{len(refused)} film{'s' if len(refused) > 1 else ''} judged **{NOT_CHEST}**: no score is shown "
                    "for them, and the metrics leave them out unless you include them below.", icon="🚫")
-        st.dataframe(refused_rows(r for _, r in refused), hide_index=True)
+        listed = refused_rows(r for _, r in refused)
+        st.dataframe([{k: v for k, v in r.items() if k != "details"} for r in listed], hide_index=True)
+        if any("details" in r for r in listed):  # the gate's numbers: engineering detail (and in the CSV/JSON)
+            with st.expander(ENGINEERING):
+                st.dataframe([{"film": r["film"], "details": r.get("details", "")} for r in listed], hide_index=True)
         batch.include_refused = st.checkbox(
             "Include the refused films in the metrics", key=state.EVAL_INCLUDE_REFUSED,
             disabled=not batch.can_include_refused(),

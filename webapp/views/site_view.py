@@ -92,8 +92,8 @@ def advice(profile: SiteProfile) -> tuple[str, str]:
             "equipment, the protocol or the population changes.")
     if better and not worse:
         return "info", (f"The adapted row is clearly better on your films: its 95% CI for "
-                        f"{' and '.join(names[k] for k in better)} lies above the shipped model's. The method was "
-                        "chosen on the same folds, so the adapted row is slightly optimistic; check it on a fresh "
+                        f"{' and '.join(names[k] for k in better)} lies above the shipped model's. The way of "
+                        "adapting was chosen on these same films, so the adapted row is slightly optimistic; check it on a fresh "
                         "labelled batch scored with the profile. " + tail)
     why = (f"it is clearly worse on {' and '.join(names[k] for k in worse)}" if worse
            else "the 95% CIs overlap")
