@@ -17,7 +17,7 @@ from typing import Any
 
 from .intervals import PredictiveValues, predictive_values
 
-DEFAULT_PREVALENCE = 0.10  # see README "Predictive values": a modest share, far below the training sets' ~48%
+DEFAULT_PREVALENCE = 0.10  # README "Configuration": a modest share, far below the validation films' ~48%
 
 
 @dataclass(frozen=True)
