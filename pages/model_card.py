@@ -8,17 +8,12 @@ from webapp.session import site_session
 from webapp.views import site_view
 from webapp.views.literal import literal
 from webapp.services.model import card as model_card
-from webapp.views.tables import breakdown_rows, column_widths, confusion_table, metric_rows
+from webapp.views.grids import fitted_table as table
+from webapp.views.tables import breakdown_rows, confusion_table, metric_rows
 from webapp.views.wording import METRIC_HELP, METRIC_TITLES, class_title, fmt_threshold
 
 card = model_card()
 metrics = card.metrics or {}
-
-
-def table(rows: list[dict]) -> None:
-    """A card table whose columns fit their cells: no AUC cut off at its CI (tables.column_widths)."""
-    st.dataframe(rows, hide_index=True, column_config={k: st.column_config.Column(width=w)
-                                                       for k, w in column_widths(rows).items()})
 
 
 st.title(f"Model card · {card.name}")

@@ -25,7 +25,8 @@ from webapp.views.view import ENGINEERING
 from webapp.session.films import SAMPLES, UPLOAD_TYPES, sample_films
 from webapp.views.literal import literal, without_paths
 from webapp.services.roots import data_roots
-from webapp.views.tables import (breakdown_rows, column_widths, confusion_table, fmt_metric, image_rows, metric_rows,
+from webapp.views.grids import fitted_table
+from webapp.views.tables import (breakdown_rows, confusion_table, fmt_metric, image_rows, metric_rows,
                                  refused_rows, roc_points, score_column)
 from webapp.views.wording import (DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold,
                                   score_meaning)
@@ -228,9 +229,7 @@ def results(batch: Batch, card: ModelCard) -> None:
 
     if d.get("per_source") and len(d["per_source"]) > 1:
         st.markdown("**Per source**")
-        per_source = breakdown_rows(d["per_source"], card.positive_class)
-        st.dataframe(per_source, hide_index=True, column_config={k: st.column_config.Column(width=w)
-                                                                 for k, w in column_widths(per_source).items()})
+        fitted_table(breakdown_rows(d["per_source"], card.positive_class))
 
     st.markdown("**Per image**")
     per_image = image_rows(report.rows, batch.threshold, card.positive_class)
