@@ -148,7 +148,7 @@ def test_sample_film_gives_decision_probabilities_and_heatmap(app, card):
     captions = [c for img in app.image for c in img.captions]
     assert "Film" in captions and any(c.startswith("Grad-CAM") for c in captions)
     scale = [plain(c.value) for c in app.caption if plain(c.value).startswith("Colour scale")]   # the colour scale,
-    assert scale and "0% (left)" in scale[0] and "100% (right)" in scale[0] and "COVID-19 score" in scale[0]  # its ends
+    assert scale and "0% (blue, left)" in scale[0] and "100% (red, right" in scale[0] and "COVID-19 score" in scale[0]
     shown = texts(app)
     assert sum("not the chance that this patient has COVID-19" in t for t in shown) == 1   # what the score is, once
     [pv] = [t for t in shown if t.startswith("At a prevalence of 10% (the default")]       # PPV and NPV with CIs

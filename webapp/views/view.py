@@ -173,12 +173,12 @@ def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float
                       help="Changes only the drawing; the heatmap is not recomputed.")
     name = class_title(positive_class)
     beside, large = overlay_jpegs(key, film, ex, positive, alpha)
-    low, high, meaning = scale_labels(positive_class, pred.probability, not positive)
+    meaning = scale_labels(positive_class, pred.probability, not positive)[2]
     if positive:
         caption = f"Grad-CAM for {name}: where the model looked, coloured by the score"
     else:
         caption = f"Grad-CAM for {name}, muted: below the operating point, not a finding"
-    legend = f"Colour scale, {low} (left) → {high} (right): {meaning}"
+    legend = f"Colour scale: {meaning}"
     left, right = st.columns(2)
     left.image(film_jpeg(key, film), caption="Film", width="stretch", output_format="JPEG", alt="Film")
     right.image(beside, caption=caption, width="stretch", output_format="JPEG", alt="Grad-CAM overlay")
