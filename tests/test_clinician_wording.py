@@ -68,3 +68,14 @@ def test_the_review_dialog_follows_the_batch_threshold_without_a_green_contradic
     assert not [s.value for s in app.success if "COVID-19 pattern" in s.value]          # no green verdict
     [said] = [plain(w.value) for w in app.warning if "trial threshold" in plain(w.value)]
     assert "below the batch's trial threshold" in said and "positive for a COVID-19 pattern at the operating point" in said
+
+
+def test_a_new_run_takes_the_place_of_the_previous_results(app):  # noqa: F811
+    """The batch's results are one block right after the run button, where the next run's progress bar is drawn:
+    starting a run replaces them at once instead of leaving the previous batch's figures under the bar."""
+    run_evaluation(app)
+    children = list(app.main.children.values())
+    [at] = [k for k, c in enumerate(children) if getattr(c, "key", None) == state.EVAL_RUN]
+    results = children[at + 1]
+    assert any(s.value.startswith("Results") for s in results.subheader)   # the whole of the results, in it
+    assert results.get("dataframe") and results.get("metric")

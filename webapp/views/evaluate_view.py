@@ -112,6 +112,7 @@ def run_button(collect: Collect | None, on_cluster: bool, address: str | None, c
     if clicked and not on_cluster:  # scored here, in this session
         batch = score_here(scorer, title, items, keep, in_use, card)
         audit_log.record("batch", profile=in_use.profile, detail=batch_summary(batch))
+        st.rerun()  # drawn afresh: the results take the place the progress bar had (pages/evaluate.py)
     if address is None and open_run_id() and not auth.user().is_admin:  # a cluster run's address, opened by a clinician
         access.require_admin("open a cluster run")
     if address is not None:  # the cluster's runs: the list, and the run this session or its address opened
