@@ -247,7 +247,8 @@ def test_the_worklist_page_lists_studies_with_dicom_values_as_data(classifier, m
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["accession"]) == ["**ACC_1**"] and "NOT in the PACS" in table["delivery"][0]
-    assert "**ACC_1**" in at.selectbox[0].options[1]                     # shown literally in the chooser
+    assert "**ACC_1**" in at.selectbox[0].options[0]                     # shown literally in the chooser
+    assert at.selectbox[0].proto.placeholder == "No study open"           # not "Choose an option"
 
 
 @pytest.mark.slow
