@@ -10,6 +10,7 @@ import pytest
 from tests.hostile import plain
 from tests.test_pages import app, card, run_evaluation, started_app, texts, weights, COVID_SAMPLE  # noqa: F401
 from webapp.session import state
+from webapp.views.wording import fmt_threshold
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -68,6 +69,8 @@ def test_the_review_dialog_follows_the_batch_threshold_without_a_green_contradic
     assert not [s.value for s in app.success if "COVID-19 pattern" in s.value]          # no green verdict
     [said] = [plain(w.value) for w in app.warning if "trial threshold" in plain(w.value)]
     assert "below the batch's trial threshold" in said and "positive for a COVID-19 pattern at the operating point" in said
+    [summary] = [c.value for c in app.code]                 # the line to copy names the trial, not "shipped model"
+    assert f"the batch's trial threshold; shipped model: {fmt_threshold(card.threshold)}" in summary
 
 
 def test_a_new_run_takes_the_place_of_the_previous_results(app):  # noqa: F811

@@ -516,6 +516,9 @@ def test_the_review_dialog_never_calls_a_97_percent_film_negative_in_plain_words
     assert wording.trial_verdict(0.99, 0.98, 0.149, "covid") is None   # both sides agree: the plain verdict
     assert wording.trial_verdict(0.97, 0.149, 0.149, "covid") is None  # at the operating point itself
     assert "above" in wording.trial_verdict(0.10, 0.05, 0.149, "covid")
+    # sides that agree: the plain verdict, but a trial 50% is never called the shipped model's operating point
+    said = wording.verdict(0.99, True, 0.5, "covid", wording.trial_point("shipped model", 0.149))
+    assert said.endswith("(operating point 50%, the batch's trial threshold; shipped model: 14.9%)")
 
 
 def test_changes_are_written_as_changes_and_card_columns_fit_their_cells():

@@ -29,7 +29,7 @@ from webapp.views.tables import class_rows
 from webapp.views import site_view
 from webapp.views.wording import (class_title, film_identifiers, gate_warnings, model_text, other_finding_sentence,
                                   predictive_text, refusal, report_lines, score_meaning, summary_line, tone,
-                                  trial_verdict, verdict)
+                                  trial_point, trial_verdict, verdict)
 
 ICONS = {"positive": "🔴", "review": "⚠️", "negative": "✅", "refused": "🚫", "warning": "⚠️"}
 
@@ -106,13 +106,15 @@ def show_decision(pred, positive: bool, threshold: float, positive_class: str, p
         st.warning(trial, icon=ICONS["review"])
         st.caption(score_meaning(positive_class))
         return "review"
+    at_point = abs(threshold - pred.threshold) < 1e-9
     how = tone(positive, pred.class_probabilities, positive_class)
-    text = verdict(pred.probability, positive, threshold, positive_class, by)
+    text = verdict(pred.probability, positive, threshold, positive_class,
+                   by if at_point else trial_point(by, pred.threshold))
     if how == "review":
         text += "\n\n" + other_finding_sentence(pred.class_probabilities, positive_class)
     {"positive": st.error, "review": st.warning, "negative": st.success}[how](text, icon=ICONS[how])
     st.caption(score_meaning(positive_class))
-    if abs(threshold - pred.threshold) < 1e-9:
+    if at_point:
         show_predictive_values(profile)
     return how
 
@@ -149,8 +151,9 @@ def show_result(key: str, film: Film, threshold: float | None = None, profile=AC
     show_decision(pred, positive, t, positive_class, deciding)
     for w in gate_warnings(pred.ood):
         st.warning(literal(w), icon=ICONS["warning"])
+    by = site_view.decider(deciding)
     show_drawing(key, film, ex, positive, t, positive_class, _export_record(key, pred, positive, deciding),
-                 site_view.decider(deciding))
+                 by if abs(t - pred.threshold) < 1e-9 else trial_point(by, pred.threshold))
     return ex
 
 

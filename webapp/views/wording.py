@@ -147,6 +147,13 @@ def trial_verdict(probability: float, trial: float, decided_at: float, positive_
             f"page), but {other} {name} pattern at the {point}. Read the score, not a colour.")
 
 
+def trial_point(by: str, decided_at: float) -> str:
+    """Whose threshold a verdict at the batch's moved threshold is at, for verdict()'s `by`: the trial's, with the
+    operating point that decided beside it ("the batch's trial threshold; shipped model: 14.9%"), so that a trial
+    50% is never called the shipped model's operating point."""
+    return f"the batch's trial threshold; {by}: {fmt_threshold(decided_at)}"
+
+
 def predictive_text(pv: Any, measured_on: str, setting_source: str) -> str:
     """"At a prevalence of 10% (this server's setting): a positive call is right 19% of the time (95% CI ...)" from
     a covidxr.intervals.PredictiveValues; `measured_on` where the operating point's rates come from."""
