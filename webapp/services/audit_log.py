@@ -1,6 +1,6 @@
 """The app's audit records (covidxr.audit): who did what, with which model and site-profile version, and fail closed.
 
-The store is `$COVIDXR_DB` (default: the SQLite file data/audit.db beside the app), opened once per process.
+The store is `$COVIDXR_DB` (default: the SQLite file data/audit.db under the working directory, covidxr.audit.default_url), opened once per process.
 A record that cannot be written stops the page with the reason: nothing is scored, shown or changed without its
 record. Only hashes, identifiers, counts and metrics are recorded: never pixels, file names or patient data.
 """
