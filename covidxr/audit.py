@@ -121,6 +121,19 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def model_fields(card: Any = None, profile: Any = None) -> dict[str, str]:
+    """The model and site-profile fields every record names, from the app, the command line and the DICOM node
+    alike: the package version and the weights' hash of `card` (a covidxr.card.ModelCard; both "" without one),
+    the profile's name and content version (covidxr.profiles.version_of; both "" for the shipped model)."""
+    from . import __version__
+    from .profiles import version_of
+
+    return {"model_version": "" if card is None else __version__,
+            "weights_sha256": "" if card is None else card.weights_sha256,
+            "profile": "" if profile is None else profile.name,
+            "profile_version": "" if profile is None else version_of(profile)}
+
+
 def default_url(existing: bool = False) -> str | None:
     """$COVIDXR_DB, else the SQLite file data/audit.db under the working directory: the project's folder when the
     app or the command line runs there (./run.sh does), never inside an installed package. The audit trail and the
