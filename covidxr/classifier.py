@@ -221,10 +221,10 @@ class Classifier:
         networks; SiteError when the profile was made for another base model. None: the shipped point."""
         import copy
 
-        from .site import SiteError
+        from .site import check_base
 
-        if profile is not None and profile.base_sha256 != self.card.weights_sha256:
-            raise SiteError(f"site profile {profile.name!r} was made for another base model")
+        if profile is not None:
+            check_base(profile.name, profile.base_sha256, self.card)
         clf = copy.copy(self)
         clf.site = profile
         return clf

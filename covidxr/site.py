@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, softmax
 
 from .card import sha256_file
 from .metrics import auc, roc_curve  # noqa: F401  (auc: for scripts and tests)
@@ -66,6 +66,14 @@ class TooFewFilms(SiteError):
 
 class NotOffered(SiteError):
     """A profile clearly worse than the shipped model, adopted without a recorded override."""
+
+
+def check_base(name: object, base_sha256: str, card) -> None:
+    """SiteError unless a profile named `name`, fitted on the weights whose hash is `base_sha256`, belongs to the
+    model of `card`: a profile's operating point means nothing on other weights."""
+    if base_sha256 != card.weights_sha256:
+        raise SiteError(f"site profile {name!r} was made for another base model "
+                        f"(weights {base_sha256[:12]}…, this model's are {card.weights_sha256[:12]}…)")
 
 
 def min_sensitivity(card) -> float:
@@ -159,8 +167,7 @@ class SiteProfile:
         the base model shares it."""
         logits = np.asarray(logits, np.float64)
         p = self.probability(logits, features, temperature, positive_index)
-        z = logits / temperature
-        q = np.exp(z - z.max(1, keepdims=True))
+        q = softmax(logits / temperature, axis=1)
         q[:, positive_index] = 0
         q = q / np.maximum(q.sum(1, keepdims=True), 1e-300)
         out = q * (1 - p)[:, None]
@@ -200,9 +207,8 @@ class SiteProfile:
             raise SiteError(f"{d / SITE_FILE} is not valid JSON: {e}") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("base_sha256"), str):  # not "weights None…"
             raise SiteError(f"{d.name}/{SITE_FILE} is malformed: it names no base model (base_sha256)")
-        if card is not None and meta.get("base_sha256") != card.weights_sha256:
-            raise SiteError(f"site profile {meta.get('name')!r} was made for another base model "
-                            f"(weights {str(meta.get('base_sha256'))[:12]}…, this model's are {card.weights_sha256[:12]}…)")
+        if card is not None:
+            check_base(meta.get("name"), meta["base_sha256"], card)
         arrays = d / str(meta.get("arrays", ARRAYS_FILE))
         if arrays.parent != d or not arrays.is_file():
             raise SiteError(f"site profile {d}: arrays file missing")
