@@ -27,6 +27,7 @@ figures, operating points, adoption, threshold, temperature, the arrays' sha256)
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -37,11 +38,13 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.special import expit, softmax
 
+from .atomic import write_atomic
 from .card import sha256_file
-from .metrics import auc, roc_curve  # noqa: F401  (auc: for scripts and tests)
-from .site_cv import (INNER_FOLDS, N_FOLDS, SEED, SiteData, cv_folds, figures, inner_logodds, nested,  # noqa: F401
+from .metrics import auc, roc_curve
+# cv_folds, rates, thresholds: named here for scripts/site_measure.py, which measures what `site fit` does
+from .site_cv import (N_FOLDS, SiteData, cv_folds, figures, inner_logodds, nested,  # noqa: F401 - see above
                       rates, thresholds, within_fold_auc, youden_difference_ci)
-from .site_maths import METHODS, RULES, Adapter, base_logodds, fit_adapter, method_kind  # noqa: F401
+from .site_maths import METHODS, RULES, Adapter, base_logodds
 
 SITE_FILE, ARRAYS_FILE = "site.json", "site.npz"
 FORMAT = 2                 # 2: target sensitivity, rule, operating points, adoption
@@ -183,7 +186,9 @@ class SiteProfile:
         if a.w is not None:
             arrays |= {"w": a.w, "mean": a.mean, "std": a.std}
         arrays |= {f"roc_{k}": np.asarray(v, np.float64) for k, v in self.roc.items()}
-        np.savez(d / ARRAYS_FILE, **arrays)
+        packed = io.BytesIO()
+        np.savez(packed, **arrays)
+        write_atomic(d / ARRAYS_FILE, packed.getvalue())  # flushed to the disk: a profile decides results
         meta = {"format": FORMAT, "name": self.name, "created": self.created, "base_sha256": self.base_sha256,
                 "films": self.films, "method": self.method, "rough_estimate": self.rough,
                 "target_sensitivity": self.target, "rule": self.rule,
@@ -191,7 +196,7 @@ class SiteProfile:
                 "cross_validated": self.figures, "operating_points": self.operating_points,
                 "adoption": {"offered": self.offered, "why": self.offered_why, "override": self.override},
                 "arrays": ARRAYS_FILE, "arrays_sha256": sha256_file(d / ARRAYS_FILE)}
-        (d / SITE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        write_atomic(d / SITE_FILE, json.dumps(meta, indent=1) + "\n")
         return d / SITE_FILE
 
     @classmethod
