@@ -3,7 +3,8 @@ with its films fetched from the PACS (DICOMweb WADO-RS) in the Screen page's res
 import streamlit as st
 
 from covidxr.pacs.wado import DICOMWEB_ENV, WadoError, dicomweb_url, fetch_film
-from covidxr.pacs.worklist import Worklist, database_url
+from covidxr.audit import default_url
+from covidxr.pacs.worklist import Worklist
 from webapp.session import state
 from webapp.session.films import load_film
 from webapp.views.view import show_result
@@ -13,7 +14,7 @@ st.title("Worklist")
 st.caption("Studies the DICOM node received, highest COVID-19 score first (triage). A research screening aid, "
            "not a diagnosis: every study is read by a radiologist whatever its rank.")
 
-url = database_url(create=False)  # the page never creates a database
+url = default_url(existing=True)  # the page never creates a database
 if url is None:
     st.info("No worklist database yet: the DICOM node (`python -m covidxr dicom serve`) creates it "
             "(COVIDXR_DB, or the default SQLite file) when it starts.")

@@ -224,7 +224,7 @@ def test_the_worklist_page_without_a_database_says_so_and_creates_none(classifie
     from tests.test_pages import started_app
 
     monkeypatch.delenv("COVIDXR_DB", raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # where the default database (data/audit.db) would be
     at = started_app(classifier.directory, monkeypatch)
     at.switch_page("pages/worklist.py").run()
     assert not at.exception

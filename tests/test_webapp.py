@@ -164,6 +164,36 @@ def test_confidence_is_zero_at_threshold_and_one_at_extremes():
     assert review.confidence(1.0, 0.4) == pytest.approx(1.0) and review.confidence(0.0, 0.4) == pytest.approx(1.0)
 
 
+def _row(path, label, probability=None, error=None, chest_xray=True, reasons=()):
+    from covidxr.report import Row
+
+    return Row(path, label, "src", probability=probability, error=error, truth=None if label is None else label == "covid",
+               chest_xray=chest_xray, reasons=reasons)
+
+
+def test_the_review_shows_scored_and_refused_films_in_review_order_and_pages_them():
+    rows = [_row("tp.png", "covid", 0.9), _row("broken.png", "covid", error="not a film"),
+            _row("lateral.png", "normal", chest_xray=False, reasons=("a lateral view",)),
+            _row("fn.png", "covid", 0.1), _row("tn.png", "normal", 0.2), _row("fp.png", "normal", 0.7)]
+    entries = review.reviewable(rows)
+    assert entries == [0, 2, 3, 4, 5]                                  # the unreadable film is not reviewed
+    assert review.ordered(rows, entries, 0.5) == [(3, "FN"), (5, "FP"), (0, "TP"), (4, "TN"), (2, review.REFUSED)]
+    assert review.ordered(rows, entries, 0.05, outcomes={"FP", "TP"}) == [(5, "FP"), (4, "FP"), (0, "TP"), (3, "TP")]
+    title, why = review.describe(rows[5], "FP", "covid", 0.5)
+    assert title.startswith(wording.OUTCOME_TITLES["FP"]) and why == wording.review_explanation("FP", "normal", "covid")
+    assert review.describe(rows[2], review.REFUSED, "covid", 0.5) == (wording.NOT_CHEST, "a lateral view")
+    assert [list(r) for r in review.page_rows(10, 1, 8, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [list(r) for r in review.page_rows(10, 2, 8, 4)] == [[8, 9]]
+
+
+def test_the_dialog_steps_through_the_errors_when_opened_on_one_else_through_every_film():
+    shown, outcome_of = [3, 5, 0, 4], {3: "FN", 5: "FP", 0: "TP", 4: "TN"}
+    assert review.place(shown, outcome_of, 3) == (None, 5, "1 of 2 errors")
+    assert review.place(shown, outcome_of, 5) == (3, None, "2 of 2 errors")
+    assert review.place(shown, outcome_of, 0) == (5, 4, "3 of 4 films")
+    assert review.place([0, 4], outcome_of, 3) == (None, None, "")     # no longer among the shown films
+
+
 def test_lru_evicts_least_recently_used():
     c = lru.LRU(2)
     c.put("a", 1)
