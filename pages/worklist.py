@@ -9,6 +9,7 @@ from webapp.session import state
 from webapp.session.films import load_film
 from webapp.views.view import show_result
 from webapp.services.worklist import study_label, study_rows
+from webapp.views.wording import score_meaning
 
 st.title("Worklist")
 st.caption("Studies the DICOM node received, highest COVID-19 score first (triage). A research screening aid, "
@@ -28,7 +29,8 @@ except Exception as e:  # noqa: BLE001 - the database is down or unreadable: say
 if not studies:
     st.info("No study yet: the DICOM node (`python -m covidxr dicom serve`) lists here what the PACS sends it.")
     st.stop()
-st.dataframe(study_rows(studies), hide_index=True, width="stretch")
+st.dataframe(study_rows(studies), hide_index=True, width="stretch",
+             column_config={"COVID-19 score": st.column_config.TextColumn(help=score_meaning("covid", short=True))})
 pick = st.selectbox("Open a study", list(range(len(studies))), index=None, key=state.WORKLIST_STUDY,
                     format_func=lambda i: study_label(i + 1, studies[i]), placeholder="No study open")
 if pick is None:
