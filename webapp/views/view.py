@@ -2,8 +2,11 @@
 
 The heatmap is computed once per film (by content) and kept in this session, so that moving the
 opacity slider, or opening the same film again on any page, only redraws. A film the gate refuses gets
-its reasons and no score at all; a film below the operating point gets its map in a muted slate tone,
-so that no colour suggests a finding the decision denies.
+its reasons and no score at all (the gate's numbers in an expander labelled engineering detail); a film below
+the operating point gets its map in a muted slate tone, so that no colour suggests a finding the decision denies;
+a film called positive gets jet(map x score), so that a 7% film and a 99% film do not look alike
+(covidxr.overlay). The decision names whose operating point decided; one line says what a score is, one the PPV
+and NPV at the site's prevalence.
 """
 from __future__ import annotations
 
