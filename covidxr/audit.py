@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator
 DB_ENV = "COVIDXR_DB"
 SCHEMA_VERSION = 1
 GENESIS = "0" * 64  # the "previous hash" of the first record
-DEFAULT_FILE = Path(__file__).resolve().parents[1] / "data" / "audit.db"  # gitignored
+DEFAULT_FILE = Path("data") / "audit.db"  # under the working directory (gitignored in a checkout): default_url()
 LOCAL_USER = "local"
 _ADVISORY_KEY = 0x636F7669647872  # "covidxr": PostgreSQL's advisory lock of the chain's appends
 
@@ -121,9 +121,28 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def default_url() -> str:
-    """$COVIDXR_DB, else the SQLite file data/audit.db beside the project."""
-    return os.environ.get(DB_ENV, "").strip() or f"sqlite:///{DEFAULT_FILE}"
+def model_fields(card: Any = None, profile: Any = None) -> dict[str, str]:
+    """The model and site-profile fields every record names, from the app, the command line and the DICOM node
+    alike: the package version and the weights' hash of `card` (a covidxr.card.ModelCard; both "" without one),
+    the profile's name and content version (covidxr.profiles.version_of; both "" for the shipped model)."""
+    from . import __version__
+    from .profiles import version_of
+
+    return {"model_version": "" if card is None else __version__,
+            "weights_sha256": "" if card is None else card.weights_sha256,
+            "profile": "" if profile is None else profile.name,
+            "profile_version": "" if profile is None else version_of(profile)}
+
+
+def default_url(existing: bool = False) -> str | None:
+    """$COVIDXR_DB, else the SQLite file data/audit.db under the working directory: the project's folder when the
+    app or the command line runs there (./run.sh does), never inside an installed package. The audit trail and the
+    PACS worklist share it. With `existing`, None when that file does not exist yet (a reader never makes one)."""
+    url = os.environ.get(DB_ENV, "").strip()
+    if url:
+        return url
+    path = Path.cwd() / DEFAULT_FILE
+    return None if existing and not path.exists() else f"sqlite:///{path}"
 
 
 class AuditStore:
@@ -326,6 +345,15 @@ def safe_url(url: str) -> str:
         return url.split("@")[-1]
 
 
+def make_sqlite_folder(url) -> None:
+    """An SQLite file's folder, made if missing (SQLite makes the file, not its folder); other URLs: nothing."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def _engine(url: str):
     import sqlalchemy as sa
     from sqlalchemy import event
@@ -335,8 +363,7 @@ def _engine(url: str):
             and "+" not in url.split("://")[0]:
         u = u.set(drivername="postgresql+psycopg")  # psycopg 3
     if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        make_sqlite_folder(u)
         engine = sa.create_engine(u, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
 
         @event.listens_for(engine, "connect")

@@ -12,7 +12,7 @@ import sys
 from datetime import date, datetime
 from pathlib import Path
 
-from .audit import DB_ENV, AuditEvent, AuditStore, AuditUnavailable, open_store, store_from_env
+from .audit import DB_ENV, AuditEvent, AuditStore, AuditUnavailable, model_fields, open_store, store_from_env
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -75,16 +75,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # --- the command line's own scoring ------------------------------------------------------------------------
 
-def model_fields(clf) -> dict:
-    """The model and site-profile fields of an event scored by `clf` (covidxr.classifier.Classifier)."""
-    from . import __version__
-    from .profiles import version_of
-
-    site = getattr(clf, "site", None)
-    return {"model_version": __version__, "weights_sha256": clf.card.weights_sha256,
-            "profile": "" if site is None else site.name, "profile_version": "" if site is None else version_of(site)}
-
-
 def open_for_scoring() -> AuditStore | None:
     """$COVIDXR_DB's store, checked writable before anything is scored; None when it is not set.
     AuditUnavailable when it is set and cannot be written (the caller scores nothing)."""
@@ -108,7 +98,7 @@ def file_sha256(path: str) -> str:
 
 def predict_event(clf, path: str, row: dict) -> AuditEvent:
     """The `screen` event of one film `predict` scored (or failed to read): its sha256, never its name."""
-    return AuditEvent(action="screen", role="cli", object=file_sha256(path), **model_fields(clf),
+    return AuditEvent(action="screen", role="cli", object=file_sha256(path), **model_fields(clf.card, clf.site),
                       decision=row.get("label") or ("" if "error" not in row else "unreadable"),
                       probability=row.get("probability"), outcome="failure" if "error" in row else "success",
                       detail={"via": "predict", "threshold": row.get("threshold"),
@@ -119,7 +109,7 @@ def evaluate_event(clf, result: dict) -> AuditEvent:
     """The `batch` event of one `evaluate` run: counts and metrics, no film names."""
     keys = ("n", "n_errors", "n_unlabelled", "n_not_chest", "threshold", "sensitivity", "specificity", "accuracy",
             "auc")
-    return AuditEvent(action="batch", role="cli", **model_fields(clf),
+    return AuditEvent(action="batch", role="cli", **model_fields(clf.card, clf.site),
                       detail={"via": "evaluate", **{k: result.get(k) for k in keys}})
 
 

@@ -27,7 +27,15 @@ from . import runtime
 from .runtime import NetworkOutputs, OnnxNetwork
 from .preprocess import FilmInputs, Prepared, lung_input, prepare_film, to_tensor
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+def _shipped_weights() -> Path:
+    """The shipped model: inside the package once installed from the wheel (setup.py puts weights/ there as
+    covidxr/weights), else at the root of the checkout the package runs from."""
+    here = Path(__file__).resolve().parent
+    return here / "weights" if (here / "weights").is_dir() else here.parent / "weights"
+
+
+DEFAULT_WEIGHTS = _shipped_weights()
 THREADS_ENV = "COVIDXR_THREADS"
 
 
@@ -213,10 +221,10 @@ class Classifier:
         networks; SiteError when the profile was made for another base model. None: the shipped point."""
         import copy
 
-        from .site import SiteError
+        from .site import check_base
 
-        if profile is not None and profile.base_sha256 != self.card.weights_sha256:
-            raise SiteError(f"site profile {profile.name!r} was made for another base model")
+        if profile is not None:
+            check_base(profile.name, profile.base_sha256, self.card)
         clf = copy.copy(self)
         clf.site = profile
         return clf

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .classifier import Classifier, Prediction
 from .films import Film
-from .overlay import blend_index, blend_table, jet  # noqa: F401 - jet: re-exported
+from .overlay import blend_index, blend_table, jet, score_colours  # noqa: F401 - jet: re-exported
 from .preprocess import box_slices, resize
 
 
@@ -90,10 +90,11 @@ def heatmap_image(heatmap: np.ndarray, width: int, height: int) -> Image.Image:
     return Image.fromarray((np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="L")
 
 
-def overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, score: float = 1.0) -> np.ndarray:
     """The film in gray with the map drawn over it in jet colours, as uint8 RGB at pixels' shape (covidxr.overlay
-    says how: the colour's opacity is alpha x the map's value; alpha = 0 gives the plain film)."""
-    table = blend_table(alpha)
+    says how: the colour's opacity is alpha x the map's value; alpha = 0 gives the plain film; the colour is
+    jet(map x score), so that a film's score shows in its drawing: score 1 is the plain jet map)."""
+    table = blend_table(alpha, None if score == 1.0 else score_colours(score))
     h = np.asarray(heatmap, np.float32)
     if h.shape != pixels.shape:
         h = resize(h, *pixels.shape)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy.special import expit, softmax
 
 from .card import CardError, check_sha256, sha256_file
 from .films import Film, dicom_age_years
@@ -162,8 +163,7 @@ class ChildLook:
     threshold: float = 0.8
 
     def probability(self, features: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(features, np.float64)) @ self.w.astype(np.float64) + self.b
-        return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+        return expit(np.atleast_2d(np.asarray(features, np.float64)) @ self.w.astype(np.float64) + self.b)
 
     def save(self, directory, name: str = CHILD_FILE) -> tuple[str, str]:
         from pathlib import Path
@@ -206,10 +206,8 @@ class KindLook:
     threshold: float = 0.5
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(features, np.float64)) @ self.w.astype(np.float64) + self.b.astype(np.float64)
-        x -= x.max(1, keepdims=True)
-        e = np.exp(x)
-        return e / e.sum(1, keepdims=True)
+        return softmax(np.atleast_2d(np.asarray(features, np.float64)) @ self.w.astype(np.float64)
+                       + self.b.astype(np.float64), axis=1)
 
     def save(self, directory, name: str = KIND_FILE) -> tuple[str, str]:
         from pathlib import Path

@@ -1,4 +1,6 @@
-"""Binary screening metrics with honest uncertainty: pure numpy, no torch.
+"""Binary screening metrics with honest uncertainty: pure numpy, no torch. The proportions at an operating point
+(Wilson intervals), the ROC and its AUC (bootstrap or Newcombe interval), and the threshold rule; calibration is
+covidxr.calibration's, a whole set's report covidxr.binary_report's.
 
 Convention everywhere: `y_true` is 1 for COVID-19 (positive), 0 otherwise; `scores` are the calibrated
 positive-class probabilities; a film is called positive when `score >= threshold`.
@@ -7,18 +9,15 @@ never NaN, so reports serialise to strict JSON.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from .intervals import (N_BOOT, Z95, _boot_chunks, _multiplicities, _percentile_ci,  # noqa: F401 - re-exported
-                        newcombe_auc_ci, wilson_ci)
+from .intervals import N_BOOT, Z95, _boot_chunks, _multiplicities, _percentile_ci, newcombe_auc_ci, wilson_ci
 
 MIN_CLASS_FOR_AUC_CI = 10  # fewer films of either class: the AUC gets no interval ("too few films for an interval")
-ECE_BINS = 10
 
 PROPORTIONS = ("sensitivity", "specificity", "accuracy", "ppv", "npv")
 
@@ -80,15 +79,6 @@ class RocCurve:
 
 
 @dataclass(frozen=True)
-class ReliabilityBin:
-    low: float            # bin edges on the predicted probability
-    high: float
-    n: int
-    mean_predicted: float | None
-    observed: float | None  # share of positives among the films in the bin
-
-
-@dataclass(frozen=True)
 class OperatingPoint:
     """Everything that depends on the threshold; cheap to recompute (the app's slider)."""
     threshold: float
@@ -101,65 +91,6 @@ class OperatingPoint:
 
     def estimates(self) -> dict[str, Estimate | None]:
         return {k: getattr(self, k) for k in PROPORTIONS}
-
-
-@dataclass(frozen=True)
-class SourceReport:
-    """Per-source breakdown: the operating point plus AUC when the source holds both classes."""
-    n: int
-    n_pos: int
-    n_neg: int
-    point: OperatingPoint
-    auc: Estimate | None
-
-    def as_dict(self) -> dict:
-        return {"n": self.n, "n_pos": self.n_pos, "n_neg": self.n_neg,
-                **_estimates({**self.point.estimates(), "auc": self.auc}),
-                "confusion": self.point.confusion.as_dict()}
-
-
-@dataclass(frozen=True)
-class BinaryReport:
-    n: int
-    n_pos: int
-    n_neg: int
-    point: OperatingPoint
-    auc: Estimate | None
-    roc: RocCurve | None
-    ece: Estimate | None
-    reliability: list[ReliabilityBin]
-    per_source: dict[str, SourceReport]
-    # the data behind it, so `at()` can move the threshold without re-scoring
-    y_true: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0, np.int8))
-    scores: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros(0))
-    sources: np.ndarray | None = field(repr=False, compare=False, default=None)
-
-    threshold = property(lambda self: self.point.threshold)
-    confusion = property(lambda self: self.point.confusion)
-    sensitivity = property(lambda self: self.point.sensitivity)
-    specificity = property(lambda self: self.point.specificity)
-    accuracy = property(lambda self: self.point.accuracy)
-    ppv = property(lambda self: self.point.ppv)
-    npv = property(lambda self: self.point.npv)
-
-    def metrics_at(self, threshold: float) -> OperatingPoint:
-        return operating_point(self.y_true, self.scores, threshold)
-
-    def at(self, threshold: float) -> "BinaryReport":
-        """The same report at another threshold; AUC, ROC and calibration are threshold-free and kept."""
-        per_source = {s: replace(r, point=operating_point(self.y_true[self.sources == s],
-                                                          self.scores[self.sources == s], threshold))
-                      for s, r in self.per_source.items()}
-        return replace(self, point=self.metrics_at(threshold), per_source=per_source)
-
-    def as_dict(self) -> dict:
-        """Plain JSON types only (no numpy, no NaN): undefined metrics and their CIs are None."""
-        return {"n": self.n, "n_pos": self.n_pos, "n_neg": self.n_neg, "threshold": self.threshold,
-                **_estimates({**self.point.estimates(), "auc": self.auc, "ece": self.ece}),
-                "confusion": self.confusion.as_dict(),
-                "roc": None if self.roc is None else self.roc.as_dict(),
-                "reliability": [dataclasses.asdict(b) for b in self.reliability],
-                "per_source": {k: r.as_dict() for k, r in self.per_source.items()}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,86 +221,13 @@ def roc_curve(y_true: Sequence, scores: Sequence) -> RocCurve | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# calibration
-
-
-def _bin_index(scores: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-width bins on [0, 1]; a score of exactly 1 goes in the last bin."""
-    return np.minimum((scores * n_bins).astype(np.int64), n_bins - 1).clip(0)
-
-
-def ece(y_true: Sequence, scores: Sequence, n_bins: int = ECE_BINS) -> float | None:
-    """Expected calibration error of the positive-class probability:
-    sum over equal-width bins of (share of films in bin) * |observed positive rate - mean probability|."""
-    y, s = _as_arrays(y_true, scores)
-    if y.size == 0:
-        return None
-    gap = np.bincount(_bin_index(s, n_bins), weights=y - s, minlength=n_bins)
-    return float(np.abs(gap).sum() / y.size)
-
-
-def ece_ci(y_true: Sequence, scores: Sequence, n_bins: int = ECE_BINS, n_boot: int = N_BOOT,
-           seed: int = 0) -> Estimate | None:
-    """ECE with a percentile bootstrap 95% CI (resampled within each class, like the AUC)."""
-    y, s = _as_arrays(y_true, scores)
-    if y.size == 0:
-        return None
-    value = ece(y, s, n_bins)
-    # one column per bin holding (y - p) of the films in it: a replicate's bin gaps are W @ cols
-    cols = np.zeros((y.size, n_bins))
-    cols[np.arange(y.size), _bin_index(s, n_bins)] = y - s
-    groups = [np.nonzero(y == k)[0] for k in (1, 0) if np.any(y == k)]
-    rng = np.random.default_rng(seed)
-    reps = []
-    for b in _boot_chunks(y.size, n_boot):
-        gaps = sum(_multiplicities(rng, g.size, b) @ cols[g] for g in groups)
-        reps.append(np.abs(gaps).sum(axis=1) / y.size)
-    low, high = _percentile_ci(np.concatenate(reps))
-    return Estimate(value, low, high)
-
-
-def reliability(y_true: Sequence, scores: Sequence, n_bins: int = ECE_BINS) -> list[ReliabilityBin]:
-    """The table behind a reliability diagram: per bin, count, mean probability, observed positive rate."""
-    y, s = _as_arrays(y_true, scores)
-    idx = _bin_index(s, n_bins)
-    counts = np.bincount(idx, minlength=n_bins)
-    sum_p = np.bincount(idx, weights=s, minlength=n_bins)
-    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
-    return [ReliabilityBin(low=b / n_bins, high=(b + 1) / n_bins, n=int(counts[b]),
-                           mean_predicted=float(sum_p[b] / counts[b]) if counts[b] else None,
-                           observed=float(sum_y[b] / counts[b]) if counts[b] else None)
-            for b in range(n_bins)]
-
-
-# ---------------------------------------------------------------------------------------------
-# threshold choice and the full report
+# threshold choice
 
 
 def threshold_rule(min_sensitivity: float) -> str:
     """The rule `choose_threshold` applies, in words (for the model card)."""
     return (f"maximise Youden's J (sensitivity + specificity - 1) among thresholds with validation "
             f"sensitivity >= {min_sensitivity:g}; threshold placed midway between adjacent validation scores")
-
-
-# Probabilities are clipped to [c, 1 - c] before their log-odds (0 and 1 have none). 1e-7: the training's
-# pooled reports were computed with it, and stored scores are rounded to 6 decimals, so it keeps their figures.
-PROBABILITY_CLIP = 1e-7
-
-
-def logodds(p: Sequence | float) -> np.ndarray:
-    """log(p / (1 - p)), p clipped to [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP]."""
-    from scipy.special import logit
-
-    return logit(np.clip(np.asarray(p, np.float64), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP))
-
-
-def recentre(p: Sequence, threshold: float) -> np.ndarray:
-    """Shift probabilities on the logit scale so that `threshold` lands on 0.5: decisions are unchanged, and
-    films scored by different models, each at its own operating point, can be pooled for their decisions
-    (not for a ranking: each model's shift differs, so pooled scores are reordered across models)."""
-    from scipy.special import expit
-
-    return expit(logodds(p) - logodds(threshold))
 
 
 def choose_threshold(y_true: Sequence, scores: Sequence, min_sensitivity: float = 0.95) -> float:
@@ -393,25 +251,3 @@ def choose_threshold(y_true: Sequence, scores: Sequence, min_sensitivity: float 
     k = int(np.flatnonzero(j == j.max())[0])  # thresholds descend: the first maximum is the highest
     below = thr[k + 1] if k + 1 < thr.size else 0.0
     return float((thr[k] + below) / 2)
-
-
-def binary_report(y_true: Sequence, scores: Sequence, threshold: float, sources: Sequence[str] | None = None,
-                  n_boot: int = N_BOOT, seed: int = 0) -> BinaryReport:
-    """All the metrics of a labelled, scored set at one threshold, overall and per source."""
-    y, s = _as_arrays(y_true, scores)
-    src = None if sources is None else np.asarray([str(x) for x in sources], dtype=object)
-    if src is not None and src.shape != y.shape:
-        raise ValueError(f"{y.size} labels but {src.size} sources")
-    per_source: dict[str, SourceReport] = {}
-    if src is not None:
-        for name in sorted(set(src)):
-            m = src == name
-            ys, ss = y[m], s[m]
-            per_source[name] = SourceReport(n=int(m.sum()), n_pos=int(ys.sum()), n_neg=int(m.sum() - ys.sum()),
-                                            point=operating_point(ys, ss, threshold),
-                                            auc=auc_ci(ys, ss, n_boot, seed))
-    return BinaryReport(n=int(y.size), n_pos=int(y.sum()), n_neg=int(y.size - y.sum()),
-                        point=operating_point(y, s, threshold), auc=auc_ci(y, s, n_boot, seed),
-                        roc=roc_curve(y, s), ece=ece_ci(y, s, n_boot=n_boot, seed=seed),
-                        reliability=reliability(y, s), per_source=per_source,
-                        y_true=y, scores=s, sources=src)

@@ -5,6 +5,11 @@ The film (gray) and the map are each reduced to 8-bit levels and packed into one
 3x faster than blending in float at 1024 px (it reruns each time the opacity slider moves), and within 2 of 255 of
 the float blend. The colour's opacity is alpha x the map's value, so lung left without attention keeps its own gray
 instead of being washed blue; alpha = 0 gives the plain film.
+
+The colour carries the score: a map is normalised per film (its hottest spot is 1 whatever the score), so its
+colour is jet(map x score), not jet(map). A film scored 99% shows red where the model looked most; one scored 7%
+shows the same spot in dark blue, never a "hot" red (score_colours). The colour scale's ends mean: 0 = no score
+and no attention, 1 = a 100% score at the spot the model attended most.
 """
 from __future__ import annotations
 
@@ -38,3 +43,11 @@ def blend_table(alpha: float, colour: np.ndarray | None = None) -> np.ndarray:
     colour = jet(LEVELS)[None] if colour is None else np.asarray(colour, np.float32).reshape(1, -1, 3)
     a = (alpha * LEVELS)[None, :, None]
     return (((1.0 - a) * LEVELS[:, None, None] + a * colour) * 255.0 + 0.5).astype(np.uint8).reshape(256 * 256, 3)
+
+
+def score_colours(score: float = 1.0) -> np.ndarray:
+    """(256, 3) float RGB, the colour of each map level on a film with this score: jet(level x score), so that
+    the drawing's hottest colour is the score's place on the colour scale (see the module's docstring)."""
+    if not 0.0 <= score <= 1.0:
+        raise ValueError(f"score {score} outside [0, 1]")
+    return jet(LEVELS * np.float32(score))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import fsync_dir
 from .site import ARRAYS_FILE, SITE_FILE, SiteError, SiteProfile
 
 VERSIONS = "versions"
@@ -152,8 +153,9 @@ def add_version(profile: SiteProfile, root: Path, folder: str, user: str = "", r
             (target / VERSIONS).mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{ver}.", dir=target / VERSIONS))
             try:
-                profile.save(tmp)
+                profile.save(tmp)  # each file flushed to the disk (covidxr.atomic)
                 tmp.rename(vdir)
+                fsync_dir(vdir.parent)  # and the rename that makes the version exist
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         now = _now()

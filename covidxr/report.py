@@ -10,7 +10,8 @@ from typing import Iterable
 
 from .card import decision_label
 from .gate import Verdict
-from .metrics import BinaryReport, OperatingPoint, binary_report
+from .binary_report import BinaryReport, binary_report
+from .metrics import OperatingPoint
 from .safety import spreadsheet_safe
 
 CSV_COLUMNS = ["path", "label", "source", "probability", "prediction", "error", "chest_xray", "reasons", "details",

@@ -27,6 +27,7 @@ figures, operating points, adoption, threshold, temperature, the arrays' sha256)
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -35,13 +36,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, softmax
 
+from .atomic import write_atomic
 from .card import sha256_file
-from .metrics import auc, roc_curve  # noqa: F401  (auc: for scripts and tests)
-from .site_cv import (INNER_FOLDS, N_FOLDS, SEED, SiteData, cv_folds, figures, inner_logodds, nested,  # noqa: F401
+from .metrics import auc, roc_curve
+# cv_folds, rates, thresholds: named here for scripts/site_measure.py, which measures what `site fit` does
+from .site_cv import (N_FOLDS, SiteData, cv_folds, figures, inner_logodds, nested,  # noqa: F401 - see above
                       rates, thresholds, within_fold_auc, youden_difference_ci)
-from .site_maths import FLOOR_FILMS, METHODS, RULES, Adapter, base_logodds, fit_adapter, method_kind  # noqa: F401
+from .site_maths import FLOOR_FILMS, METHODS, RULES, Adapter, base_logodds  # noqa: F401 - FLOOR_FILMS: the chooser's
 
 SITE_FILE, ARRAYS_FILE = "site.json", "site.npz"
 FORMAT = 2                 # 2: target sensitivity, rule, operating points, adoption
@@ -78,6 +81,14 @@ class TooFewFilms(SiteError):
 
 class NotOffered(SiteError):
     """A profile clearly worse than the shipped model, adopted without a recorded override."""
+
+
+def check_base(name: object, base_sha256: str, card) -> None:
+    """SiteError unless a profile named `name`, fitted on the weights whose hash is `base_sha256`, belongs to the
+    model of `card`: a profile's operating point means nothing on other weights."""
+    if base_sha256 != card.weights_sha256:
+        raise SiteError(f"site profile {name!r} was made for another base model "
+                        f"(weights {base_sha256[:12]}…, this model's are {card.weights_sha256[:12]}…)")
 
 
 def min_sensitivity(card) -> float:
@@ -171,8 +182,7 @@ class SiteProfile:
         the base model shares it."""
         logits = np.asarray(logits, np.float64)
         p = self.probability(logits, features, temperature, positive_index)
-        z = logits / temperature
-        q = np.exp(z - z.max(1, keepdims=True))
+        q = softmax(logits / temperature, axis=1)
         q[:, positive_index] = 0
         q = q / np.maximum(q.sum(1, keepdims=True), 1e-300)
         out = q * (1 - p)[:, None]
@@ -188,7 +198,9 @@ class SiteProfile:
         if a.w is not None:
             arrays |= {"w": a.w, "mean": a.mean, "std": a.std}
         arrays |= {f"roc_{k}": np.asarray(v, np.float64) for k, v in self.roc.items()}
-        np.savez(d / ARRAYS_FILE, **arrays)
+        packed = io.BytesIO()
+        np.savez(packed, **arrays)
+        write_atomic(d / ARRAYS_FILE, packed.getvalue())  # flushed to the disk: a profile decides results
         meta = {"format": FORMAT, "name": self.name, "created": self.created, "base_sha256": self.base_sha256,
                 "films": self.films, "method": self.method, "rough_estimate": self.rough,
                 "target_sensitivity": self.target, "rule": self.rule,
@@ -196,7 +208,7 @@ class SiteProfile:
                 "cross_validated": self.figures, "operating_points": self.operating_points,
                 "adoption": {"offered": self.offered, "why": self.offered_why, "override": self.override},
                 "arrays": ARRAYS_FILE, "arrays_sha256": sha256_file(d / ARRAYS_FILE)}
-        (d / SITE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        write_atomic(d / SITE_FILE, json.dumps(meta, indent=1) + "\n")
         return d / SITE_FILE
 
     @classmethod
@@ -212,9 +224,8 @@ class SiteProfile:
             raise SiteError(f"{d / SITE_FILE} is not valid JSON: {e}") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("base_sha256"), str):  # not "weights None…"
             raise SiteError(f"{d.name}/{SITE_FILE} is malformed: it names no base model (base_sha256)")
-        if card is not None and meta.get("base_sha256") != card.weights_sha256:
-            raise SiteError(f"site profile {meta.get('name')!r} was made for another base model "
-                            f"(weights {str(meta.get('base_sha256'))[:12]}…, this model's are {card.weights_sha256[:12]}…)")
+        if card is not None:
+            check_base(meta.get("name"), meta["base_sha256"], card)
         arrays = d / str(meta.get("arrays", ARRAYS_FILE))
         if arrays.parent != d or not arrays.is_file():
             raise SiteError(f"site profile {d}: arrays file missing")

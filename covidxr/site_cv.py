@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import binary_report, wilson_ci
+from .binary_report import binary_report
+from .intervals import wilson_ci
 from .site_maths import Adapter, fit_adapter, operating_point
 
 N_FOLDS = 5

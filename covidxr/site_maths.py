@@ -18,7 +18,8 @@ import numpy as np
 from scipy.special import expit, logsumexp
 from scipy.stats import norm
 
-from .metrics import choose_threshold, logodds
+from .calibration import logodds
+from .metrics import choose_threshold
 
 HEAD_PENALTIES = (3.0, 0.3, 0.03)  # L2 on w (standardised features), strongest first
 METHODS: dict[str, float | None] = {"temperature": None, **{f"head_l2_{p:g}": p for p in HEAD_PENALTIES}}

@@ -13,9 +13,9 @@ store = open_store()
 st.caption(f"Store: {safe_url(store.url)}. One record per event; each carries the hash of the one before it.")
 left, mid, right = st.columns(3)
 user = left.text_input("User (subject, or local)", key="audit_user").strip() or None
-action = mid.selectbox("Action", [None, "sign-in", "sign-out", "screen", "batch", "review-open", "export", "site-fit",
+action = mid.selectbox("Action", ["", "sign-in", "sign-out", "screen", "batch", "review-open", "export", "site-fit",
                                   "site-adopt", "site-retire", "site-select", "denied", "audit-export"],
-                       key="audit_action", format_func=lambda a: "any" if a is None else a)
+                       key="audit_action", format_func=lambda a: a or "any") or None
 since = right.date_input("Since (UTC)", value=None, key="audit_since")
 try:
     rows = store.records(since=since.isoformat() if isinstance(since, dt.date) else None, user=user, action=action)

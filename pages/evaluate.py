@@ -36,6 +36,9 @@ batch: Batch | None = st.session_state.get(state.BATCH)
 if batch is None or not batch.rows:
     st.stop()
 
-results(batch, card)
-if auth.user().is_admin:
-    st.page_link("pages/site_profiles.py", label="Fit a site profile from this batch (site admins)", icon="🏥")
+# One block right after the run button: when a new run starts, its progress bar takes this block's place, so the
+# previous batch's results leave the screen at once instead of lingering under the bar.
+with st.container():
+    results(batch, card)
+    if auth.user().is_admin:
+        st.page_link("pages/site_profiles.py", label="Fit a site profile from this batch (site admins)", icon="🏥")

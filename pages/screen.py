@@ -21,17 +21,18 @@ clf = classifier()  # loaded when the page opens (once per server), not after th
 was = site_session.active()
 listed = sites.list_profiles(sites.sites_dir(), clf.card)
 usable = {p.folder: p for p in listed if p.profile is not None}
-options = [None, *usable]
+options = ["", *usable]  # "": the shipped model (a None option would show as "Choose an option")
 if state.SITE_SELECT not in st.session_state or st.session_state[state.SITE_SELECT] not in options:
-    st.session_state[state.SITE_SELECT] = was.folder if was.folder in usable else None  # kept across pages
+    st.session_state[state.SITE_SELECT] = was.folder if was.folder in usable else ""  # kept across pages
 left, right = st.columns([2, 3])
 choice = left.selectbox("Operating point", options, key=state.SITE_SELECT,
-                        format_func=lambda f: sites.SHIPPED if f is None else f"Site profile: {f}",
+                        format_func=lambda f: sites.SHIPPED if not f else f"Site profile: {f}",
                         disabled=len(options) == 1,
                         help="A site profile is this model recalibrated on a hospital's own labelled films "
                              "(fitted by a site admin). No profile is adopted on this server yet."
                         if len(options) == 1 else "A site profile is this model recalibrated on a hospital's own "
                                                   "labelled films; use one only where its figures were clearly better.")
+choice = choice or None
 if choice != (was.folder if was.profile is not None else None):  # the user switched: the adopted version, recorded
     site_session.choose(choice)
     was = site_session.active()
@@ -54,8 +55,8 @@ for p in listed:
 uploads = st.file_uploader("Drop one or more films", type=UPLOAD_TYPES, accept_multiple_files=True,
                            key=state.SCREEN_UPLOAD)
 samples = sample_films()
-sample = st.selectbox("…or try a sample film", [None, *samples], key=state.SCREEN_SAMPLE,
-                      format_func=lambda p: "—" if p is None else sample_title(p))
+sample = st.selectbox("…or try a sample film", samples, index=None, key=state.SCREEN_SAMPLE,
+                      format_func=sample_title, placeholder="No sample film")
 
 inputs = [(f.name, f.getvalue()) for f in uploads or []]
 if sample is not None:

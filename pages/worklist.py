@@ -3,17 +3,19 @@ with its films fetched from the PACS (DICOMweb WADO-RS) in the Screen page's res
 import streamlit as st
 
 from covidxr.pacs.wado import DICOMWEB_ENV, WadoError, dicomweb_url, fetch_film
-from covidxr.pacs.worklist import Worklist, database_url
+from covidxr.audit import default_url
+from covidxr.pacs.worklist import Worklist
 from webapp.session import state
 from webapp.session.films import load_film
 from webapp.views.view import show_result
 from webapp.services.worklist import study_label, study_rows
+from webapp.views.wording import score_meaning
 
 st.title("Worklist")
 st.caption("Studies the DICOM node received, highest COVID-19 score first (triage). A research screening aid, "
            "not a diagnosis: every study is read by a radiologist whatever its rank.")
 
-url = database_url(create=False)  # the page never creates a database
+url = default_url(existing=True)  # the page never creates a database
 if url is None:
     st.info("No worklist database yet: the DICOM node (`python -m covidxr dicom serve`) creates it "
             "(COVIDXR_DB, or the default SQLite file) when it starts.")
@@ -27,9 +29,10 @@ except Exception as e:  # noqa: BLE001 - the database is down or unreadable: say
 if not studies:
     st.info("No study yet: the DICOM node (`python -m covidxr dicom serve`) lists here what the PACS sends it.")
     st.stop()
-st.dataframe(study_rows(studies), hide_index=True, width="stretch")
-pick = st.selectbox("Open a study", [None, *range(len(studies))], key=state.WORKLIST_STUDY,
-                    format_func=lambda i: "—" if i is None else study_label(i + 1, studies[i]))
+st.dataframe(study_rows(studies), hide_index=True, width="stretch",
+             column_config={"COVID-19 score": st.column_config.TextColumn(help=score_meaning("covid", short=True))})
+pick = st.selectbox("Open a study", list(range(len(studies))), index=None, key=state.WORKLIST_STUDY,
+                    format_func=lambda i: study_label(i + 1, studies[i]), placeholder="No study open")
 if pick is None:
     st.stop()
 study = studies[pick]

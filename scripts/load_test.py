@@ -101,10 +101,11 @@ def cli_predictions(films: list[Path], weights: Path) -> dict[Path, dict]:
 def choose_films(rows: dict[Path, dict], n: int, positive_class: str) -> list[Expected]:
     """n films the CLI scored as chest films, those whose page sentences differ first (then the rest).
     `positive_class`: the model card's, whose name the CLI's label carries when the film is positive."""
-    from webapp.views.wording import verdict  # the page's own wording
+    from webapp.views.wording import decided_by, verdict  # the page's own wording (the shipped model decides)
 
     usable = [Expected(str(f), r["probability"], r["label"], r["threshold"],
-                       verdict(r["probability"], r["label"] == positive_class, r["threshold"], positive_class))
+                       verdict(r["probability"], r["label"] == positive_class, r["threshold"], positive_class,
+                               decided_by()))
               for f, r in rows.items() if "error" not in r and r.get("chest_xray", True)]
     seen: set[str] = set()
     distinct = [e for e in usable if not (e.sentence in seen or seen.add(e.sentence))]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from covidxr.audit import (EVENT_FIELDS, GENESIS, AuditEvent, AuditStore, AuditUnavailable, open_store,
-                           store_from_env)
+from covidxr.audit import (EVENT_FIELDS, GENESIS, AuditEvent, AuditStore, AuditUnavailable, default_url,
+                           open_store, store_from_env)
 from tests.postgres import available, running_postgres
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,6 +195,26 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+def test_the_default_store_is_under_the_working_directory_and_the_worklist_shares_it(tmp_path, monkeypatch):
+    """Not inside the package (an installed wheel would write into site-packages): data/audit.db where the app
+    or the command runs; the PACS worklist's table goes into the same database, and a reader creates none."""
+    from covidxr.pacs.worklist import Worklist
+
+    monkeypatch.delenv("COVIDXR_DB", raising=False)
+    monkeypatch.chdir(tmp_path)
+    file = tmp_path / "data" / "audit.db"
+    assert default_url() == f"sqlite:///{file}"
+    assert default_url(existing=True) is None and not file.parent.exists()  # asking creates nothing
+    Worklist.open().studies()
+    assert file.is_file() and default_url(existing=True) == default_url()
+    store = open_store()
+    store.record(event(1))
+    assert {"audit_events", "pacs_worklist"} <= set(sa.inspect(sa.create_engine(default_url())).get_table_names())
+    store.dispose()
+    monkeypatch.setenv("COVIDXR_DB", "postgresql://covidxr@db-host/covidxr")
+    assert default_url() == default_url(existing=True) == "postgresql://covidxr@db-host/covidxr"
+
+
 def test_cli_verify_and_export(tmp_path):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     store = AuditStore(url)

@@ -180,7 +180,9 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
         255, 255, 255)                              # the text panel below the overlay (decision, model, disclaimer)
     # the heatmap has its colour scale beside it, and the summary line is there to copy
     expect(page.get_by_role("img", name="Heatmap colour scale").first).to_be_visible()
-    expect(page.get_by_text("low → high attention for the COVID-19 class").first).to_be_visible()
+    expect(page.get_by_text("Colour scale: colour = COVID-19 score x the model's attention").first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"\(operating point [\d.]+%, shipped model\)")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"At a prevalence of 10% .*PPV, 95% CI")).first).to_be_visible()
     expect(page.get_by_test_id("stCode").first).to_contain_text("operating point")
     shot(page, screenshots, "screen.png", max_height=1500)
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,10 @@ EXTRAS_ONLY = ("streamlit", "altair", "ray", "pytest", "playwright", "efficientn
 PROBE = """
 import json, sys
 import covidxr
-model = covidxr.load(sys.argv[1], threads=1)
-pred = model.predict([covidxr.read_film(sys.argv[2])])[0]
-print(json.dumps({"module": covidxr.__file__, "probability": pred.probability, "is_chest": pred.ood.is_chest}))
+model = covidxr.load(threads=1)  # no path: the weights the wheel ships
+pred = model.predict([covidxr.read_film(sys.argv[1])])[0]
+print(json.dumps({"module": covidxr.__file__, "weights": str(model.directory), "probability": pred.probability,
+                  "is_chest": pred.ood.is_chest}))
 """
 
 
@@ -92,13 +94,20 @@ def test_the_wheel_installs_alone_with_the_core_dependencies_and_predicts(own_fo
     # The wheel, built from a copy of the sources, so that the build leaves nothing in the checkout.
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for package in ("covidxr", "webapp"):
+    for package in ("covidxr", "webapp", "weights"):
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
           str(src)])
     wheel, = (tmp_path / "dist").glob("covidxr-*.whl")
+    # The model rides inside the package: the files the card names (nothing training-only), and no more.
+    card = json.loads((REPO / "weights" / "model_card.json").read_text())
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {Path(n).name for n in z.namelist() if n.startswith("covidxr/weights/")}
+    named = {card["weights_file"], card["ood"]["file"], card["ood"]["paediatric"]["file"], card["ood"]["kind"]["file"]}
+    assert shipped == {"model_card.json", *named}, shipped
+    assert wheel.stat().st_size < 25e6, wheel.stat().st_size  # about 16 MB, model.pt most of it
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
@@ -118,10 +127,11 @@ def test_the_wheel_installs_alone_with_the_core_dependencies_and_predicts(own_fo
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["COVIDXR_CACHE_DIR"] = str(tmp_path / "cache")
     env["HOME"] = str(tmp_path)  # nothing of this run lands in the developer's home
-    out = _run([str(venv / "bin" / "python"), "-c", PROBE, str(REPO / "weights"), str(SHARED.parent / FILM)],
+    out = _run([str(venv / "bin" / "python"), "-c", PROBE, str(SHARED.parent / FILM)],
                cwd=tmp_path, env=env).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert Path(got["module"]).is_relative_to(venv), got["module"]  # the installed package, not the checkout's
+    assert Path(got["weights"]).is_relative_to(venv), got["weights"]  # and its own weights
     want = json.loads((REPO / "tests" / "data" / "reference_answers.json").read_text())[FILM]
     assert got["is_chest"] is want["is_chest"] is True
     assert abs(got["probability"] - want["class_probabilities"]["covid"]) < TOLERANCE

@@ -4,7 +4,10 @@ import json
 import numpy as np
 import pytest
 
+from covidxr import calibration as cal
+from covidxr import intervals as iv
 from covidxr import metrics as m
+from covidxr.binary_report import binary_report
 
 # 7 films: 3 positives (2 caught), 4 negatives (1 false alarm)
 Y = [1, 1, 1, 0, 0, 0, 0]
@@ -26,19 +29,19 @@ def test_proportions_from_confusion():
 
 def test_wilson_interval_hand_computed():
     # 8/10, z=1.96: centre (0.8 + 0.19208)/1.38416 = 0.71674, half 1.96*sqrt(0.016+0.009604)/1.38416 = 0.22658
-    low, high = m.wilson_ci(8, 10, z=1.96)
+    low, high = iv.wilson_ci(8, 10, z=1.96)
     assert low == pytest.approx(0.49016, abs=1e-5)
     assert high == pytest.approx(0.94332, abs=1e-5)
     # 0/10 and 10/10: the bound is z^2/n / (1 + z^2/n) = 0.38416/1.38416 = 0.27754 from the edge
-    assert m.wilson_ci(0, 10, z=1.96) == pytest.approx((0.0, 0.27754), abs=1e-5)
-    assert m.wilson_ci(10, 10, z=1.96) == pytest.approx((0.72246, 1.0), abs=1e-5)
+    assert iv.wilson_ci(0, 10, z=1.96) == pytest.approx((0.0, 0.27754), abs=1e-5)
+    assert iv.wilson_ci(10, 10, z=1.96) == pytest.approx((0.72246, 1.0), abs=1e-5)
 
 
 def test_empty_denominator_is_none_not_nan():
     c = m.Confusion(tp=0, fp=1, tn=3, fn=0)  # no positive films
     assert m.sensitivity(c) is None and m.npv(c).value == 1.0
     with pytest.raises(ValueError):
-        m.wilson_ci(0, 0)
+        iv.wilson_ci(0, 0)
 
 
 def test_auc_mann_whitney_with_ties():
@@ -53,7 +56,7 @@ def test_auc_bootstrap_is_stratified_resampling():
     """The vectorised replicate equals the plain AUC of the films it draws."""
     rng = np.random.default_rng(3)
     pos, neg = rng.random(7).round(1), np.sort(rng.random(9).round(1))
-    wp, wn = m._multiplicities(rng, 7, 1), m._multiplicities(rng, 9, 1)
+    wp, wn = iv._multiplicities(rng, 7, 1), iv._multiplicities(rng, 9, 1)
     assert wp.sum() == 7 and wn.sum() == 9  # each class keeps its size
     fast = m._auc_counts(pos, neg, wp, wn)[0]
     drawn_pos, drawn_neg = np.repeat(pos, wp[0].astype(int)), np.repeat(neg, wn[0].astype(int))
@@ -78,7 +81,7 @@ def test_auc_ci_never_claims_a_collapsed_interval():
     y, s = [1] * 10 + [0] * 10, list(np.linspace(0.6, 0.9, 10)) + list(np.linspace(0.1, 0.4, 10))
     e = m.auc_ci(y, s)
     assert e.value == 1.0 and e.has_interval and e.high == 1.0 and 0.75 < e.low < 0.9
-    report = m.binary_report(y, s, 0.5).as_dict()
+    report = binary_report(y, s, 0.5).as_dict()
     assert report["auc"] == 1.0 and report["ci"]["auc"] == [e.low, 1.0]
     # 9 COVID-19 films against many others: Newcombe's interval, wider than the bootstrap's would be
     few = m.auc_ci([1] * 9 + [0] * 40, np.linspace(0, 1, 49))
@@ -88,10 +91,10 @@ def test_auc_ci_never_claims_a_collapsed_interval():
 def test_newcombe_interval_matches_the_published_example_shape():
     """Newcombe (2006): the interval holds the estimate, narrows as films are added, and reaches 1.0
     only at an AUC of 1.0."""
-    lo10, hi10 = m.newcombe_auc_ci(0.8, 10, 10)
-    lo100, hi100 = m.newcombe_auc_ci(0.8, 100, 100)
+    lo10, hi10 = iv.newcombe_auc_ci(0.8, 10, 10)
+    lo100, hi100 = iv.newcombe_auc_ci(0.8, 100, 100)
     assert lo10 < lo100 < 0.8 < hi100 < hi10 < 1.0
-    assert m.newcombe_auc_ci(1.0, 10, 10)[1] == 1.0 and m.newcombe_auc_ci(0.0, 10, 10)[0] == 0.0
+    assert iv.newcombe_auc_ci(1.0, 10, 10)[1] == 1.0 and iv.newcombe_auc_ci(0.0, 10, 10)[0] == 0.0
     # enough films of each class and overlap: a real interval around the value
     rng = np.random.default_rng(1)
     y = np.r_[np.ones(30), np.zeros(30)]
@@ -111,12 +114,12 @@ def test_ece_and_reliability_hand_computed():
     # bins: [0,.1): p .05 y 0 -> |0-.05|; [.1,.2): p .15,.15 y 1,0 -> |1-.3|; [.9,1]: p .95 y 1 -> |1-.95|
     # ECE = (.05 + .7 + .05) / 4 = .2
     y, s = [0, 1, 0, 1], [0.05, 0.15, 0.15, 0.95]
-    assert m.ece(y, s) == pytest.approx(0.2)
-    table = m.reliability(y, s)
+    assert cal.ece(y, s) == pytest.approx(0.2)
+    table = cal.reliability(y, s)
     assert [b.n for b in table] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
     assert table[1].mean_predicted == pytest.approx(0.15) and table[1].observed == pytest.approx(0.5)
     assert table[2].mean_predicted is None
-    assert m.ece([1], [1.0]) == 0.0  # a score of exactly 1 lands in the last bin
+    assert cal.ece([1], [1.0]) == 0.0  # a score of exactly 1 lands in the last bin
 
 
 def test_choose_threshold_rule():
@@ -135,7 +138,7 @@ def test_binary_report_per_source_single_class_is_honest():
     y = [1, 1, 1, 0, 0, 1, 0]
     s = [0.9, 0.6, 0.2, 0.7, 0.1, 0.8, 0.3]
     src = ["a", "a", "a", "b", "b", "b", "b"]
-    r = m.binary_report(y, s, 0.5, sources=src, n_boot=200)
+    r = binary_report(y, s, 0.5, sources=src, n_boot=200)
     assert r.confusion == m.Confusion(tp=3, fp=1, tn=2, fn=1)
     a = r.per_source["a"]  # only positives: sensitivity 2/3, no specificity, no AUC
     assert (a.n, a.n_pos, a.n_neg) == (3, 3, 0)
@@ -145,13 +148,13 @@ def test_binary_report_per_source_single_class_is_honest():
     d = json.loads(json.dumps(r.as_dict(), allow_nan=False))
     assert d["per_source"]["a"]["specificity"] is None and d["per_source"]["a"]["ci"]["auc"] is None
     assert d["confusion"] == {"tp": 3, "fp": 1, "tn": 2, "fn": 1}
-    assert d["ci"]["sensitivity"] == list(m.wilson_ci(3, 4))
+    assert d["ci"]["sensitivity"] == list(iv.wilson_ci(3, 4))
 
 
 def test_moving_the_threshold_recomputes_only_the_operating_point():
     y = [1, 1, 1, 0, 0, 1, 0]
     s = [0.9, 0.6, 0.2, 0.7, 0.1, 0.8, 0.3]
-    r = m.binary_report(y, s, 0.5, sources=["a"] * 3 + ["b"] * 4, n_boot=100)
+    r = binary_report(y, s, 0.5, sources=["a"] * 3 + ["b"] * 4, n_boot=100)
     low = r.at(0.15)
     assert low.confusion == m.Confusion(tp=4, fp=2, tn=1, fn=0)
     assert low.metrics_at(0.15) == m.operating_point(y, s, 0.15) == low.point

@@ -224,7 +224,7 @@ def test_the_worklist_page_without_a_database_says_so_and_creates_none(classifie
     from tests.test_pages import started_app
 
     monkeypatch.delenv("COVIDXR_DB", raising=False)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # where the default database (data/audit.db) would be
     at = started_app(classifier.directory, monkeypatch)
     at.switch_page("pages/worklist.py").run()
     assert not at.exception
@@ -247,7 +247,8 @@ def test_the_worklist_page_lists_studies_with_dicom_values_as_data(classifier, m
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["accession"]) == ["**ACC_1**"] and "NOT in the PACS" in table["delivery"][0]
-    assert "**ACC_1**" in at.selectbox[0].options[1]                     # shown literally in the chooser
+    assert "**ACC_1**" in at.selectbox[0].options[0]                     # shown literally in the chooser
+    assert at.selectbox[0].proto.placeholder == "No study open"           # not "Choose an option"
 
 
 @pytest.mark.slow
@@ -279,3 +280,31 @@ def test_with_a_site_profile_the_sr_names_it_and_decides_at_its_point(classifier
     nums = {concept(i): float(i.MeasuredValueSequence[0].NumericValue) for i in items(sr) if i.ValueType == "NUM"}
     assert nums["CAD Operating Point"] == pytest.approx(profile.threshold, abs=1e-5)
     assert dciodvfy_errors(Path(row["sr"])) == [] and dciodvfy_errors(Path(row["sc"])) == []
+
+
+@pytest.mark.slow
+def test_the_secondary_capture_names_its_study_not_its_patient_and_carries_the_scale(classifier, tmp_path):
+    """Issue 28: the SC's burned-in text says which film it is (accession number and study date, never the
+    patient's name), whose operating point decided, and the picture carries the labelled colour scale; it still
+    validates."""
+    from copy import deepcopy
+
+    from webapp.views import images
+
+    scored = results.score(classifier, CHEST.read_bytes(), CHEST.name)
+    scored.header = deepcopy(scored.header)
+    scored.header.AccessionNumber, scored.header.StudyDate = "ACC-0042", "20200315"
+    scored.header.PatientName = "Doe^Jane"
+    lines = results.picture_lines(scored, classifier)
+    assert "Accession number: ACC-0042" in lines and "Study date: 2020-03-15" in lines
+    assert not any("Doe" in x or "Jane" in x for x in lines)
+    assert any("shipped model" in x and "operating point" in x for x in lines)
+    assert any("not the chance that this patient has COVID-19" in x for x in lines)
+    picture = results.report_picture(scored, classifier)
+    drawing_rows = scored.film.pixels.shape[0]
+    legend = images.labelled_bar(max(scored.film.pixels.shape[1], 480), "covid", scored.prediction.probability, False)
+    assert picture.shape[0] >= drawing_rows + legend.shape[0] + 8 + 20 * len(lines)   # drawing, scale, text
+    band = picture[drawing_rows + 4: drawing_rows + 4 + 6].astype(int)                 # the scale's colours
+    assert band[..., 2].max() - band[..., 0].min() > 100 and (band[..., 0] > 200).any()
+    [path] = results.write([results.make_sc(scored, classifier)], tmp_path)
+    assert dciodvfy_errors(path) == []

@@ -140,14 +140,20 @@ def test_sample_film_gives_decision_probabilities_and_heatmap(app, card):
     app.selectbox(key=state.SCREEN_SAMPLE).set_value(COVID_SAMPLE).run()
     assert not app.exception
     [sentence] = verdicts(app)
-    assert f"(operating point {fmt_threshold(card.threshold)})" in sentence and "p =" not in sentence
+    assert f"(operating point {fmt_threshold(card.threshold)}, shipped model)" in sentence and "p =" not in sentence
     assert sentence.startswith(("Positive for COVID-19 pattern: ", "No COVID-19 pattern: "))
     probabilities = app.dataframe[0].value
     assert len(probabilities) == len(card.class_names)
-    assert probabilities["probability (%)"].sum() == pytest.approx(100.0, abs=1)
+    assert all(p.endswith("%") for p in probabilities["probability"])                 # worded as the banner words it
     captions = [c for img in app.image for c in img.captions]
     assert "Film" in captions and any(c.startswith("Grad-CAM") for c in captions)
-    assert any("low → high attention for the COVID-19 class" in c.value for c in app.caption)   # the colour scale
+    scale = [plain(c.value) for c in app.caption if plain(c.value).startswith("Colour scale")]   # the colour scale,
+    assert scale and "0% (blue, left)" in scale[0] and "100% (red, right" in scale[0] and "COVID-19 score" in scale[0]
+    shown = texts(app)
+    assert sum("not the chance that this patient has COVID-19" in t for t in shown) == 1   # what the score is, once
+    [pv] = [t for t in shown if t.startswith("At a prevalence of 10% (the default")]       # PPV and NPV with CIs
+    assert re.search(r"right \d+(\.\d)?% of the time \(PPV, 95% CI \d+(\.\d)?–\d+(\.\d)?%\)", pv), pv
+    assert "(NPV, " in pv and app.selectbox(key=state.SITE_SELECT).proto.HasField("raw_value")  # not "Choose an option"
     assert [d.label for d in app.get("download_button")] == ["Download overlay (PNG)"]
     [summary] = [c.value for c in app.code]                                           # a line to copy
     assert COVID_SAMPLE.name in summary and fmt_threshold(card.threshold) in summary and card.name in summary
@@ -208,10 +214,13 @@ def test_not_a_chest_radiograph_is_flagged_and_its_score_withheld(app, card):
     assert not app.exception
     [refusal] = [plain(e.value) for e in app.error if plain(e.value).startswith("Not a frontal chest radiograph: ")]
     assert "No COVID-19 score is given" in refusal
-    assert verdicts(app) == [] and not app.expander     # no decision, no "show the score anyway"
-    shown = [t for t in texts(app) if not t.startswith("Details: ")]   # the gate's numbers have their own line
+    assert verdicts(app) == []                           # no decision, and no "show the score anyway":
+    [numbers] = app.expander                             # the one expander holds the gate's numbers, labelled so
+    assert numbers.label.startswith("Engineering detail")
+    detail = {plain(c.value) for c in numbers.caption}
+    assert detail and all("Details:" not in d for d in detail)
+    shown = [t for t in texts(app) if t not in detail]
     assert not any(re.search(r"\d%", t) for t in shown)                   # no score anywhere on the page
-    assert any(plain(c.value).startswith("Details: ") for c in app.caption)
     assert not any(c.startswith("Grad-CAM") for img in app.image for c in img.captions)
     assert not app.get("download_button") and not app.code
 
@@ -266,7 +275,7 @@ def test_batch_leaves_a_refused_film_out_of_the_metrics_and_shows_no_score(app):
     per_image = app.dataframe[-1].value
     refused = per_image[per_image["film"] == NOT_CHEST_DICOM.name]
     assert list(refused["decision"]) == ["not a frontal chest radiograph"]
-    assert refused.iloc[0]["COVID-19 score (%)"] is None or refused["COVID-19 score (%)"].isna().all()
+    assert list(refused["COVID-19 score"]) == ["not scored: not a frontal chest radiograph"]   # never "None"
     assert any("2 labelled films scored" in c.value and "left out of the metrics" in c.value for c in app.caption)
     app.checkbox(key=state.EVAL_INCLUDE_REFUSED).check().run()
     assert any("3 labelled films scored" in c.value for c in app.caption)

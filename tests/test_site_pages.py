@@ -282,12 +282,12 @@ def test_fit_save_choose_and_score_with_a_site_profile(app, profiles, site_films
     picker = app.selectbox(key=state.SITE_SELECT)
     assert picker.options == ["Shipped model", "Site profile: Ward 7"]
     app.selectbox(key=state.SCREEN_SAMPLE).set_value(COVID_SAMPLE).run()
-    assert f"(operating point {fmt_threshold(card.threshold)})" in verdict(app)
+    assert f"(operating point {fmt_threshold(card.threshold)}, shipped model)" in plain(verdict(app))  # the banner names it
     assert fmt_threshold(meta["threshold"]) != fmt_threshold(card.threshold), "a test that cannot fail"
     app.selectbox(key=state.SITE_SELECT).set_value("Ward 7").run()
     assert not app.exception
     assert in_use(app) == f"Site profile: Ward 7, version {saved.name}, fitted on 16 films, {meta['created'][:10]}"
-    assert f"(operating point {fmt_threshold(meta['threshold'])})" in verdict(app)
+    assert f"(operating point {fmt_threshold(meta['threshold'])}, site profile Ward 7, version {saved.name})" in plain(verdict(app))
     [summary] = [c.value for c in app.code]
     assert "site profile Ward 7" in summary and fmt_threshold(meta["threshold"]) in summary
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from tests.conftest import REPO
 from covidxr.card import CARD_FILE, ModelCard, Network
-from covidxr.metrics import logodds as logit
+from covidxr.calibration import logodds as logit
 from covidxr.model import FEATURES, CovidNet
 from covidxr.training.augment import affine, augment, jpeg_roundtrip, warp
 from covidxr.training.cache import Cache, network_batch, to_batch

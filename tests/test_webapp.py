@@ -94,7 +94,10 @@ def test_metrics_as_percentages_with_intervals():
 def test_class_rows_most_likely_first_with_titles():
     rows = tables.class_rows({"covid": 0.2, "normal": 0.7, "pneumonia": 0.1})
     assert [r["class"] for r in rows] == ["no finding", "COVID-19", "other pneumonia"]
-    assert [r["probability (%)"] for r in rows] == [70.0, 20.0, 10.0]
+    assert [r["probability"] for r in rows] == ["70%", "20%", "10%"]
+    tiny = tables.class_rows({"covid": 0.003, "normal": 0.997})                # rounded as the banner rounds:
+    assert [r["probability"] for r in tiny] == ["> 99%", "< 1%"]              # never a false "0%" or "100%"
+    assert wording.fmt_pct(0.003) == "< 1%"
 
 
 def test_file_key_is_content_based():
@@ -161,6 +164,36 @@ def test_confidence_is_zero_at_threshold_and_one_at_extremes():
     assert review.confidence(1.0, 0.4) == pytest.approx(1.0) and review.confidence(0.0, 0.4) == pytest.approx(1.0)
 
 
+def _row(path, label, probability=None, error=None, chest_xray=True, reasons=()):
+    from covidxr.report import Row
+
+    return Row(path, label, "src", probability=probability, error=error, truth=None if label is None else label == "covid",
+               chest_xray=chest_xray, reasons=reasons)
+
+
+def test_the_review_shows_scored_and_refused_films_in_review_order_and_pages_them():
+    rows = [_row("tp.png", "covid", 0.9), _row("broken.png", "covid", error="not a film"),
+            _row("lateral.png", "normal", chest_xray=False, reasons=("a lateral view",)),
+            _row("fn.png", "covid", 0.1), _row("tn.png", "normal", 0.2), _row("fp.png", "normal", 0.7)]
+    entries = review.reviewable(rows)
+    assert entries == [0, 2, 3, 4, 5]                                  # the unreadable film is not reviewed
+    assert review.ordered(rows, entries, 0.5) == [(3, "FN"), (5, "FP"), (0, "TP"), (4, "TN"), (2, review.REFUSED)]
+    assert review.ordered(rows, entries, 0.05, outcomes={"FP", "TP"}) == [(5, "FP"), (4, "FP"), (0, "TP"), (3, "TP")]
+    title, why = review.describe(rows[5], "FP", "covid", 0.5)
+    assert title.startswith(wording.OUTCOME_TITLES["FP"]) and why == wording.review_explanation("FP", "normal", "covid")
+    assert review.describe(rows[2], review.REFUSED, "covid", 0.5) == (wording.NOT_CHEST, "a lateral view")
+    assert [list(r) for r in review.page_rows(10, 1, 8, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [list(r) for r in review.page_rows(10, 2, 8, 4)] == [[8, 9]]
+
+
+def test_the_dialog_steps_through_the_errors_when_opened_on_one_else_through_every_film():
+    shown, outcome_of = [3, 5, 0, 4], {3: "FN", 5: "FP", 0: "TP", 4: "TN"}
+    assert review.place(shown, outcome_of, 3) == (None, 5, "1 of 2 errors")
+    assert review.place(shown, outcome_of, 5) == (3, None, "2 of 2 errors")
+    assert review.place(shown, outcome_of, 0) == (5, 4, "3 of 4 films")
+    assert review.place([0, 4], outcome_of, 3) == (None, None, "")     # no longer among the shown films
+
+
 def test_lru_evicts_least_recently_used():
     c = lru.LRU(2)
     c.put("a", 1)
@@ -209,9 +242,12 @@ def test_image_rows_skip_failures_and_follow_threshold():
     assert [(r["film"], r["outcome"]) for r in tables.image_rows(rows, 0.5)] == [("a", "true positive"),
                                                                                  ("b", "false positive")]
     assert [r["outcome"] for r in tables.image_rows(rows, 0.8)] == ["false negative", "true negative"]
-    # the decision in the exports' words (covid / non-covid), the score as a percentage
-    assert [(r["decision"], r["COVID-19 score (%)"]) for r in tables.image_rows(rows, 0.65)] == [
-        ("covid", 70.0), ("non-covid", 60.0)]
+    # the decision in the exports' words (covid / non-covid), the score as the banner words it (one rounding rule)
+    assert [(r["decision"], r["COVID-19 score"]) for r in tables.image_rows(rows, 0.65)] == [
+        ("covid", "70%"), ("non-covid", "60%")]
+    low = [row("d", "normal", 0.003), row("e", "covid", 0.6449)]
+    assert [r["COVID-19 score"] for r in tables.image_rows(low, 0.65)] == [
+        wording.fmt_pct(0.003), wording.fmt_pct(0.6449, 0.65)] == ["< 1%", "64.5%"]   # one decimal at the threshold
 
 
 def refused_row(path, label, p=0.9, reasons=("its DICOM body part is HIP, not chest (distance 3.0, limit 1.9)",)):
@@ -223,7 +259,9 @@ def refused_row(path, label, p=0.9, reasons=("its DICOM body part is HIP, not ch
 def test_refused_films_show_no_score_anywhere_in_the_tables():
     rows = [row("a", "covid", 0.7), refused_row("hip.dcm", "normal")]
     table = tables.image_rows(rows, 0.5)
-    assert table[1]["COVID-19 score (%)"] is None and table[1]["decision"] == "not a frontal chest radiograph"
+    assert table[1]["COVID-19 score"] == "not scored: not a frontal chest radiograph"   # the reason, never "None"
+    assert table[1]["decision"] == "not a frontal chest radiograph"
+    assert None not in table[1].values()
     assert table[1]["outcome"] == "its DICOM body part is HIP, not chest"          # reasons in words, no numbers
     assert tables.refused_rows(rows) == [{"film": "hip.dcm", "label": "normal",
                                           "reasons": "its DICOM body part is HIP, not chest"}]
@@ -437,3 +475,96 @@ def test_card_view_puts_unseen_hospitals_first_from_the_card():
     assert wording.fmt_threshold(card.threshold) in card_view.decision_text(card)
     shown = str(card_view.ablation_rows(card)) + str(card_view.training_facts(card))
     assert "adversary" not in shown.lower() and "best_step" not in shown
+
+
+# ---------------------------------------------------------------- issue 28: the drawing carries the score
+
+def _spot():
+    film = np.full((64, 64), 0.5, np.float32)
+    heat = np.zeros((64, 64), np.float32)
+    heat[20:40, 20:40] = 1.0
+    return film, heat
+
+
+def test_a_film_at_7_percent_and_one_at_99_percent_do_not_look_alike():
+    """The map is normalised per film: its colour is jet(map x score), so a 99% film's hot spot is red and a 7%
+    film's (called positive, e.g. at a low site operating point) is dark blue."""
+    from covidxr.explain import overlay
+
+    film, heat = _spot()
+    low = images.heat_overlay(film, heat, True, 0.8, 0.07).astype(int)
+    high = images.heat_overlay(film, heat, True, 0.8, 0.99).astype(int)
+    assert np.abs(high - low)[20:40, 20:40].mean() > 80        # measurably different where the model looked
+    r_hi, r_lo = high[30, 30], low[30, 30]
+    assert r_hi[0] - r_hi[2] > 80 and r_hi[0] - r_hi[1] > 80   # (jet's dark) red where the 99% film's model looked
+    assert r_lo[2] > r_lo[0] + 40 and r_lo[0] < 120             # blue, no red, at the 7% film's
+    assert np.array_equal(high[0, 0], low[0, 0])               # no attention: the film's gray in both
+    d = images.Drawing(film, heat)                              # the result view's drawing is the same picture
+    assert np.array_equal(d.draw(0.8, score=0.07), overlay(film, heat, 0.8, 0.07))
+    assert np.array_equal(overlay(film, heat, 0.8, 1.0), overlay(film, heat, 0.8))
+
+
+def test_the_colour_scale_marks_the_films_score_and_says_what_its_ends_mean():
+    bar = images.colour_bar(101, 6, score=0.3).astype(int)
+    assert (bar[0, 30] < 40).all()                             # the tick at the score
+    assert bar[0, 90].min() > 150                              # beyond the score: washed out, unreachable
+    low, high, meaning = images.scale_labels("covid", 0.3, muted=False)
+    assert (low, high) == ("0%", "100%") and "COVID-19 score" in meaning and "30%" in meaning
+    assert "not a COVID-19 finding" in images.scale_labels("covid", 0.3, muted=True)[2]
+
+
+def test_the_report_picture_names_its_film_and_grows_by_the_scale_and_the_text():
+    film, heat = _spot()
+    lines = wording.report_lines(0.96, True, 0.149, "covid", {"covid": 0.96}, "m", "2026-01-01",
+                                 film=wording.film_identifiers("chest 01.png"), by="shipped model")
+    assert lines[0] == "Film: chest 01.png"
+    assert lines[1] == "Positive for COVID-19 pattern: 96% (operating point 14.9%, shipped model)"
+    assert any("not the chance that this patient has COVID-19" in x for x in lines)
+    assert lines[-1] == wording.DISCLAIMER_PLAIN
+    bare = images.annotated(images.heat_overlay(film, heat, True, 0.45, 0.96), [])
+    report = images.report_image(film, heat, True, 0.45, lines, 0.96, "covid")
+    legend = images.labelled_bar(480, "covid", 0.96, False)
+    assert report.shape[0] >= bare.shape[0] + legend.shape[0] + 12 * (len(lines) + 1)
+    assert wording.film_identifiers(None, "A1", "20200315") == ["Accession number: A1", "Study date: 2020-03-15"]
+
+
+def test_the_decision_names_its_operating_point_and_the_score_says_what_it_is():
+    assert wording.verdict(0.96, True, 0.149, "covid", wording.decided_by("North ward", "abc123")) == (
+        "Positive for COVID-19 pattern: 96% (operating point 14.9%, site profile North ward, version abc123)")
+    assert wording.decided_by() == "shipped model"
+    assert "not the chance that this patient has COVID-19" in wording.score_meaning("covid")
+
+
+def test_the_review_dialog_never_calls_a_97_percent_film_negative_in_plain_words():
+    """A batch threshold moved to 98% is a trial: a 97% film is below it but positive at the operating point
+    that decided (14.9%); both are said, and the page shows it amber, not green."""
+    text = wording.trial_verdict(0.97, 0.98, 0.149, "covid", "shipped model")
+    assert "97%" in text and "below the batch's trial threshold 98%" in text
+    assert "positive for a COVID-19 pattern at the operating point 14.9%, shipped model" in text
+    assert not text.startswith("No COVID-19 pattern")
+    assert wording.trial_verdict(0.5, 0.98, 0.149, "covid") is not None
+    assert wording.trial_verdict(0.99, 0.98, 0.149, "covid") is None   # both sides agree: the plain verdict
+    assert wording.trial_verdict(0.97, 0.149, 0.149, "covid") is None  # at the operating point itself
+    assert "above" in wording.trial_verdict(0.10, 0.05, 0.149, "covid")
+    # sides that agree: the plain verdict, but a trial 50% is never called the shipped model's operating point
+    said = wording.verdict(0.99, True, 0.5, "covid", wording.trial_point("shipped model", 0.149))
+    assert said.endswith("(operating point 50%, the batch's trial threshold; shipped model: 14.9%)")
+
+
+def test_changes_are_written_as_changes_and_card_columns_fit_their_cells():
+    assert wording.fmt_change("AUC", -0.0561) == "AUC 0.056 lower"
+    assert wording.fmt_change("AUC", 0.0733) == "AUC 0.073 higher"
+    assert wording.fmt_change("AUC", 0.0002) == "AUC unchanged"
+    rows = [{"source": "Kermany paediatric pneumonia", "AUC": "0.677 (0.615–0.739)"}]
+    w = tables.column_widths(rows)
+    assert w["AUC"] >= tables.CHAR_PX * len(rows[0]["AUC"]) and w["source"] > w["AUC"]
+    assert tables.column_widths([{"x": "y" * 500}])["x"] == tables.MAX_PX
+
+
+def test_the_model_card_never_writes_a_negative_auc():
+    from webapp.views import card_view
+
+    card = SimpleNamespace(positive_class="covid", metrics={"site_adaptation": {"target": "t", "folds": {
+        "a": {"auc_gain": -0.056}, "b": {"auc_gain": 0.073}}}})
+    text = card_view.site_adaptation_text(card)
+    assert "AUC 0.056 lower" in text and "AUC 0.073 higher" in text and "-0.0" not in text

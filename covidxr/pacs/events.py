@@ -51,10 +51,9 @@ def event(action: str, user: str, outcome: str, classifier=None, scored=None, st
                                f"sha256={sha256}" if sha256 else "") if p)
     pred = getattr(scored, "prediction", None)
     assessed = scored is not None and scored.assessed
-    from ..audit_cli import model_fields  # the model and profile fields as every other record names them
+    from ..audit import model_fields  # the model and profile fields as every other record names them
 
-    fields = model_fields(classifier) if getattr(classifier, "card", None) is not None else \
-        {"model_version": "", "weights_sha256": "", "profile": "", "profile_version": ""}
+    fields = model_fields(getattr(classifier, "card", None), getattr(classifier, "site", None))
     return {"action": action, "user": user, "user_name": user, "role": "dicom-node" if action.startswith("dicom.node")
             else "cli", "object": obj, **fields,
             "decision": (pred.label if assessed else "not assessed") if pred is not None else "",

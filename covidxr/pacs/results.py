@@ -10,8 +10,9 @@ What a result carries follows MONAI Deploy's DICOM writers and highdicom's docs:
   image), says VerificationFlag UNVERIFIED, and its series description says research use, not for diagnosis.
   A film the gate refuses gets an SR whose evaluation is "Indeterminate" with the reasons: not assessed, why.
 - SC: an RGB secondary capture of the app's report picture (webapp.views.images.report_image: the film with its
-  Grad-CAM and colour scale, the decision, score, operating point, model version, date and "not for
-  diagnostic use" printed), BurnedInAnnotation YES. None for a refused film.
+  Grad-CAM and labelled colour scale, the film's accession number and study date (never the patient's name), the
+  decision, score, operating point and whose it is, model version, date and "not for diagnostic use" printed),
+  BurnedInAnnotation YES. None for a refused film.
 Both carry the Contributing Equipment Sequence (this software as processing equipment), sit in the film's
 patient and study, each in a new series.
 
@@ -145,6 +146,16 @@ def _model(classifier) -> tuple[str, str, str]:
     return card.name, version, where
 
 
+def _decided_by(classifier) -> str:
+    """Whose operating point decided, in the words of the app's decision banner (webapp.views.wording.decided_by)."""
+    from webapp.views.wording import decided_by
+
+    site = getattr(classifier, "site", None)
+    if site is None:
+        return decided_by()
+    return decided_by(site.name, getattr(site, "version", None) or site.created or "unversioned")
+
+
 def _equipment(classifier, when: dt.datetime):
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -228,16 +239,27 @@ def make_sr(scored: Scored, classifier):
 def report_picture(scored: Scored, classifier) -> np.ndarray:
     """The app's report picture of a scored film (uint8 RGB): webapp.views.images.report_image with the lines
     webapp.views.wording.report_lines words, and the "not for diagnostic use" line."""
-    import covidxr
     from webapp.views.images import DEFAULT_OPACITY, report_image
-    from webapp.views.wording import gate_warnings, model_text, report_lines
+
+    pred = scored.prediction
+    return report_image(scored.film.pixels, scored.heatmap, pred.positive, DEFAULT_OPACITY,
+                        picture_lines(scored, classifier), float(pred.probability), classifier.card.positive_class)
+
+
+def picture_lines(scored: Scored, classifier) -> list[str]:
+    """The text burned into the secondary capture under its picture: the study's accession number and date (which
+    film this is: never the patient's name, which the SC's header carries for the PACS, not its pixels), the
+    decision with score, operating point and whose it is, what the score is, warnings, model, date, disclaimer."""
+    import covidxr
+    from webapp.views.wording import film_identifiers, gate_warnings, model_text, report_lines
 
     pred, card = scored.prediction, classifier.card
     model = model_text(card.name, card.weights_sha256, covidxr.__version__, pred.site)
-    lines = report_lines(pred.probability, pred.positive, pred.threshold, card.positive_class,
-                         pred.class_probabilities, model, scored.when.date().isoformat(), gate_warnings(pred.ood))
-    return report_image(scored.film.pixels, scored.heatmap, pred.positive, DEFAULT_OPACITY,
-                        lines + [NOT_FOR_DIAGNOSIS])
+    film = film_identifiers(None, str(scored.header.get("AccessionNumber") or "") or None,
+                            str(scored.header.get("StudyDate") or "") or None)
+    return report_lines(pred.probability, pred.positive, pred.threshold, card.positive_class,
+                        pred.class_probabilities, model, scored.when.date().isoformat(), gate_warnings(pred.ood),
+                        film, _decided_by(classifier)) + [NOT_FOR_DIAGNOSIS]
 
 
 def make_sc(scored: Scored, classifier):

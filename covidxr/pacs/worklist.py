@@ -11,7 +11,8 @@ so still goes to the PACS; `reason` holds why) or `error` (the film could not be
 A study's state and delivery on the Worklist page are its films' (studies()).
 
 Retention: rows older than COVIDXR_WORKLIST_DAYS days (default 30) are deleted when the node starts and every
-hour while it runs (purge()). Without COVIDXR_DB the table lives in the audit trail's default SQLite file (data/audit.db beside the app).
+hour while it runs (purge()). Without COVIDXR_DB the table lives in the audit trail's default SQLite file (data/audit.db under the working
+directory: covidxr.audit.default_url).
 """
 from __future__ import annotations
 
@@ -19,34 +20,14 @@ import datetime as dt
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-DB_ENV, RETENTION_ENV = "COVIDXR_DB", "COVIDXR_WORKLIST_DAYS"
+from ..audit import default_url, make_sqlite_folder
+
+RETENTION_ENV = "COVIDXR_WORKLIST_DAYS"
 DEFAULT_RETENTION_DAYS = 30
 TABLE = "pacs_worklist"
 STATES = ("scored", "refused", "error")
 DELIVERY = ("pending", "delivered", "undelivered")
-
-
-def default_url() -> str:
-    """$COVIDXR_DB, else the SQLite file the audit trail uses by default (covidxr.audit.DEFAULT_FILE, one database
-    for both), its folder made."""
-    return database_url(create=True)
-
-
-def database_url(create: bool = True) -> str | None:
-    """$COVIDXR_DB, else the default SQLite file's URL; with create=False None when that file does not exist
-    (the Worklist page reads, and never makes a database)."""
-    from ..audit import DEFAULT_FILE
-
-    url = os.environ.get(DB_ENV, "").strip()
-    if url:
-        return url
-    if create:
-        DEFAULT_FILE.parent.mkdir(parents=True, exist_ok=True)
-    elif not DEFAULT_FILE.exists():
-        return None
-    return f"sqlite:///{DEFAULT_FILE}"
 
 
 def retention_days() -> float:
@@ -112,9 +93,12 @@ class Worklist:
 
     @classmethod
     def open(cls, url: str | None = None) -> "Worklist":
+        """The worklist behind `url`, default the audit trail's store (covidxr.audit.default_url: one database)."""
         import sqlalchemy as sa
 
-        return cls(sa.create_engine(url or default_url()))
+        url = url or default_url()
+        make_sqlite_folder(url)
+        return cls(sa.create_engine(url))
 
     def received(self, study_uid: str, series_uid: str, sop_uid: str, accession: str, calling_ae: str) -> int:
         """A film came in: its row (state `scored` until scoring says otherwise); the row's id."""

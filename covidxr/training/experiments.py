@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
-from ..metrics import logodds, recentre
+from ..calibration import logodds, recentre
 from .cache import Cache
 from .loop import checkpoint_path, fit, infer, positive_probability, stopping_record
 from .recipe import Recipe
@@ -64,7 +64,7 @@ def ablation(name: str) -> tuple[Recipe, str]:
 
 def report(y: np.ndarray, p: np.ndarray, threshold: float, sources: np.ndarray | None = None) -> dict:
     """A binary report as the card keeps it (no ROC curve or reliability table)."""
-    from ..metrics import binary_report
+    from ..binary_report import binary_report
 
     d = binary_report(y, p, threshold, sources, n_boot=500).as_dict()
     d.pop("roc", None)

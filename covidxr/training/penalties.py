@@ -2,10 +2,9 @@
 adversary through gradient reversal, and the lung-attention penalty on the Grad-CAM map."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
 from torch import nn
 
 from ..model import FEATURES, CovidNet
@@ -36,7 +35,7 @@ class SourceAdversary(nn.Module):
         self.head = nn.Sequential(nn.Linear(FEATURES, 256), nn.ReLU(), nn.Linear(256, len(self.sources)))
 
     def loss(self, features: torch.Tensor, sources: list[str], progress: float) -> torch.Tensor:
-        w = self.weight * (2 / (1 + math.exp(-10 * progress)) - 1)
+        w = self.weight * float(2 * expit(10 * progress) - 1)
         target = torch.tensor([self.sources.index(s) for s in sources])
         return F.cross_entropy(self.head(Reverse.apply(features, w)), target)
 

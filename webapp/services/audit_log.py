@@ -1,6 +1,6 @@
 """The app's audit records (covidxr.audit): who did what, with which model and site-profile version, and fail closed.
 
-The store is `$COVIDXR_DB` (default: the SQLite file data/audit.db beside the app), opened once per process.
+The store is `$COVIDXR_DB` (default: the SQLite file data/audit.db under the working directory, covidxr.audit.default_url), opened once per process.
 A record that cannot be written stops the page with the reason: nothing is scored, shown or changed without its
 record. Only hashes, identifiers, counts and metrics are recorded: never pixels, file names or patient data.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from covidxr.audit import DENIED, FAILURE, SUCCESS, AuditEvent, AuditUnavailable, open_store
+from covidxr.audit import DENIED, FAILURE, SUCCESS, AuditEvent, AuditUnavailable, model_fields, open_store
 
 __all__ = ["DENIED", "FAILURE", "SUCCESS", "record", "record_as", "deferred", "check", "once"]
 
@@ -17,23 +17,15 @@ UNAVAILABLE = ("The audit trail cannot be written, so nothing is scored or chang
                "Tell the server's operator: ")
 
 
-def _model_fields() -> dict[str, str]:
-    import covidxr
-
+def _fields(profile: Any, model: bool = True) -> dict[str, str]:
+    """The model and profile fields as every record names them (covidxr.audit.model_fields), with the served
+    model's card when `model`, and site_session.ACTIVE resolved to the session's profile."""
     from webapp.services.model import card
-
-    return {"model_version": covidxr.__version__, "weights_sha256": card().weights_sha256}
-
-
-def _profile_fields(profile: Any) -> dict[str, str]:
-    from covidxr.profiles import version_of
-
     from webapp.session import site_session
 
     if profile is site_session.ACTIVE:
         profile = site_session.active_profile()
-    return {"profile": "" if profile is None else profile.name,
-            "profile_version": "" if profile is None else version_of(profile)}
+    return model_fields(card() if model else None, profile)
 
 
 def _stop(e: Exception) -> None:
@@ -47,7 +39,7 @@ def event(user: Any, action: str, obj: str = "", decision: str = "", probability
           outcome: str = SUCCESS, detail: dict | None = None, profile: Any = None, model: bool = True) -> AuditEvent:
     """The event of `user` (webapp.services.auth.User). `profile`: a covidxr.site.SiteProfile, None (shipped model), or
     site_session.ACTIVE (the session's)."""
-    fields = {**(_model_fields() if model else {}), **_profile_fields(profile)}
+    fields = _fields(profile, model)
     return AuditEvent(action=action, user=user.subject, user_name=user.name, role=user.role, object=obj,
                       decision=decision, probability=probability, outcome=outcome, detail=detail or {}, **fields)
 
@@ -85,7 +77,7 @@ def once(action: str, obj: str, **kw: Any) -> None:
     import streamlit as st
 
     done = st.session_state.setdefault(RECORDED, set())
-    version = _profile_fields(kw.get("profile"))["profile_version"]
+    version = _fields(kw.get("profile"), model=False)["profile_version"]
     key = (action, obj, version, kw.get("decision", ""))
     if key in done:
         return

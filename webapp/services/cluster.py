@@ -139,10 +139,12 @@ def started_text(run: runs.Run) -> str:
 
 
 def shows_run_errors() -> bool:
-    """Whether this session may see a cluster run's error line (its stderr): site admins only. Sign-in and
-    roles are not wired yet (#23), so nobody sees it in the app; the operator reads stderr.txt in the run's
-    folder. The line is shown without paths (webapp.views.literal.without_paths) even then."""
-    return False
+    """Whether this session may see a cluster run's error line (its stderr, which may name the cluster's hosts
+    and the server's set-up): site admins only (least privilege); a clinician is told where it is. The line is
+    shown without paths (webapp.views.literal.without_paths) even to an admin."""
+    from webapp.services.auth import user
+
+    return user().is_admin
 
 
 def failure_text(status: runs.Status, admin: bool | None = None) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from webapp.views.tables import estimate_cells, fmt_estimate
-from webapp.views.wording import class_title, fmt_threshold
+from webapp.views.wording import class_title, fmt_change, fmt_threshold
 
 SOURCE_TITLES = {"hannover-mhh": "Hannover Medical School", "ieee8023-jul2020": "Cohen et al. collection (ieee8023)",
                  "ieee8023-via-darkcovidnet": "Cohen et al. collection (DarkCovidNet copy)",
@@ -136,7 +136,7 @@ def site_adaptation_text(card: Any) -> str | None:
     for s, f in folds.items():
         a, b = f.get("with_profile") or {}, f.get("fold_model") or {}
         if f.get("auc_gain") is not None and "halves" not in f:  # the table before issue 25: the gain in AUC
-            said.append(f"{source_title(s)}: AUC {f['auc_gain']:+.3f}")
+            said.append(f"{source_title(s)}: {fmt_change('AUC', f['auc_gain'])} with the profile")
         else:
             said.append(f"{source_title(s)}: sensitivity {pct(a.get('sensitivity'))} and specificity "
                         f"{pct(a.get('specificity'))} at the profile's own operating point, against "

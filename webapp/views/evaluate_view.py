@@ -21,12 +21,15 @@ from webapp.session import state
 from webapp.session.batch import Batch, folder_batch, interleave, progress_text, upload_batch
 from webapp.views.batch_view import close_run, forget_last_batch, metric_tiles, open_run, open_run_id, run_list, show_run
 from webapp.views.charts import roc_chart
+from webapp.views.view import ENGINEERING
 from webapp.session.films import SAMPLES, UPLOAD_TYPES, sample_films
 from webapp.views.literal import literal, without_paths
 from webapp.services.roots import data_roots
-from webapp.views.tables import (breakdown_rows, confusion_table, fmt_metric, image_rows, metric_rows, refused_rows, roc_points,
-                     score_column)
-from webapp.views.wording import DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold
+from webapp.views.grids import fitted_table
+from webapp.views.tables import (breakdown_rows, confusion_table, fmt_metric, image_rows, metric_rows,
+                                 refused_rows, roc_points, score_column)
+from webapp.views.wording import (DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold,
+                                  score_meaning)
 
 SOURCES = ["Upload films or a .zip", "A folder on the server", "The sample films"]
 Collect = Callable[[], tuple]  # () -> (title, items, keep_for_review), called when the run starts
@@ -44,9 +47,9 @@ def choose_films(card: ModelCard) -> tuple[str, Collect | None]:
         uploads = st.file_uploader("Drop films, or a .zip of a labelled folder", type=[*UPLOAD_TYPES, "zip"],
                                    accept_multiple_files=True, key=state.EVAL_UPLOAD)
         loose_label = st.selectbox("Label of the films dropped without a folder (zips keep their folders)",
-                                   [None, *card.class_names], key=state.EVAL_LABEL,
-                                   format_func=lambda c: "no label (scored, not in the metrics)" if c is None
-                                   else class_title(c))
+                                   ["", *card.class_names], key=state.EVAL_LABEL,  # "": no label (None would
+                                   format_func=lambda c: "no label (scored, not in the metrics)" if not c  # show
+                                   else class_title(c)) or None  # as "Choose an option")
         if uploads:
             collect = lambda: upload_batch([(f.name, f.getvalue()) for f in uploads], loose_label,
                                              card.positive_class)  # noqa: E731
@@ -109,6 +112,7 @@ def run_button(collect: Collect | None, on_cluster: bool, address: str | None, c
     if clicked and not on_cluster:  # scored here, in this session
         batch = score_here(scorer, title, items, keep, in_use, card)
         audit_log.record("batch", profile=in_use.profile, detail=batch_summary(batch))
+        st.rerun()  # drawn afresh: the results take the place the progress bar had (pages/evaluate.py)
     if address is None and open_run_id() and not auth.user().is_admin:  # a cluster run's address, opened by a clinician
         access.require_admin("open a cluster run")
     if address is not None:  # the cluster's runs: the list, and the run this session or its address opened
@@ -187,7 +191,11 @@ def results(batch: Batch, card: ModelCard) -> None:
     if refused:
         st.warning(f"{len(refused)} film{'s' if len(refused) > 1 else ''} judged **{NOT_CHEST}**: no score is shown "
                    "for them, and the metrics leave them out unless you include them below.", icon="🚫")
-        st.dataframe(refused_rows(r for _, r in refused), hide_index=True)
+        listed = refused_rows(r for _, r in refused)
+        st.dataframe([{k: v for k, v in r.items() if k != "details"} for r in listed], hide_index=True)
+        if any("details" in r for r in listed):  # the gate's numbers: engineering detail (and in the CSV/JSON)
+            with st.expander(ENGINEERING):
+                st.dataframe([{"film": r["film"], "details": r.get("details", "")} for r in listed], hide_index=True)
         batch.include_refused = st.checkbox(
             "Include the refused films in the metrics", key=state.EVAL_INCLUDE_REFUSED,
             disabled=not batch.can_include_refused(),
@@ -222,12 +230,13 @@ def results(batch: Batch, card: ModelCard) -> None:
 
     if d.get("per_source") and len(d["per_source"]) > 1:
         st.markdown("**Per source**")
-        st.dataframe(breakdown_rows(d["per_source"], card.positive_class), hide_index=True)
+        fitted_table(breakdown_rows(d["per_source"], card.positive_class))
 
     st.markdown("**Per image**")
     per_image = image_rows(report.rows, batch.threshold, card.positive_class)
     score = score_column(card.positive_class)
-    st.dataframe(per_image, hide_index=True, column_config={score: st.column_config.NumberColumn(format="%.1f%%")},
+    st.dataframe(per_image, hide_index=True, column_config={score: st.column_config.TextColumn(
+                     help=score_meaning(card.positive_class))},
                  column_order=[c for c in (per_image[0] if per_image else {}) if c != "source"
                                or any(r["source"] for r in per_image)])
     st.caption(DECISION_CAPTION.format(pos=card.positive_class, title=class_title(card.positive_class))

@@ -6,7 +6,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from covidxr.overlay import blend_index, blend_table, jet
+from covidxr.overlay import blend_index, blend_table, jet, score_colours
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -93,21 +93,45 @@ class Drawing:
         self.shape = p.shape
         self.index = blend_index(p, h)
 
-    def draw(self, alpha: float, muted: bool = False) -> np.ndarray:
-        """uint8 RGB: the film in gray with the map over it, jet or (muted) the slate tone, at opacity alpha."""
-        table = blend_table(alpha, MUTED_RGB if muted else None)
+    def draw(self, alpha: float, muted: bool = False, score: float = 1.0) -> np.ndarray:
+        """uint8 RGB: the film in gray with the map over it, jet(map x score) or (muted) the slate tone, at
+        opacity alpha."""
+        table = blend_table(alpha, MUTED_RGB if muted else None if score == 1.0 else score_colours(score))
         return table.take(self.index, axis=0)  # take: 4x faster than [] indexing here
 
 
-def colour_bar(width: int = 256, height: int = 14, muted: bool = False) -> np.ndarray:
-    """The heatmap's colour scale, low attention on the left to high on the right, as uint8 RGB:
-    jet (as covidxr.explain.overlay draws it) or, for a muted map, gray to slate."""
+def colour_bar(width: int = 256, height: int = 14, muted: bool = False, score: float | None = None) -> np.ndarray:
+    """The heatmap's colour scale as uint8 RGB: jet from 0 (left: no score, no attention) to 1 (right: a 100%
+    score at the spot the model attended most), the colours covidxr.explain.overlay draws with; or, for a muted
+    map, gray (no attention) to slate (most). `score`: the part of the jet scale beyond this film's score, which
+    its drawing cannot reach, is washed out, with a dark tick at the score."""
     levels = np.linspace(0.0, 1.0, width, dtype=np.float32)
     if muted:
         row = (1.0 - levels)[:, None] * 0.55 + levels[:, None] * np.asarray(MUTED_RGB, np.float32)
     else:
         row = jet(levels)  # the very colours of the overlay
-    return np.repeat((row[None] * 255.0 + 0.5).astype(np.uint8), height, axis=0)
+        if score is not None:
+            beyond = levels > score
+            row[beyond] = 0.3 * row[beyond] + 0.7
+    bar = np.repeat((row[None] * 255.0 + 0.5).astype(np.uint8), height, axis=0)
+    if score is not None and not muted:
+        x = min(width - 1, int(round(score * (width - 1))))
+        bar[:, max(0, x - 1):x + 1] = 20
+    return bar
+
+
+def scale_labels(positive_class: str, score: float | None, muted: bool) -> tuple[str, str, str]:
+    """(left end, right end, what the colour is) of the colour scale, as the result view and the report print them."""
+    from webapp.views.wording import class_title, fmt_pct
+
+    name = class_title(positive_class)
+    if muted:
+        return ("grey: none", "slate: most attention",
+                f"muted, grey (no attention) to slate (most): the film is below the operating point; the map shows "
+                f"where the model looked, not a {name} finding.")
+    reach = "" if score is None else f"; this film's score, {fmt_pct(score)} (the tick), is the hottest colour it can show"
+    return ("0%", "100%", f"colour = {name} score x the model's attention, from 0% (blue, left) to 100% (red, right: "
+                          f"a 100% score where the model looked most){reach}.")
 
 
 # ---------------------------------------------------------------- a report-ready image
@@ -149,19 +173,64 @@ def annotated(image: np.ndarray, lines: list[str], margin: int = 12) -> np.ndarr
     return np.asarray(panel)
 
 
-def heat_overlay(pixels: np.ndarray, heatmap: np.ndarray, positive: bool, alpha: float) -> np.ndarray:
-    """The overlay at the film's full size: jet for a film called positive, muted slate below the operating point."""
+def heat_overlay(pixels: np.ndarray, heatmap: np.ndarray, positive: bool, alpha: float,
+                 score: float = 1.0) -> np.ndarray:
+    """The overlay at the film's full size: jet(map x score) for a film called positive, muted slate below the
+    operating point."""
     from covidxr.explain import overlay
 
-    return (overlay if positive else muted_overlay)(pixels, heatmap, alpha)
+    return overlay(pixels, heatmap, alpha, score) if positive else muted_overlay(pixels, heatmap, alpha)
 
 
-def report_image(pixels: np.ndarray, heatmap: np.ndarray, positive: bool, alpha: float, lines: list[str]) -> np.ndarray:
-    """The report-ready picture, uint8 RGB: the film with its map (jet when called positive, else muted slate,
-    as the result view draws it), the colour scale under it, and `lines` (report_lines) printed below. The
-    app's download and the DICOM secondary capture (covidxr.pacs) are both this picture."""
-    drawing = heat_overlay(pixels, heatmap, positive, alpha)
-    bar = Image.fromarray(colour_bar(muted=not positive)).resize((drawing.shape[1], max(8, drawing.shape[0] // 40)),
-                                                                 Image.NEAREST)
-    gap = np.full((4, drawing.shape[1], 3), 255, np.uint8)
-    return annotated(np.vstack([drawing, gap, np.asarray(bar), gap]), lines)
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # an older Pillow without sizes
+        return ImageFont.load_default()
+
+
+def labelled_bar(width: int, positive_class: str, score: float | None, muted: bool) -> np.ndarray:
+    """The colour scale with its ends labelled under it (scale_labels), uint8 RGB `width` wide: the legend of the
+    report picture."""
+    from PIL import ImageDraw
+
+    size = max(12, min(22, max(width, 480) // 45))
+    bar = Image.fromarray(colour_bar(muted=muted, score=None if muted else score)).resize(
+        (width, max(10, size)), Image.NEAREST)
+    left, right, _ = scale_labels(positive_class, score, muted)
+    font = _font(size)
+    panel = Image.new("RGB", (width, bar.height + int(size * 1.6)), "white")
+    panel.paste(bar, (0, 0))
+    draw = ImageDraw.Draw(panel)
+    draw.text((2, bar.height + 2), left, fill=(20, 28, 40), font=font)
+    draw.text((max(2, width - 2 - draw.textlength(right, font=font)), bar.height + 2), right, fill=(20, 28, 40),
+              font=font)
+    if score is not None and not muted:
+        from webapp.views.wording import fmt_pct
+
+        here = f"this film: {fmt_pct(score)}"
+        x = score * (width - 1) - draw.textlength(here, font=font) / 2
+        x = min(max(x, draw.textlength(left, font=font) + 12),
+                width - draw.textlength(right, font=font) - draw.textlength(here, font=font) - 12)
+        draw.text((max(2, x), bar.height + 2), here, fill=(20, 28, 40), font=font)
+    return np.asarray(panel)
+
+
+def report_image(pixels: np.ndarray, heatmap: np.ndarray, positive: bool, alpha: float, lines: list[str],
+                 score: float = 1.0, positive_class: str = "covid") -> np.ndarray:
+    """The report-ready picture, uint8 RGB: the film with its map (jet(map x score) when called positive, else
+    muted slate, as the result view draws it), the colour scale under it with its ends labelled, what the colour
+    means, and `lines` (report_lines) printed below. The app's download and the DICOM secondary capture
+    (covidxr.pacs) are both this picture."""
+    drawing = heat_overlay(pixels, heatmap, positive, alpha, score)
+    w = max(drawing.shape[1], 480)  # room for the scale's labels on a small film
+    if w > drawing.shape[1]:
+        pad = np.full((drawing.shape[0], w, 3), 255, np.uint8)
+        pad[:, (w - drawing.shape[1]) // 2:][:, :drawing.shape[1]] = drawing
+        drawing = pad
+    legend = labelled_bar(w, positive_class, score, not positive)
+    gap = np.full((4, w, 3), 255, np.uint8)
+    meaning = scale_labels(positive_class, score, not positive)[2]
+    return annotated(np.vstack([drawing, gap, legend, gap]), [f"Colour scale: {meaning}", *lines])

@@ -10,7 +10,7 @@ from covidxr.site import ROUGH_PER_CLASS, SiteProfile
 
 from webapp.services.sites import SHIPPED
 from webapp.views.tables import RATES, estimate_cells
-from webapp.views.wording import class_title, fmt_threshold
+from webapp.views.wording import class_title, decided_by, fmt_threshold
 
 def in_use_line(profile: SiteProfile | None) -> str:
     """"Shipped model" or "Site profile: NAME, version V, fitted on N films, DATE"."""
@@ -18,6 +18,12 @@ def in_use_line(profile: SiteProfile | None) -> str:
         return SHIPPED
     return (f"Site profile: {profile.name}, version {profiles.version_of(profile)}, fitted on {profile.n_films} "
             f"films, {profile.created[:10]}")
+
+
+def decider(profile: SiteProfile | None) -> str:
+    """Whose operating point decides, as the decision banner names it: "shipped model" or "site profile NAME,
+    version V"."""
+    return decided_by() if profile is None else decided_by(profile.name, profiles.version_of(profile))
 
 
 def method_title(method: str) -> str:
@@ -86,8 +92,8 @@ def advice(profile: SiteProfile) -> tuple[str, str]:
             "equipment, the protocol or the population changes.")
     if better and not worse:
         return "info", (f"The adapted row is clearly better on your films: its 95% CI for "
-                        f"{' and '.join(names[k] for k in better)} lies above the shipped model's. The way of adapting "
-                        "was chosen on these same films, so the adapted row is slightly optimistic; check it on a fresh "
+                        f"{' and '.join(names[k] for k in better)} lies above the shipped model's. The way of "
+                        "adapting was chosen on these same films, so the adapted row is slightly optimistic; check it on a fresh "
                         "labelled batch scored with the profile. " + tail)
     why = (f"it is clearly worse on {' and '.join(names[k] for k in worse)}" if worse
            else "the 95% CIs overlap")

@@ -6,8 +6,8 @@ from typing import Any, Iterable, Sequence
 from covidxr.card import decision_label
 
 from webapp.views.review import outcome
-from webapp.views.wording import (METRIC_TITLES, NOT_CHEST, OUTCOME_TITLES, class_title, fmt_rate, fmt_rate_ci, is_refused,
-                      row_reasons, row_warnings)
+from webapp.views.wording import (METRIC_TITLES, NOT_CHEST, OUTCOME_TITLES, class_title, fmt_pct, fmt_rate, fmt_rate_ci,
+                                  is_refused, row_reasons, row_warnings)
 
 RATIO_METRICS = {"auc"}  # shown as a number (0.868): an area, not a share of films; the rest as percentages
 
@@ -57,8 +57,9 @@ def is_estimates(d: Any) -> bool:
 
 
 def class_rows(class_probabilities: dict[str, float]) -> list[dict[str, Any]]:
-    """Per-class probabilities as table rows, most likely first, in percent."""
-    return [{"class": class_title(c), "probability (%)": round(100.0 * float(p), 1)}
+    """Per-class probabilities as table rows, most likely first, as the banner rounds them (wording.fmt_pct:
+    "< 1%", never a false "0%")."""
+    return [{"class": class_title(c), "probability": fmt_pct(float(p))}
             for c, p in sorted(class_probabilities.items(), key=lambda kv: -kv[1])]
 
 
@@ -92,25 +93,31 @@ def confusion_table(confusion: dict[str, int], positive_class: str) -> dict[str,
 
 
 def score_column(positive_class: str) -> str:
-    return f"{class_title(positive_class)} score (%)"
+    return f"{class_title(positive_class)} score"
+
+
+NOT_SCORED = "not scored"
 
 
 def image_rows(rows: Iterable[Any], threshold: float, positive_class: str = "covid") -> list[dict[str, Any]]:
     """The per-image table: one dict per scored or refused film (evaluate.Row), with its decision in the
-    exports' words (`covid` / `non-covid`) and its outcome at `threshold`. A film the gate refused shows
-    "not a frontal chest radiograph" and its reasons, never a score; a scored film its warnings (a child's film).
+    exports' words (`covid` / `non-covid`) and its outcome at `threshold`; the score rounded as the banner rounds
+    it (wording.fmt_pct: one rule everywhere). A film the gate refused says "not scored: not a frontal chest
+    radiograph" where a score would be, its reasons in the outcome, never a score or a blank; a scored film its
+    warnings (a child's film).
     Failures are listed elsewhere."""
     out, score = [], score_column(positive_class)
     for r in rows:
         if is_refused(r) and getattr(r, "error", None) is None:
-            out.append({"film": r.path, "label": r.label or "", "source": r.source or "", score: None,
-                        "decision": NOT_CHEST, "outcome": row_reasons(r) or NOT_CHEST, "warnings": ""})
+            out.append({"film": r.path, "label": r.label or "", "source": r.source or "",
+                        score: f"{NOT_SCORED}: {NOT_CHEST}", "decision": NOT_CHEST,
+                        "outcome": row_reasons(r) or NOT_CHEST, "warnings": ""})
             continue
         if r.probability is None:
             continue
         called = r.probability >= threshold
         out.append({"film": r.path, "label": r.label or "", "source": r.source or "",
-                    score: round(100.0 * float(r.probability), 1),
+                    score: fmt_pct(float(r.probability), threshold),
                     "decision": decision_label(called, positive_class),
                     "outcome": OUTCOME_TITLES[outcome(r.positive, called)], "warnings": row_warnings(r)})
     return out
@@ -128,3 +135,17 @@ def roc_points(roc: dict | None) -> list[dict[str, float]]:
     if not roc:
         return []
     return [{"fpr": float(f), "tpr": float(t)} for f, t in zip(roc["fpr"], roc["tpr"])]
+
+
+CHAR_PX, PAD_PX, MAX_PX = 6.2, 16, 420  # Streamlit's 14 px sans-serif (about 6 px a character): checked in Chromium at 1440x900
+
+
+def column_widths(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """A pixel width per column that fits its longest cell (or title), so that no cell is cut off
+    ("0.677 (0.615–" of an AUC with its CI); capped at MAX_PX, past which a table scrolls sideways."""
+    widths: dict[str, int] = {}
+    for r in rows:
+        for k, v in r.items():
+            n = max(len(str(k)), len("" if v is None else str(v)))
+            widths[k] = max(widths.get(k, 0), n)
+    return {k: min(MAX_PX, round(CHAR_PX * n + PAD_PX)) for k, n in widths.items()}

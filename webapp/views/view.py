@@ -2,8 +2,11 @@
 
 The heatmap is computed once per film (by content) and kept in this session, so that moving the
 opacity slider, or opening the same film again on any page, only redraws. A film the gate refuses gets
-its reasons and no score at all; a film below the operating point gets its map in a muted slate tone,
-so that no colour suggests a finding the decision denies.
+its reasons and no score at all (the gate's numbers in an expander labelled engineering detail); a film below
+the operating point gets its map in a muted slate tone, so that no colour suggests a finding the decision denies;
+a film called positive gets jet(map x score), so that a 7% film and a 99% film do not look alike
+(covidxr.overlay). The decision names whose operating point decided; one line says what a score is, one the PPV
+and NPV at the site's prevalence.
 """
 from __future__ import annotations
 
@@ -21,13 +24,15 @@ from covidxr.films import Film, film_summary
 
 from webapp.session import state
 from webapp.views.images import (DEFAULT_OPACITY, DISPLAY_SIDE, LARGE_SIDE, Drawing, colour_bar, heat_overlay, jpeg_bytes,
-                     overlay_name, png_bytes, report_image, to_uint8)
+                     overlay_name, png_bytes, report_image, scale_labels, to_uint8)
 from webapp.views.literal import literal
 from covidxr.lru import LRU
 from webapp.services.model import card, classifier
 from webapp.views.tables import class_rows
-from webapp.views.wording import (class_title, gate_warnings, model_text, other_finding_sentence, refusal, report_lines,
-                      summary_line, tone, verdict)
+from webapp.views import site_view
+from webapp.views.wording import (class_title, film_identifiers, gate_warnings, model_text, other_finding_sentence,
+                                  predictive_text, refusal, report_lines, score_meaning, summary_line, tone,
+                                  trial_point, trial_verdict, verdict)
 
 ICONS = {"positive": "🔴", "review": "⚠️", "negative": "✅", "refused": "🚫", "warning": "⚠️"}
 
@@ -74,28 +79,63 @@ def show_facts(film: Film) -> None:
         st.caption(" · ".join(f"{k}: {literal(v)}" for k, v in facts.items()))  # DICOM values are outside text
 
 
+ENGINEERING = "Engineering detail (the numbers behind this; also in the CSV and JSON)"
+
+
 def show_refusal(ood, film: Film, positive_class: str, key: str) -> None:
-    """A film the gate refused: the decisive reason first, in words; the numbers on a details line; no score."""
+    """A film the gate refused: the decisive reason first, in words; the numbers in an expander labelled as
+    engineering detail; no score."""
     r = refusal(ood, positive_class)  # its reasons may quote a DICOM's values: each shown literally
     more = "".join(f"\n- {literal(x)}" for x in r.reasons)
     st.error(literal(r.headline) + (f"\n\nAlso:{more}" if more else ""), icon=ICONS["refused"])
     if r.details:
-        st.caption(f"Details: {literal(r.details)}")
+        with st.expander(ENGINEERING):
+            st.caption(literal(r.details))
     for w in r.warnings:
         st.warning(literal(w), icon=ICONS["warning"])
     st.image(film_jpeg(key, film), caption="Film", output_format="JPEG")
     show_facts(film)
 
 
-def show_decision(pred, positive: bool, threshold: float, positive_class: str) -> str:
-    """The decision in words, coloured by its tone (red positive, amber review, green negative only when
-    no other finding is likely); returns the tone."""
+def show_decision(pred, positive: bool, threshold: float, positive_class: str, profile=None) -> str:
+    """The decision in words, naming whose operating point decided, coloured by its tone (red positive, amber
+    review, green negative only when no other finding is likely); what the score is, on one line; the PPV and NPV
+    at the site's prevalence. At a trial threshold (the review page's, moved away from the operating point that
+    decided) whose side differs from the operating point's: amber, both sides said, no predictive values (they
+    belong to the operating point). Returns the tone."""
+    by = literal(site_view.decider(profile))  # a profile's name is outside text
+    trial = trial_verdict(pred.probability, threshold, pred.threshold, positive_class, by)
+    if trial is not None:
+        st.warning(trial, icon=ICONS["review"])
+        st.caption(score_meaning(positive_class))
+        return "review"
+    at_point = abs(threshold - pred.threshold) < 1e-9
     how = tone(positive, pred.class_probabilities, positive_class)
-    text = verdict(pred.probability, positive, threshold, positive_class)
+    text = verdict(pred.probability, positive, threshold, positive_class,
+                   by if at_point else trial_point(by, pred.threshold))
     if how == "review":
         text += "\n\n" + other_finding_sentence(pred.class_probabilities, positive_class)
     {"positive": st.error, "review": st.warning, "negative": st.success}[how](text, icon=ICONS[how])
+    st.caption(score_meaning(positive_class))
+    if at_point:
+        show_predictive_values(profile)
     return how
+
+
+def show_predictive_values(profile) -> None:
+    """PPV and NPV of the operating point in use at the site's prevalence (webapp.services.prevalence), 95% CIs."""
+    from covidxr.predictive import operating_rates
+    from webapp.services.prevalence import site_prevalence
+
+    rates = operating_rates(card(), profile)
+    if rates is None:
+        st.caption("This operating point carries no sensitivity and specificity with intervals: no PPV or NPV.")
+        return
+    prev = site_prevalence()
+    if prev.error:
+        st.warning(f"The prevalence setting is not used ({literal(prev.error)}); the default is shown.",
+                   icon=ICONS["warning"])
+    st.caption(literal(predictive_text(rates.at(prev.value), rates.measured_on, prev.source)))
 
 
 def show_result(key: str, film: Film, threshold: float | None = None, profile=ACTIVE) -> Explanation:
@@ -110,11 +150,13 @@ def show_result(key: str, film: Film, threshold: float | None = None, profile=AC
         return ex
     t = pred.threshold if threshold is None else threshold
     positive = pred.probability >= t
-    show_decision(pred, positive, t, positive_class)
+    deciding = site_session.active_profile() if profile is ACTIVE else profile
+    show_decision(pred, positive, t, positive_class, deciding)
     for w in gate_warnings(pred.ood):
         st.warning(literal(w), icon=ICONS["warning"])
-    show_drawing(key, film, ex, positive, t, positive_class,
-                 _export_record(key, pred, positive, site_session.active_profile() if profile is ACTIVE else profile))
+    by = site_view.decider(deciding)
+    show_drawing(key, film, ex, positive, t, positive_class, _export_record(key, pred, positive, deciding),
+                 by if abs(t - pred.threshold) < 1e-9 else trial_point(by, pred.threshold))
     return ex
 
 
@@ -128,7 +170,7 @@ def _export_record(key: str, pred, positive: bool, profile):
 
 @st.fragment
 def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float, positive_class: str,
-                 record_export=lambda: None) -> None:
+                 record_export=lambda: None, by: str | None = None) -> None:
     """Everything of a result that follows the opacity slider: film and overlay, colour scale, larger view,
     table, download and summary. A fragment, so that moving the slider reruns only this film's drawing, not
     the page (nor the other films on it); its images come encoded from this session's cache."""
@@ -137,36 +179,36 @@ def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float
                       help="Changes only the drawing; the heatmap is not recomputed.")
     name = class_title(positive_class)
     beside, large = overlay_jpegs(key, film, ex, positive, alpha)
+    meaning = scale_labels(positive_class, pred.probability, not positive)[2]
     if positive:
-        caption = f"Grad-CAM for {name}: where the model looked"
-        legend = f"Colour scale: low → high attention for the {name} class"
+        caption = f"Grad-CAM for {name}: where the model looked, coloured by the score"
     else:
         caption = f"Grad-CAM for {name}, muted: below the operating point, not a finding"
-        legend = (f"Muted scale (grey → slate): low → high attention for the {name} class. The film is below "
-                  "the operating point: the map shows where the model looked, not a finding.")
+    legend = f"Colour scale: {meaning}"
     left, right = st.columns(2)
     left.image(film_jpeg(key, film), caption="Film", width="stretch", output_format="JPEG", alt="Film")
     right.image(beside, caption=caption, width="stretch", output_format="JPEG", alt="Grad-CAM overlay")
-    right.image(colour_bar_png(not positive), width="stretch", output_format="PNG", alt="Heatmap colour scale")
+    right.image(colour_bar_png(not positive, None if not positive else round(float(pred.probability), 3)),
+                width="stretch", output_format="PNG", alt="Heatmap colour scale")
     right.caption(legend)
     with st.expander("Larger view (full width; hover the image for full screen)"):
         st.image(large, width="stretch", output_format="JPEG", alt="Grad-CAM overlay, large")
     cols = st.columns([2, 1])
     with cols[0]:
         st.dataframe(class_rows(pred.class_probabilities), hide_index=True, width="stretch",
-                     column_config={"probability (%)": st.column_config.ProgressColumn(
-                         "probability", min_value=0.0, max_value=100.0, format="%.0f%%")})
+                     column_config={"probability": st.column_config.TextColumn(help=score_meaning(positive_class))})
         show_facts(film)
     today = dt.date.today().isoformat()
     warned = gate_warnings(pred.ood)
     summary = summary_line(film.name or "film", pred.probability, positive, t, positive_class,
-                           pred.class_probabilities, model_version(pred.site), today, warned)
+                           pred.class_probabilities, model_version(pred.site), today, warned, by)
     lines = report_lines(pred.probability, positive, t, positive_class, pred.class_probabilities,
-                         model_version(pred.site), today, warned)
+                         model_version(pred.site), today, warned, film_identifiers(film.name), by)
 
     def full_size() -> bytes:  # the report-ready PNG at the film's full size, made only when clicked (and recorded)
         record_export()
-        return png_bytes(report_image(film.pixels, ex.heatmap, positive, alpha, lines))
+        return png_bytes(report_image(film.pixels, ex.heatmap, positive, alpha, lines, float(pred.probability),
+                                      positive_class))
 
     cols[1].download_button("Download overlay (PNG)", full_size,
                             file_name=overlay_name(film.name), mime="image/png", key=state.overlay_download(key),
@@ -186,7 +228,7 @@ def display_images() -> LRU:
 
 def drawn(film: Film, ex: Explanation, positive: bool, alpha: float) -> np.ndarray:
     """The overlay at the film's full size: jet for a film called positive, muted slate below the operating point."""
-    return heat_overlay(film.pixels, ex.heatmap, positive, alpha)
+    return heat_overlay(film.pixels, ex.heatmap, positive, alpha, float(ex.prediction.probability))
 
 
 def film_jpeg(key: str, film: Film) -> bytes:
@@ -231,16 +273,18 @@ def overlay_jpegs(key: str, film: Film, ex: Explanation, positive: bool, alpha: 
     found = cache.get(k)
     if found is None or found.source() is not ex:
         d = drawings(key, film, ex)
-        beside = jpeg_bytes(d.beside.draw(alpha, muted=not positive))
-        large = beside if d.large is None else jpeg_bytes(d.large.draw(alpha, muted=not positive))
+        score = float(ex.prediction.probability)
+        beside = jpeg_bytes(d.beside.draw(alpha, muted=not positive, score=score))
+        large = beside if d.large is None else jpeg_bytes(d.large.draw(alpha, muted=not positive, score=score))
         found = cache.put(k, _Overlay(weakref.ref(ex), beside, large))
     return found.beside, found.large
 
 
-@functools.lru_cache(maxsize=2)
-def colour_bar_png(muted: bool) -> bytes:
-    """The colour scale as PNG bytes, made once per process."""
-    return png_bytes(colour_bar(muted=muted))
+@functools.lru_cache(maxsize=256)
+def colour_bar_png(muted: bool, score: float | None = None) -> bytes:
+    """The colour scale as PNG bytes (with the film's score marked, images.colour_bar), made once per process
+    and score (rounded to 0.1%)."""
+    return png_bytes(colour_bar(muted=muted, score=score))
 
 
 def heat_thumbnail(item, called_positive: bool, side: int = 256, profile=ACTIVE):
@@ -260,5 +304,6 @@ def heat_thumbnail(item, called_positive: bool, side: int = 256, profile=ACTIVE)
         else:
             ex = explained(loaded.key, loaded.film, profile)
             pixels, heat = shrink(loaded.film.pixels, side), shrink(ex.heatmap.astype("float32"), side)
-            thumbs.put(key, heat_overlay(pixels, heat, called_positive, DEFAULT_OPACITY))
+            thumbs.put(key, heat_overlay(pixels, heat, called_positive, DEFAULT_OPACITY,
+                                         float(ex.prediction.probability)))
     return thumbs.get(key)

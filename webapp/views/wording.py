@@ -80,6 +80,15 @@ def operating_point(threshold: float) -> str:
     return f"operating point {fmt_threshold(threshold)}"
 
 
+def fmt_change(what: str, delta: float, digits: int = 3) -> str:
+    """A change written as a change: "AUC 0.056 lower", "AUC 0.073 higher", "AUC unchanged"; never "AUC -0.056",
+    which reads as a negative AUC."""
+    size = f"{abs(delta):.{digits}f}"
+    if float(size) == 0.0:
+        return f"{what} unchanged"
+    return f"{what} {size} {'higher' if delta > 0 else 'lower'}"
+
+
 def fmt_rate(x: float | None) -> str:
     """A metric (a proportion, AUC, ECE) as a percentage to one decimal: 0.9 -> "90%", 0.9123 -> "91.2%"."""
     return "—" if x is None else _pct(x, 1)
@@ -94,12 +103,64 @@ def fmt_rate_ci(ci: Any) -> str:
 
 # ---------------------------------------------------------------- the decision
 
-def verdict(probability: float, positive: bool, threshold: float, positive_class: str) -> str:
-    """The decision said plainly with the score and the operating point behind it, e.g.
-    "Positive for COVID-19 pattern: 98% (operating point 14.9%)"."""
+def verdict(probability: float, positive: bool, threshold: float, positive_class: str, by: str | None = None) -> str:
+    """The decision said plainly with the score and the operating point behind it, and whose operating point it is
+    (`by`: "shipped model", "site profile NAME, version V"; decided_by words it), e.g.
+    "Positive for COVID-19 pattern: 98% (operating point 14.9%, shipped model)"."""
     name = class_title(positive_class)
-    numbers = f"{fmt_pct(probability, threshold)} ({operating_point(threshold)})"
+    numbers = f"{fmt_pct(probability, threshold)} ({operating_point(threshold)}{f', {by}' if by else ''})"
     return f"Positive for {name} pattern: {numbers}" if positive else f"No {name} pattern: {numbers}"
+
+
+SHIPPED_POINT = "shipped model"
+
+
+def decided_by(name: str | None = None, version: str | None = None) -> str:
+    """Whose operating point decided, as the banner names it: "shipped model" or "site profile NAME, version V"."""
+    if not name:
+        return SHIPPED_POINT
+    return f"site profile {name}" + (f", version {version}" if version else "")
+
+
+def score_meaning(positive_class: str, short: bool = False) -> str:
+    """What a score is, said once wherever a score is shown (a caption or a tooltip); `short`: without the pointer
+    to the PPV / NPV (a report, which does not carry them)."""
+    name = class_title(positive_class)
+    text = (f"The score is the model's {name} score, calibrated on the public sources it was built from: not the "
+            f"chance that this patient has {name}.")
+    return text if short else text + " How often a call is right at your site: the PPV / NPV."
+
+
+def trial_verdict(probability: float, trial: float, decided_at: float, positive_class: str,
+                  by: str | None = None) -> str | None:
+    """The review dialog's words when the batch's threshold was moved away from the operating point that decided
+    (a trial on the Batch page): the film's side of both, so that a 97% film below a trial 98% is never shown as a
+    plain "No COVID-19 pattern" in green. None when the two agree on the film's side (then verdict() is right)."""
+    at_trial, at_point = probability >= trial, probability >= decided_at
+    if abs(trial - decided_at) < 1e-9 or at_trial == at_point:
+        return None
+    name, score = class_title(positive_class), fmt_pct(probability, trial)
+    side = "at or above" if at_trial else "below"
+    point = f"{operating_point(decided_at)}{f', {by}' if by else ''}"
+    other = "positive for a" if at_point else "no"
+    return (f"{name} score {score}: {side} the batch's trial threshold {fmt_threshold(trial)} (moved on the Batch "
+            f"page), but {other} {name} pattern at the {point}. Read the score, not a colour.")
+
+
+def trial_point(by: str, decided_at: float) -> str:
+    """Whose threshold a verdict at the batch's moved threshold is at, for verdict()'s `by`: the trial's, with the
+    operating point that decided beside it ("the batch's trial threshold; shipped model: 14.9%"), so that a trial
+    50% is never called the shipped model's operating point."""
+    return f"the batch's trial threshold; {by}: {fmt_threshold(decided_at)}"
+
+
+def predictive_text(pv: Any, measured_on: str, setting_source: str) -> str:
+    """"At a prevalence of 10% (this server's setting): a positive call is right 19% of the time (95% CI ...)" from
+    a covidxr.intervals.PredictiveValues; `measured_on` where the operating point's rates come from."""
+    return (f"At a prevalence of {fmt_rate(pv.prevalence)} ({setting_source}): a positive call is right "
+            f"{fmt_rate(pv.ppv)} of the time (PPV, 95% CI {fmt_rate_ci(pv.ppv_ci)}), a negative call "
+            f"{fmt_rate(pv.npv)} (NPV, {fmt_rate_ci(pv.npv_ci)}). From the operating point's sensitivity and "
+            f"specificity on {measured_on}.")
 
 
 def abnormal_classes(class_names: Iterable[str], positive_class: str) -> list[str]:
@@ -133,10 +194,10 @@ def tone(positive: bool, class_probabilities: Mapping[str, float], positive_clas
 
 def summary_line(name: str, probability: float, positive: bool, threshold: float, positive_class: str,
                  class_probabilities: Mapping[str, float], model: str, date: str,
-                 warnings: Iterable[str] = ()) -> str:
-    """One line to paste into a report: film, decision, other finding, the gate's warnings (a child's film),
-    model and version, date, disclaimer."""
-    parts = [name, verdict(probability, positive, threshold, positive_class)]
+                 warnings: Iterable[str] = (), by: str | None = None) -> str:
+    """One line to paste into a report: film, decision (and whose operating point), other finding, the gate's
+    warnings (a child's film), model and version, date, disclaimer."""
+    parts = [name, verdict(probability, positive, threshold, positive_class, by)]
     if not positive and (other := other_finding_sentence(class_probabilities, positive_class)):
         parts.append(other.rstrip("."))
     parts += [f"warning: {w}" for w in warnings]
@@ -153,13 +214,27 @@ def model_text(name: str, weights_sha256: str, version: str, site: str | None = 
 
 def report_lines(probability: float, positive: bool, threshold: float, positive_class: str,
                  class_probabilities: Mapping[str, float], model: str, date: str,
-                 warnings: Iterable[str] = ()) -> list[str]:
-    """The text printed under a report image (images.report_image): decision with score and operating point,
-    the gate's warnings (a child's film), model and version, date, disclaimer. The app's download and the DICOM
-    secondary capture print these."""
+                 warnings: Iterable[str] = (), film: Iterable[str] = (), by: str | None = None) -> list[str]:
+    """The text printed under a report image (images.report_image): the film's identifiers (`film`: "Film:
+    chest.dcm", for DICOM "Accession: ..." and "Study date: ...", never the patient's name), the decision with
+    score, operating point and whose it is, what the score is, the gate's warnings (a child's film), model and
+    version, date, disclaimer. The app's download and the DICOM secondary capture print these."""
     other = None if positive else other_finding_sentence(class_probabilities, positive_class)
-    return [verdict(probability, positive, threshold, positive_class) + (f". {other}" if other else ""),
-            *(f"Warning: {w}" for w in warnings), f"Model: {model}", f"Date: {date}", DISCLAIMER_PLAIN]
+    return [*film, verdict(probability, positive, threshold, positive_class, by) + (f". {other}" if other else ""),
+            *(f"Warning: {w}" for w in warnings), score_meaning(positive_class, short=True), f"Model: {model}", f"Date: {date}", DISCLAIMER_PLAIN]
+
+
+def film_identifiers(name: str | None = None, accession: str | None = None, study_date: str | None = None) -> list[str]:
+    """The lines that say which film a report is of: its file name, and for a DICOM result its accession number and
+    study date (YYYYMMDD -> YYYY-MM-DD). Never the patient's name: a report leaves the app, and the study's own
+    identifiers find the patient in the PACS."""
+    lines = [f"Film: {name}"] if name else []
+    if accession:
+        lines.append(f"Accession number: {accession}")
+    if study_date:
+        d = str(study_date)
+        lines.append(f"Study date: {d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else f"Study date: {d}")
+    return lines
 
 
 def review_explanation(outcome: str, label: str | None, positive_class: str) -> str | None:
