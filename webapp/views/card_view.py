@@ -145,8 +145,9 @@ def site_adaptation_text(card: Any) -> str | None:
     verdict = ("The target was met on " + ", ".join(source_title(s) for s in met) + " only" if met
                else "The target was met on no source")
     used = {f.get("fold_networks") for f in folds.values()} - {None}
-    networks = (f"Measured with {max(used)} of the model's {len(card.networks)} networks in each model trained without "
-                "the source. " if used and max(used) < len(card.networks or []) else "")
+    shipped = len(getattr(card, "networks", None) or [])
+    networks = (f"Measured with {max(used)} of the model's {shipped} networks in each model trained without the "
+                "source. " if used and max(used) < shipped else "")
     return (f"A site profile fitted on one half of a held-out source's patients, scored on the other half ("
             f"{'; '.join(said)}). {verdict} (target: {sa.get('target', 'not stated')}). {networks}Fit one on your own films "
             "as a validation first: the shipped model's row is the honest local estimate, and the adapted row is "
