@@ -113,7 +113,8 @@ def adopt_controls(profile: SiteProfile, key: str, by: str = "") -> tuple[SitePr
     if not st.checkbox("Adopt it anyway, against this advice (the override and its reason are recorded)",
                        key=f"{key}_box"):
         return profile, False
-    reason = st.text_input("The reason for adopting it anyway (recorded with the profile and in the audit trail)",
+    reason = st.text_input("The reason for adopting it anyway (recorded with the profile and in the audit trail: "
+                           "a clinical reason, no patient details)",
                            key=key, max_chars=300)
     if not reason.strip():
         st.caption("Give the reason to adopt it.")
