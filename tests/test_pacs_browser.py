@@ -72,9 +72,10 @@ def test_the_worklist_ranks_studies_and_opens_a_film_from_the_pacs(setup):
         page.get_by_role("combobox").last.click()
         options = page.get_by_role("option")
         texts = options.all_inner_texts()
-        assert texts[1].startswith("1.") and "exam Number" in texts[1]  # the highest score first, accession as is
+        # No empty option (a placeholder, #28): the highest score first, its accession shown as is
+        assert texts[0].startswith("1.") and "exam Number" in texts[0]
         assert texts[-1].startswith("3.") and "no score" in texts[-1]
-        options.nth(1).click()
+        options.nth(0).click()
         expect(page.get_by_text(re.compile(VERDICT_PATTERN)).first).to_be_visible()
         page.wait_for_function(OVERLAYS_READY_JS, arg=1)
         expect(page.get_by_text(re.compile(r"Positive for COVID-19 pattern")).first).to_be_visible()  # the NEMA film
