@@ -6,27 +6,26 @@ import streamlit as st
 
 from webapp.views.access import gate
 from webapp.services.uploads import keep_uploads_in_memory
-from webapp.views.wording import DISCLAIMER
+from webapp.views.shell import frame
+from webapp.views import icons
 
 keep_uploads_in_memory()  # before any page can receive an upload
 
-# Emoji, not ":material/...:" icons: Streamlit fetches a material page icon (the tab's favicon) from
-# fonts.gstatic.com on every page load, an outbound call from a clinical tool (and an error offline);
-# an emoji becomes an inline data: URL. tests/test_browser.py checks that every request stays on the app's origin.
-st.set_page_config(page_title="covidxr · chest X-ray COVID-19 screening", page_icon="🩻", layout="wide")
+# The tab's icon is an inline image (icons.favicon says why); every other icon is a Material symbol.
+st.set_page_config(page_title="covidxr · chest X-ray COVID-19 screening", page_icon=icons.favicon(), layout="wide")
 
 # Every url_path differs from its file's name on purpose: when a page's hash equals that of a file in
 # a pages folder, Streamlit 1.67's AppTest runs the file alone, skipping this script (and the disclaimer).
-st.sidebar.warning(DISCLAIMER, icon="⚕️")
+frame()  # the disclaimer at the top of every page (shell.frame says why it is not in the sidebar)
 user = gate()  # local mode's notice, or sign-in (nothing below runs for a visitor who is not signed in)
 pages = [
-    st.Page("pages/screen.py", title="Screen a film", icon="🩻", default=True, url_path="screen-a-film"),
-    st.Page("pages/evaluate.py", title="Batch evaluation", icon="📊", url_path="batch-evaluation"),
-    st.Page("pages/review.py", title="Heatmap review", icon="🔎", url_path="heatmap-review"),
-    st.Page("pages/worklist.py", title="Worklist", icon="🗂️", url_path="pacs-worklist"),
-    st.Page("pages/model_card.py", title="Model card", icon="📄", url_path="model-card"),
+    st.Page("pages/screen.py", title="Screen a film", icon=icons.SCREEN, default=True, url_path="screen-a-film"),
+    st.Page("pages/evaluate.py", title="Batch evaluation", icon=icons.BATCH, url_path="batch-evaluation"),
+    st.Page("pages/review.py", title="Heatmap review", icon=icons.REVIEW, url_path="heatmap-review"),
+    st.Page("pages/worklist.py", title="Worklist", icon=icons.WORKLIST, url_path="pacs-worklist"),
+    st.Page("pages/model_card.py", title="Model card", icon=icons.CARD, url_path="model-card"),
 ]
 if user.is_admin:  # a clinician never sees these (and each admin action checks the role again)
-    pages += [st.Page("pages/site_profiles.py", title="Site profiles", icon="🏥", url_path="site-admin"),
-              st.Page("pages/audit.py", title="Audit trail", icon="📜", url_path="audit-trail")]
+    pages += [st.Page("pages/site_profiles.py", title="Site profiles", icon=icons.SITE, url_path="site-admin"),
+              st.Page("pages/audit.py", title="Audit trail", icon=icons.AUDIT, url_path="audit-trail")]
 st.navigation(pages).run()

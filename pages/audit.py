@@ -6,6 +6,7 @@ import streamlit as st
 from covidxr.audit import AuditUnavailable, open_store, records_csv, safe_url
 from webapp.views import access
 from webapp.services import audit_log
+from webapp.views import icons
 
 access.require_admin("open the Audit page")
 st.title("Audit trail")
@@ -21,13 +22,13 @@ try:
     rows = store.records(since=since.isoformat() if isinstance(since, dt.date) else None, user=user, action=action)
     verified = store.verify()
 except AuditUnavailable as e:
-    st.error("The audit trail cannot be read:", icon="🚫")
+    st.error("The audit trail cannot be read:", icon=icons.ERROR)
     st.text(str(e))
     st.stop()
 if verified.ok:
-    st.success(f"The chain holds: {verified.records} records.", icon="🔗")
+    st.success(f"The chain holds: {verified.records} records.", icon=icons.CHAIN_HOLDS)
 else:
-    st.error(f"The chain is broken at record {verified.broken}: {verified.reason}", icon="⛓️")
+    st.error(f"The chain is broken at record {verified.broken}: {verified.reason}", icon=icons.CHAIN_BROKEN)
 st.dataframe([{k: v for k, v in r.as_dict().items() if k not in ("prev_hash",)} for r in rows[-1000:]],
              hide_index=True)
 st.caption(f"{len(rows)} records match" + (" (the last 1000 shown)" if len(rows) > 1000 else ""))

@@ -11,6 +11,7 @@ from webapp.session.batch import Batch
 from webapp.views.evaluate_view import choose_films, results, run_button, scoring_place
 from webapp.views.literal import literal
 from webapp.services.model import classifier
+from webapp.views import icons
 
 clf = classifier()  # the shipped model: site profiles are fitted with it
 card = clf.card
@@ -26,7 +27,7 @@ address, on_cluster = scoring_place(source)
 if in_use.error:
     st.error(f"The site profile {literal(in_use.folder)} can no longer be used ({literal(in_use.error)}); the shipped "
              "model is in use.",
-             icon="🚫")
+             icon=icons.ERROR)
 st.caption(f"Scored with: **{literal(site_view.in_use_line(in_use.profile))}** (the operating point in use in this session, "
            "chosen on the Screen page).")
 
@@ -41,4 +42,4 @@ if batch is None or not batch.rows:
 with st.container():
     results(batch, card)
     if auth.user().is_admin:
-        st.page_link("pages/site_profiles.py", label="Fit a site profile from this batch (site admins)", icon="🏥")
+        st.page_link("pages/site_profiles.py", label="Fit a site profile from this batch (site admins)", icon=icons.SITE)

@@ -11,22 +11,23 @@ from webapp.services.model import card as model_card
 from webapp.views.grids import fitted_table as table
 from webapp.views.tables import breakdown_rows, confusion_table, metric_rows
 from webapp.views.wording import METRIC_HELP, METRIC_TITLES, class_title, fmt_threshold
+from webapp.views import icons
 
 card = model_card()
 metrics = card.metrics or {}
 
 
 st.title(f"Model card · {card.name}")
-st.info(card.intended_use, icon="⚕️")
+st.info(card.intended_use, icon=icons.DISCLAIMER)
 
 st.header("Who it must not be used on")
-st.error("\n".join(f"- {l}" for l in cv.must_not_use(card)) or "The card names no exclusion.", icon="🚫")
+st.error("\n".join(f"- {l}" for l in cv.must_not_use(card)) or "The card names no exclusion.", icon=icons.ERROR)
 
 st.header("What to expect at your hospital")
 st.markdown(cv.new_hospital_text(card))
 st.markdown("**Validate it locally first**: score a labelled folder of your own films (COVID-19 and other) on the "
             "Batch evaluation page, and read its sensitivity and specificity before relying on any result.")
-st.page_link("pages/evaluate.py", label="Validate on your films: Batch evaluation", icon="📊")
+st.page_link("pages/evaluate.py", label="Validate on your films: Batch evaluation", icon=icons.BATCH)
 if held := cv.held_out_rows(card):
     st.markdown("**Each source left out of training, scored afterwards** (95% CIs; a source with one class "
                 "has no AUC)")

@@ -11,6 +11,7 @@ from webapp.views.literal import literal
 from webapp.views.review import OUTCOMES, REFUSED, ordered, page_rows, reviewable
 from webapp.views.review_view import dialog_body, open_film, tile
 from webapp.views.wording import OUTCOME_TITLES, fmt_threshold, score_meaning
+from webapp.views import icons
 
 PER_PAGE = 12
 COLUMNS = 4
@@ -21,7 +22,7 @@ batch: Batch | None = st.session_state.get(state.BATCH)
 entries = [] if batch is None else reviewable(batch.rows)  # batch rows
 if not entries:
     st.info("No batch yet: run one on the Batch evaluation page, then review its heatmaps here.")
-    st.page_link("pages/evaluate.py", label="Go to Batch evaluation", icon="📊")
+    st.page_link("pages/evaluate.py", label="Go to Batch evaluation", icon=icons.BATCH)
     st.stop()
 
 card = classifier().card

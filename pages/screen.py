@@ -8,6 +8,7 @@ from webapp.views.literal import literal
 from webapp.session.films import CHILD_LABEL, UPLOAD_TYPES, is_paediatric_sample, load_film, sample_films, sample_title
 from webapp.services.model import classifier
 from webapp.views.view import explained, show_result
+from webapp.views import icons
 
 st.title("Screen a chest X-ray for a COVID-19 pattern")
 st.caption("Frontal (PA/AP) chest radiographs of adults: PNG, JPEG, DICOM, BMP or TIFF. Films stay in this "
@@ -40,7 +41,7 @@ if choice != (was.folder if was.profile is not None else None):  # the user swit
 right.markdown(f"**In use:** {literal(site_view.in_use_line(was.profile))}")
 if was.newer:
     right.warning(f"A newer version ({literal(was.newer)}) of this profile was adopted; this session still decides "
-                  f"with version {literal(was.version)} until you switch.", icon="🔄")
+                  f"with version {literal(was.version)} until you switch.", icon=icons.SWITCHED)
     if right.button("Switch to the newer version", key=state.SITE_SWITCH):
         site_session.choose(was.folder, was.newer)
         audit_log.record("site-select", detail={"to": was.folder, "version": was.newer})
@@ -48,10 +49,10 @@ if was.newer:
 if was.error:
     st.error(f"The site profile {literal(was.folder)} can no longer be used ({literal(was.error)}); the shipped model "
              "is in use.",
-             icon="🚫")
+             icon=icons.ERROR)
 for p in listed:
     if p.profile is None and p.folder != was.folder:
-        st.error(f"Site profile {literal(p.folder)} cannot be used: {literal(p.error)}", icon="🚫")
+        st.error(f"Site profile {literal(p.folder)} cannot be used: {literal(p.error)}", icon=icons.ERROR)
 uploads = st.file_uploader("Drop one or more films", type=UPLOAD_TYPES, accept_multiple_files=True,
                            key=state.SCREEN_UPLOAD)
 samples = sample_films()
@@ -78,10 +79,10 @@ for name, data in inputs:
     with st.container(border=True):
         st.subheader(literal(name))
         if loaded.film is None:
-            st.error(f"{literal(name)} could not be read: {literal(loaded.error)}", icon="🚫")
+            st.error(f"{literal(name)} could not be read: {literal(loaded.error)}", icon=icons.ERROR)
             continue
         if name in children:
-            st.warning(f"A child's film {CHILD_LABEL}: shown to demonstrate the app, not to be relied on.", icon="⚠️")
+            st.warning(f"A child's film {CHILD_LABEL}: shown to demonstrate the app, not to be relied on.", icon=icons.WARNING)
         ex = explained(loaded.key, loaded.film)  # scored (cached), recorded, then shown: nothing shown unrecorded
         pred = ex.prediction
         chest = pred.ood is None or pred.ood.is_chest

@@ -10,6 +10,7 @@ from webapp.session.films import load_film
 from webapp.views.view import show_result
 from webapp.services.worklist import study_label, study_rows
 from webapp.views.wording import score_meaning
+from webapp.views import icons
 
 st.title("Worklist")
 st.caption("Studies the DICOM node received, highest COVID-19 score first (triage). A research screening aid, "
@@ -23,7 +24,7 @@ if url is None:
 try:
     studies = Worklist.open(url).studies()
 except Exception as e:  # noqa: BLE001 - the database is down or unreadable: say so, show nothing
-    st.error("The worklist database cannot be read.", icon="🚫")
+    st.error("The worklist database cannot be read.", icon=icons.ERROR)
     st.code(str(e), language=None)
     st.stop()
 if not studies:
@@ -37,7 +38,7 @@ if pick is None:
     st.stop()
 study = studies[pick]
 if not dicomweb_url():
-    st.error(f"Set {DICOMWEB_ENV} to the PACS's DICOMweb root to open films from it.", icon="🚫")
+    st.error(f"Set {DICOMWEB_ENV} to the PACS's DICOMweb root to open films from it.", icon=icons.ERROR)
     st.stop()
 for film_row in study.films:
     with st.container(border=True):
@@ -46,12 +47,12 @@ for film_row in study.films:
             with st.spinner("Fetching the film from the PACS…"):
                 data = fetch_film(study.study_uid, film_row["series_uid"], film_row["sop_uid"])
         except WadoError as e:
-            st.error("This film could not be fetched from the PACS.", icon="🚫")
+            st.error("This film could not be fetched from the PACS.", icon=icons.ERROR)
             st.text(str(e))
             continue
         loaded = load_film(f"{film_row['sop_uid']}.dcm", data)
         if loaded.film is None:
-            st.error("This film could not be read.", icon="🚫")
+            st.error("This film could not be read.", icon=icons.ERROR)
             st.text(loaded.error)
             continue
         show_result(loaded.key, loaded.film)

@@ -19,6 +19,7 @@ from covidxr.card import ModelCard
 from covidxr.classifier import Classifier
 from tests.conftest import REPO, shared_data
 from webapp.session import state
+from webapp.views import icons
 from tests.hostile import plain
 from webapp.views.literal import literal
 from webapp.views.wording import fmt_threshold
@@ -118,7 +119,7 @@ def metric(at: AppTest, label: str) -> str:
 
 def test_app_opens_on_screen_page_with_disclaimer(app):
     assert app.title[0].value.startswith("Screen a chest X-ray")
-    assert any("not a diagnosis" in w.value for w in app.sidebar.warning)
+    assert any("not a diagnosis" in w.value for w in app.main.warning)  # in the main area, seen on a phone
     assert app.file_uploader[0].accept_multiple_files
     assert {"png", "jpg", "jpeg", "dcm", "dicom"} <= {t.lstrip(".") for t in app.file_uploader[0].allowed_type}
 
@@ -131,7 +132,7 @@ def test_page_switching(app, page, title):
     app.switch_page(page).run()
     assert not app.exception
     assert app.title[0].value.startswith(title)
-    assert any("not a diagnosis" in w.value for w in app.sidebar.warning)
+    assert any("not a diagnosis" in w.value for w in app.main.warning)  # in the main area, seen on a phone
 
 
 # ---------------------------------------------------------------- screen a film
@@ -343,7 +344,7 @@ def test_review_shows_errors_first_and_opens_a_film_in_a_dialog(app, monkeypatch
     rank = {"FN": 0, "FP": 1, "TP": 2, "TN": 3}
     assert [rank[t] for t in tiles] == sorted(rank[t] for t in tiles)
     assert len(calls) == 6                                # heatmap thumbnails, one Grad-CAM per film
-    assert sum(c.value.startswith("⚠️ it looks like a child's film") for c in app.caption) == 1  # the Kermany sample
+    assert sum(c.value.startswith(f"{icons.WARNING} it looks like a child's film") for c in app.caption) == 1  # the Kermany sample
     if "FP" in tiles:                                     # a false positive explains itself
         assert any(c.value.startswith("The model called this COVID-19 pattern; the label says") for c in app.caption)
     opens = [b.key for b in app.button if b.key.startswith(f"{state.REVIEW_OPEN}_")]

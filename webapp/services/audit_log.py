@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from covidxr.audit import DENIED, FAILURE, SUCCESS, AuditEvent, AuditUnavailable, model_fields, open_store
+from webapp.views import icons
 
 __all__ = ["DENIED", "FAILURE", "SUCCESS", "record", "record_as", "deferred", "check", "once"]
 
@@ -31,7 +32,7 @@ def _fields(profile: Any, model: bool = True) -> dict[str, str]:
 def _stop(e: Exception) -> None:
     import streamlit as st
 
-    st.error(UNAVAILABLE + str(e), icon="🚫")
+    st.error(UNAVAILABLE + str(e), icon=icons.ERROR)
     st.stop()
 
 

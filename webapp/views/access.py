@@ -7,6 +7,7 @@ from typing import Any
 
 from webapp.services import audit_log
 from webapp.services.auth import LOCAL_MODE, ROLE_TITLES, SIGNED_IN, User, current_user, user
+from webapp.views import icons
 
 
 def gate() -> User:
@@ -17,7 +18,7 @@ def gate() -> User:
 
     user = current_user()
     if user is not None and user.local:
-        st.sidebar.info(LOCAL_MODE, icon="💻")
+        st.sidebar.info(LOCAL_MODE, icon=icons.LOCAL)
         return user
     if user is None:
         st.title("covidxr · sign in")
@@ -34,7 +35,7 @@ def gate() -> User:
         st.button("Sign out", on_click=sign_out, args=(user,), key="sign_out")
     if not user.roles:
         st.error("Your account has no covidxr role. Ask the site's administrator for the clinician or site admin "
-                 "group.", icon="🚫")
+                 "group.", icon=icons.ERROR)
         st.stop()
     return user
 
@@ -56,6 +57,6 @@ def require_admin(action: str, **detail: Any) -> User:
     if u.is_admin:
         return u
     audit_log.record_as(u, "denied", outcome=audit_log.DENIED, detail={"attempted": action, **detail})
-    st.error("Only a site admin may do this; the attempt was recorded.", icon="🚫")
+    st.error("Only a site admin may do this; the attempt was recorded.", icon=icons.ERROR)
     st.stop()
     raise RuntimeError("unreachable")  # st.stop() ends the script run

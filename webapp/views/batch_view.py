@@ -15,6 +15,7 @@ from webapp.session import state
 from webapp.services.roots import data_roots
 from webapp.views.tables import fmt_metric, fmt_metric_ci
 from webapp.views.wording import METRIC_HELP, METRIC_TITLES, fmt_threshold
+from webapp.views import icons
 
 NO_INTERVAL = "95% CI: too few films for an interval"
 
@@ -102,7 +103,7 @@ def show_run(run_id: str, card: ModelCard) -> None:
     except runs.RunNotFound:
         close_run()
         st.error("The page's address names no run on this server: it may have been removed, or the link is "
-                 "incomplete.", icon="🚫")
+                 "incomplete.", icon=icons.ERROR)
         return
     status = runs.status(run)
     st.divider()
@@ -116,9 +117,9 @@ def show_run(run_id: str, card: ModelCard) -> None:
         st.stop()
     if status.state == runs.INTERRUPTED:
         st.warning(f"The run stopped after {status.done} of {status.total} films (the server restarted, or the "
-                   "run was ended). Resume scores the films not scored yet and keeps the others.", icon="⏸️")
+                   "run was ended). Resume scores the films not scored yet and keeps the others.", icon=icons.PAUSED)
     elif status.state == runs.FAILED:
-        st.error(cluster.failure_text(status), icon="🚫")
+        st.error(cluster.failure_text(status), icon=icons.ERROR)
     if status.state in (runs.INTERRUPTED, runs.FAILED) and st.button("Resume the run", key=state.CLUSTER_RESUME):
         try:
             runs.resume(run)

@@ -30,6 +30,7 @@ from webapp.views.tables import (breakdown_rows, confusion_table, fmt_metric, im
                                  refused_rows, roc_points, score_column)
 from webapp.views.wording import (DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold,
                                   score_meaning)
+from webapp.views import icons
 
 SOURCES = ["Upload films or a .zip", "A folder on the server", "The sample films"]
 Collect = Callable[[], tuple]  # () -> (title, items, keep_for_review), called when the run starts
@@ -95,7 +96,7 @@ def run_button(collect: Collect | None, on_cluster: bool, address: str | None, c
         try:
             title, items, keep = collect()
         except (PathRefused, ZipRefused, FilmError) as e:
-            st.error(f"Nothing was evaluated: {literal(e)}", icon="🚫")
+            st.error(f"Nothing was evaluated: {literal(e)}", icon=icons.ERROR)
             st.stop()
         if on_cluster:
             try:
@@ -105,7 +106,7 @@ def run_button(collect: Collect | None, on_cluster: bool, address: str | None, c
                                                                           "films": len(items)})
                 open_run(run.id)
             except OSError as e:  # the run folder cannot be written (the operator's COVIDXR_RUNS_DIR)
-                st.error(f"The run could not be started: {literal(without_paths(e))}", icon="🚫")
+                st.error(f"The run could not be started: {literal(without_paths(e))}", icon=icons.ERROR)
                 st.stop()
         elif address is not None:
             close_run()
@@ -173,7 +174,7 @@ def results(batch: Batch, card: ModelCard) -> None:
     st.caption(f"Scored with: **{literal(scored_by['line'])}**")
     if batch.interrupted:
         st.warning(f"The evaluation was interrupted after {len(batch.rows)} of {batch.total} films; the results "
-                   "below cover the films scored so far.", icon="⏸️")
+                   "below cover the films scored so far.", icon=icons.PAUSED)
 
     if state.EVAL_THRESHOLD not in st.session_state:
         st.session_state[state.EVAL_THRESHOLD] = 100.0 * batch.threshold
@@ -190,7 +191,7 @@ def results(batch: Batch, card: ModelCard) -> None:
     refused = batch.refused()
     if refused:
         st.warning(f"{len(refused)} film{'s' if len(refused) > 1 else ''} judged **{NOT_CHEST}**: no score is shown "
-                   "for them, and the metrics leave them out unless you include them below.", icon="🚫")
+                   "for them, and the metrics leave them out unless you include them below.", icon=icons.ERROR)
         listed = refused_rows(r for _, r in refused)
         st.dataframe([{k: v for k, v in r.items() if k != "details"} for r in listed], hide_index=True)
         if any("details" in r for r in listed):  # the gate's numbers: engineering detail (and in the CSV/JSON)
@@ -256,4 +257,4 @@ def results(batch: Batch, card: ModelCard) -> None:
                                "operating_point": fmt_threshold(batch.threshold)}, indent=2), scored_by, batch),
                           file_name="covidxr_evaluation.json", mime="application/json", key=state.EVAL_JSON,
                           on_click="ignore")
-    st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon="🔎")
+    st.page_link("pages/review.py", label="Review the heatmaps of this batch, errors first", icon=icons.REVIEW)

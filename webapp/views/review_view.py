@@ -14,6 +14,7 @@ from webapp.views.literal import literal
 from webapp.views.review import REFUSED, describe, place
 from webapp.views.view import heat_thumbnail, show_result
 from webapp.views.wording import row_warnings
+from webapp.views import icons
 
 
 def open_film(i: int | None) -> None:
@@ -35,11 +36,11 @@ def dialog_body(batch: Batch, i: int, shown: list[int], outcome_of: dict[int, st
     st.caption(literal(" · ".join(x for x in (where, f"label: {row.label or 'none'}",
                                               f"source: {row.source}" if row.source else "") if x)))
     if why:
-        (st.info if outcome_of[i] == REFUSED else st.warning)(literal(why), icon="ℹ️")
+        (st.info if outcome_of[i] == REFUSED else st.warning)(literal(why), icon=icons.INFO)
     back, fwd, close = st.columns(3)
-    back.button("◀ Previous", key=state.REVIEW_PREV, disabled=prev is None, width="stretch",
+    back.button("Previous", icon=icons.PREVIOUS, key=state.REVIEW_PREV, disabled=prev is None, width="stretch",
                 on_click=open_film, args=(prev,))
-    fwd.button("Next ▶", key=state.REVIEW_NEXT, disabled=nxt is None, width="stretch",
+    fwd.button("Next", icon=icons.NEXT, key=state.REVIEW_NEXT, disabled=nxt is None, width="stretch",
                on_click=open_film, args=(nxt,))
     if close.button("Close", key=state.REVIEW_CLOSE, width="stretch"):
         open_film(None)
@@ -50,7 +51,7 @@ def dialog_body(batch: Batch, i: int, shown: list[int], outcome_of: dict[int, st
         return
     loaded = load_item(batch.items[i])
     if loaded.film is None:
-        st.error(f"{literal(row.path)} could not be read again: {literal(loaded.error)}", icon="🚫")
+        st.error(f"{literal(row.path)} could not be read again: {literal(loaded.error)}", icon=icons.ERROR)
     else:
         audit_log.once("review-open", loaded.key, profile=profile, probability=row.probability,
                        decision=outcome_of[i], detail={"threshold": batch.threshold})
@@ -72,6 +73,6 @@ def tile(batch: Batch, i: int, outcome: str, heatmaps: bool, positive_class: str
     if why:
         st.caption(literal(why))
     if warned := row_warnings(row):
-        st.caption(f"⚠️ {warned}")
+        st.caption(f"{icons.WARNING} {warned}")
     st.caption(literal(row.path))
     st.button("Open", key=state.review_open_button(i), width="stretch", on_click=open_film, args=(i,))

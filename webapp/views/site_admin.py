@@ -25,6 +25,7 @@ from webapp.services import audit_log, auth, sites
 from webapp.session import state
 from webapp.views.charts import roc_chart
 from webapp.views.literal import literal, without_paths
+from webapp.views import icons
 
 FIT_LABEL = "Fit a site profile (nothing is saved yet)"
 ADOPT_LABEL = "Adopt this profile for every user of the server"
@@ -51,9 +52,9 @@ def fit_form(clf: Any, batch: Any) -> None:
         except ValueError as e:
             problem = f"This name cannot be used: {literal(e)}."
     if blocker:
-        st.info(blocker, icon="ℹ️")
+        st.info(blocker, icon=icons.INFO)
     elif problem:
-        st.error(problem, icon="🚫")
+        st.error(problem, icon=icons.ERROR)
     if st.button(FIT_LABEL, key=state.SITE_FIT, disabled=blocker is not None or folder is None):
         fit(clf, batch, folder)
 
@@ -73,7 +74,7 @@ def fit(clf: Any, batch: Any, folder: str) -> None:
     except (SiteError, OSError) as e:  # TooFewFilms is a SiteError
         bar.empty()
         audit_log.record("site-fit", outcome=audit_log.FAILURE, profile=None, detail={"name": folder, "why": str(e)})
-        st.error(f"No profile was fitted: {literal(without_paths(e))}", icon="🚫")
+        st.error(f"No profile was fitted: {literal(without_paths(e))}", icon=icons.ERROR)
         return
     bar.empty()
     audit_log.record("site-fit", profile=profile, detail={"name": folder, "films": profile.n_films,
@@ -89,7 +90,7 @@ def review(positive_class: str) -> None:
     saved = st.session_state.get(state.SITE_SAVED)
     if saved:
         st.success(f"Adopted as version {saved['version']}: {literal(saved['line'])}. Clinicians choose it on the "
-                   "Screen page.", icon="💾")
+                   "Screen page.", icon=icons.SAVED)
     fitted = st.session_state.get(state.SITE_FITTED)
     if not fitted:
         return
@@ -97,16 +98,16 @@ def review(positive_class: str) -> None:
     folder = fitted["folder"]
     st.subheader("Look before adopting")
     st.info("This profile is kept in your session only: nothing is saved and no other user sees it until you "
-            "adopt it below.", icon="👀")
+            "adopt it below.", icon=icons.LOOK)
     st.markdown(f"**The shipped model against the profile adapted to your films** ({site_view.films_text(p, positive_class)}). "
                 "Both are checked on your own films: each film is scored by a profile fitted without that film "
                 "(cross-validated), so the figures are what to expect on your next films. 95% CIs in brackets.")
     at = site_choice.choose(p, key=state.SITE_TARGET)
     st.dataframe(site_view.figure_rows(at), hide_index=True)
     if rough := site_view.rough_text(at):
-        st.warning(rough, icon="⚠️")
+        st.warning(rough, icon=icons.WARNING)
     kind, text = site_view.advice(at)
-    {"info": st.info, "warning": st.warning}[kind](text, icon="⚖️")
+    {"info": st.info, "warning": st.warning}[kind](text, icon=icons.COMPARE)
     if roc := site_view.roc_rows(at):
         a = at.figures.get("adapted") or {}
         point = None
@@ -131,7 +132,7 @@ def adopt_form(folder: str, profile: SiteProfile) -> None:
     if exists:
         st.warning("A profile of this name is already adopted on this server: tick the box to add this one as a "
                    "new version and retire the current one (kept in the history), or fit again under another "
-                   "name.", icon="⚠️")
+                   "name.", icon=icons.WARNING)
         overwrite = st.checkbox("Replace the adopted version of this profile", key=state.site_overwrite(folder))
     chosen, allowed = site_choice.adopt_controls(profile, key=state.SITE_OVERRIDE, by=auth.user().subject)
     if st.button(ADOPT_LABEL, key=state.SITE_SAVE, type="primary", disabled=not allowed or (exists and not overwrite)):
@@ -152,7 +153,7 @@ def adopt(folder: str, profile: SiteProfile, overwrite: bool) -> str | None:
     if not profile.adoptable:
         audit_log.record("site-adopt", outcome=audit_log.DENIED, profile=None,
                          detail={"name": folder, "version": version, "why": profile.offered_why})
-        st.error("Not adopted: this profile is not offered for adoption and no override was given.", icon="🚫")
+        st.error("Not adopted: this profile is not offered for adoption and no override was given.", icon=icons.ERROR)
         return None
     override = profile.override or {}
     audit_log.record("site-adopt", profile=profile, detail={
@@ -164,7 +165,7 @@ def adopt(folder: str, profile: SiteProfile, overwrite: bool) -> str | None:
     except (SiteError, FileExistsError, OSError) as e:
         audit_log.record("site-adopt", outcome=audit_log.FAILURE, profile=None,
                          detail={"name": folder, "version": version, "why": str(e)})
-        st.error(f"The profile was not adopted: {literal(without_paths(e))}", icon="🚫")
+        st.error(f"The profile was not adopted: {literal(without_paths(e))}", icon=icons.ERROR)
         return None
     return version
 

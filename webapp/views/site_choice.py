@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from covidxr.site import FLOOR_FILMS, SiteProfile
+from webapp.views import icons
 
 ENGINEERING = "Engineering detail: how the profile was fitted and checked"
 
@@ -94,7 +95,7 @@ def choose(profile: SiteProfile, key: str) -> SiteProfile:
                               format_func=target_label, key=key)
     at = profile.at_target(chosen)
     if note := floor_note(profile):
-        st.info(note, icon="ℹ️")
+        st.info(note, icon=icons.INFO)
     st.markdown(expectation(at))
     st.dataframe(target_rows(profile), hide_index=True)
     return at
@@ -109,7 +110,7 @@ def adopt_controls(profile: SiteProfile, key: str, by: str = "") -> tuple[SitePr
     why = refusal(profile)
     if why is None:
         return profile, True
-    st.error(why, icon="🚫")
+    st.error(why, icon=icons.ERROR)
     if not st.checkbox("Adopt it anyway, against this advice (the override and its reason are recorded)",
                        key=f"{key}_box"):
         return profile, False

@@ -33,8 +33,10 @@ from webapp.views import site_view
 from webapp.views.wording import (class_title, film_identifiers, gate_warnings, model_text, other_finding_sentence,
                                   predictive_text, refusal, report_lines, score_meaning, summary_line, tone,
                                   trial_point, trial_verdict, verdict)
+from webapp.views import icons
 
-ICONS = {"positive": "🔴", "review": "⚠️", "negative": "✅", "refused": "🚫", "warning": "⚠️"}
+ICONS = {"positive": icons.POSITIVE, "review": icons.WARNING, "negative": icons.NEGATIVE, "refused": icons.REFUSED,
+         "warning": icons.WARNING}
 
 
 def explanations() -> LRU[str, Explanation]:
