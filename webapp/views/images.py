@@ -1,6 +1,7 @@
 """Film pixels made ready for the browser: 8-bit, thumbnails, in-memory PNGs. No Streamlit."""
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -40,6 +41,13 @@ def jpeg_bytes(image: np.ndarray, side: int | None = None, quality: int = JPEG_Q
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/jpeg") -> str:
+    """Encoded image bytes as an inline data: URL for st.image. The result view's opacity slider redraws its
+    images in a fragment; handed over as bytes, each became a media file that the next move replaced, and a
+    quick drag made the browser ask for files already gone (404s in the console). Inline, nothing is fetched."""
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def overlay_name(name: str) -> str:

@@ -23,8 +23,8 @@ from covidxr.explain import Explanation, explain
 from covidxr.films import Film, film_summary
 
 from webapp.session import state
-from webapp.views.images import (DEFAULT_OPACITY, DISPLAY_SIDE, LARGE_SIDE, Drawing, colour_bar, heat_overlay, jpeg_bytes,
-                     overlay_name, png_bytes, report_image, scale_labels, to_uint8)
+from webapp.views.images import (DEFAULT_OPACITY, DISPLAY_SIDE, LARGE_SIDE, Drawing, colour_bar, data_url, heat_overlay,
+                                 jpeg_bytes, overlay_name, png_bytes, report_image, scale_labels, to_uint8)
 from webapp.views.literal import literal
 from covidxr.lru import LRU
 from webapp.services.model import card, classifier
@@ -188,13 +188,14 @@ def show_drawing(key: str, film: Film, ex: Explanation, positive: bool, t: float
         caption = f"Grad-CAM for {name}, muted: below the operating point, not a finding"
     legend = f"Colour scale: {meaning}"
     left, right = st.columns(2)
-    left.image(film_jpeg(key, film), caption="Film", width="stretch", output_format="JPEG", alt="Film")
-    right.image(beside, caption=caption, width="stretch", output_format="JPEG", alt="Grad-CAM overlay")
-    right.image(colour_bar_png(not positive, None if not positive else round(float(pred.probability), 3)),
-                width="stretch", output_format="PNG", alt="Heatmap colour scale")
+    # inline (images.data_url says why): nothing for the browser to fetch while the slider moves
+    left.image(data_url(film_jpeg(key, film)), caption="Film", width="stretch", alt="Film")
+    right.image(data_url(beside), caption=caption, width="stretch", alt="Grad-CAM overlay")
+    right.image(data_url(colour_bar_png(not positive, None if not positive else round(float(pred.probability), 3)),
+                         "image/png"), width="stretch", alt="Heatmap colour scale")
     right.caption(legend)
     with st.expander("Larger view (full width; hover the image for full screen)"):
-        st.image(large, width="stretch", output_format="JPEG", alt="Grad-CAM overlay, large")
+        st.image(data_url(large), width="stretch", alt="Grad-CAM overlay, large")
     cols = st.columns([2, 1])
     with cols[0]:
         st.dataframe(class_rows(pred.class_probabilities), hide_index=True, width="stretch",
