@@ -262,6 +262,7 @@ def test_refused_films_show_no_score_anywhere_in_the_tables():
     assert table[1]["COVID-19 score"] == "not scored: not a frontal chest radiograph"   # the reason, never "None"
     assert table[1]["decision"] == "not a frontal chest radiograph"
     assert None not in table[1].values()
+    assert [list(r)[:2] for r in table] == [["decision", "COVID-19 score"]] * 2   # first on a phone's narrow table
     assert table[1]["outcome"] == "its DICOM body part is HIP, not chest"          # reasons in words, no numbers
     assert tables.refused_rows(rows) == [{"film": "hip.dcm", "label": "normal",
                                           "reasons": "its DICOM body part is HIP, not chest"}]

@@ -104,22 +104,22 @@ def image_rows(rows: Iterable[Any], threshold: float, positive_class: str = "cov
     exports' words (`covid` / `non-covid`) and its outcome at `threshold`; the score rounded as the banner rounds
     it (wording.fmt_pct: one rule everywhere). A film the gate refused says "not scored: not a frontal chest
     radiograph" where a score would be, its reasons in the outcome, never a score or a blank; a scored film its
-    warnings (a child's film).
+    warnings (a child's film). Decision and score come first: a phone's narrow table shows them before the film's
+    name and label, which a reader can scroll to.
     Failures are listed elsewhere."""
     out, score = [], score_column(positive_class)
     for r in rows:
         if is_refused(r) and getattr(r, "error", None) is None:
-            out.append({"film": r.path, "label": r.label or "", "source": r.source or "",
-                        score: f"{NOT_SCORED}: {NOT_CHEST}", "decision": NOT_CHEST,
-                        "outcome": row_reasons(r) or NOT_CHEST, "warnings": ""})
+            out.append({"decision": NOT_CHEST, score: f"{NOT_SCORED}: {NOT_CHEST}", "film": r.path,
+                        "outcome": row_reasons(r) or NOT_CHEST, "label": r.label or "", "source": r.source or "",
+                        "warnings": ""})
             continue
         if r.probability is None:
             continue
         called = r.probability >= threshold
-        out.append({"film": r.path, "label": r.label or "", "source": r.source or "",
-                    score: fmt_pct(float(r.probability), threshold),
-                    "decision": decision_label(called, positive_class),
-                    "outcome": OUTCOME_TITLES[outcome(r.positive, called)], "warnings": row_warnings(r)})
+        out.append({"decision": decision_label(called, positive_class), score: fmt_pct(float(r.probability), threshold),
+                    "film": r.path, "outcome": OUTCOME_TITLES[outcome(r.positive, called)], "label": r.label or "",
+                    "source": r.source or "", "warnings": row_warnings(r)})
     return out
 
 
