@@ -2,8 +2,9 @@
 
 Drops a real film on the uploader and waits for the probability and the heatmap (printing the time
 from drop to result), runs a small batch on the evaluation page, opens a film on the review page,
-and takes a screenshot of each page; with `--screenshots` it saves them to docs/screenshots/ (the
-README shows them), so that an ordinary test run leaves the working tree as it found it.
+and takes a screenshot of each page, at 1440x900 and as a phone (390x844, a phone's user agent, touch);
+with `--screenshots` it saves them to docs/screenshots/ (the README shows them), so that an ordinary test
+run leaves the working tree as it found it. Both walks fail on any console error or failed request.
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SAMPLES = REPO / "samples"
 RESULT_TIMEOUT_MS = 300_000  # generous: on a loaded 2-core box torch alone can take a minute to import
-VIEWPORT = {"width": 1440, "height": 1400}
+VIEWPORT = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
+# Words a clinician must never read: Streamlit's empty selectbox, and Python's None where a value belongs.
+NEVER_SHOWN = re.compile(r"Choose an option|\bNone\b")
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +51,32 @@ def traffic() -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def page(server, traffic):
+def playwright():
     require_chromium()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=VIEWPORT)
-        pg = context.new_page()
-        pg.on("request", lambda r: traffic["requests"].append(r.url))
-        pg.on("requestfailed", lambda r: traffic["failed"].append(f"{r.url} ({r.failure})"))
-        pg.on("response", lambda r: traffic["bad_responses"].append(r.url) if r.status >= 400 else None)
-        pg.on("console", lambda m: traffic["console_errors"].append(m.text) if m.type == "error" else None)
-        pg.set_default_timeout(RESULT_TIMEOUT_MS)
-        expect.set_options(timeout=RESULT_TIMEOUT_MS)  # the drop-to-result time is printed, not asserted
-        yield pg
-        context.close()
+        yield p, browser
         browser.close()
+
+
+def watched(context, traffic: dict[str, list[str]]) -> Page:
+    """A new page of `context` whose requests, failures, error responses and console errors go to `traffic`."""
+    pg = context.new_page()
+    pg.on("request", lambda r: traffic["requests"].append(r.url))
+    pg.on("requestfailed", lambda r: traffic["failed"].append(f"{r.url} ({r.failure})"))
+    pg.on("response", lambda r: traffic["bad_responses"].append(r.url) if r.status >= 400 else None)
+    pg.on("console", lambda m: traffic["console_errors"].append(m.text) if m.type == "error" else None)
+    pg.set_default_timeout(RESULT_TIMEOUT_MS)
+    expect.set_options(timeout=RESULT_TIMEOUT_MS)  # the drop-to-result time is printed, not asserted
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(playwright, traffic):
+    _, browser = playwright
+    context = browser.new_context(viewport=VIEWPORT)
+    yield watched(context, traffic)
+    context.close()
 
 
 def outside(urls: list[str], origin: str) -> list[str]:
@@ -114,13 +129,38 @@ def test_first_deep_link_after_a_server_start_opens_the_page_with_no_outbound_ca
 def shot(page: Page, folder: Path | None, name: str, max_height: int = 2400) -> None:
     """The whole page (Streamlit scrolls inside its main block, so the viewport grows to fit it), saved
     in `folder` when one is given."""
+    view = page.viewport_size
+    page.evaluate("() => document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")  # from the top
     height = page.get_by_test_id("stMainBlockContainer").evaluate("el => el.scrollHeight")
-    height = min(max(height + 80, VIEWPORT["height"]), max_height)
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+    height = min(max(height + 80, view["height"]), max_height)
+    page.set_viewport_size({"width": view["width"], "height": height})
     page.wait_for_timeout(800)  # let images and charts repaint at the new size
-    png = page.screenshot(path=None if folder is None else str(folder / name))
+    png = page.screenshot(path=None if folder is None else str(folder / name), scale="css")  # a phone: 390 px wide
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    page.set_viewport_size(VIEWPORT)
+    page.set_viewport_size(view)
+
+
+def shows_nothing_unfit(page: Page) -> None:
+    """The page's main area, as read, has neither "Choose an option" nor a bare None."""
+    text = page.locator(".stMain").inner_text()
+    assert not NEVER_SHOWN.search(text), NEVER_SHOWN.search(text).group(0)
+
+
+def column_headers(grid) -> list[str]:
+    """A table's header cells, left to right (Streamlit's data grid draws on a canvas and keeps an accessible table
+    inside it, never displayed: read by its text, not by what is visible)."""
+    return grid.locator("th[role=columnheader]").evaluate_all("els => els.map(e => e.textContent.trim())")
+
+
+def move_slider_quickly(page: Page, steps: int = 26) -> None:
+    """The opacity slider, stepped by the arrow keys 30 ms apart: each step reruns the film's fragment while
+    the previous one may still be drawing (once, image 404s; then, a broken session)."""
+    page.get_by_role("slider").first.focus()
+    for k in ["ArrowRight"] * (steps // 3) + ["ArrowLeft"] * (steps // 2) + ["ArrowRight"] * (steps - steps // 3 - steps // 2):
+        page.keyboard.press(k)
+        page.wait_for_timeout(30)
+    page.wait_for_selector(SCRIPT_IDLE)
+    wait_for_overlays(page, 1)
 
 
 def wait_for_overlays(page: Page, n: int) -> None:
@@ -184,6 +224,12 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
     expect(page.get_by_text(re.compile(r"\(operating point [\d.]+%, shipped model\)")).first).to_be_visible()
     expect(page.get_by_text(re.compile(r"At a prevalence of 10% .*PPV, 95% CI")).first).to_be_visible()
     expect(page.get_by_test_id("stCode").first).to_contain_text("operating point")
+    move_slider_quickly(page)                     # no 404, no broken session (checked with the traffic at the end)
+    links = page.get_by_test_id("stSidebarNav").get_by_test_id("stSidebarNavLink")
+    n = links.count()                             # 5, or 7 for a site admin (local mode)
+    assert n >= 5                                 # each with a Material icon from the app's origin, no emoji
+    expect(page.get_by_test_id("stSidebarNav").get_by_test_id("stIconMaterial")).to_have_count(n)
+    shows_nothing_unfit(page)
     shot(page, screenshots, "screen.png", max_height=1500)
 
     nav(page, "Batch evaluation", "Batch evaluation")
@@ -196,11 +242,17 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
     expect(page.get_by_test_id("stMetric").filter(has_text="Sensitivity")).to_be_visible()
     expect(page.get_by_text("6 labelled films scored", exact=False)).to_be_visible()
     expect(page.locator('[data-testid="stVegaLiteChart"], [data-testid="stArrowVegaLiteChart"]').first).to_be_visible()
+    page.get_by_text("Per image", exact=True).scroll_into_view_if_needed()       # the grid draws once in view
+    per_image = page.get_by_test_id("stDataFrame").filter(has=page.locator("th", has_text=re.compile(r"^decision$")))
+    expect(per_image).to_have_count(1)
+    assert column_headers(per_image)[:2] == ["decision", "COVID-19 score"]     # what a narrow screen shows first
+    shows_nothing_unfit(page)
     shot(page, screenshots, "evaluate.png")
 
     nav(page, "Heatmap review", "Heatmap review")
     thumbs = page.locator('img[alt$="(heatmap)"]')
     expect(thumbs).to_have_count(6)                  # heatmap thumbnails in the gallery
+    shows_nothing_unfit(page)
     shot(page, screenshots, "review.png")
     page.mouse.wheel(0, 2000)                        # the user scrolled down: the film opens where they are
     open_film(page, 5)
@@ -209,7 +261,7 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
     box, view = dialog.bounding_box(), page.viewport_size
     assert box and box["y"] < view["height"] and box["y"] + min(box["height"], 200) > 0
     before = dialog.get_by_role("heading", level=3).first.inner_text()
-    step = dialog.get_by_test_id("stButton").get_by_role("button", name="◀ Previous")
+    step = dialog.get_by_test_id("stButton").get_by_role("button", name=re.compile(r"Previous$"))
     if step.is_enabled():
         step.click()
         expect(dialog.get_by_role("heading", level=3).first).not_to_have_text(before)
@@ -219,10 +271,96 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
     nav(page, "Model card", "Model card")
     expect(page.get_by_role("heading", name="Who it must not be used on")).to_be_visible()
     expect(page.get_by_role("heading", name="Known limits")).to_be_visible()
+    shows_nothing_unfit(page)
     shot(page, screenshots, "model_card.png")
     assert traffic["requests"] and outside(traffic["requests"], server) == [], "requests left the app's origin"
     if traffic["failed"]:
         print(f"\n[browser] chunk requests the browser cancelled: {traffic['failed']}")
+    assert real_failures(traffic["failed"], server) == []
+    assert traffic["bad_responses"] == [] and traffic["console_errors"] == []
+
+
+def shown_plainly(element) -> bool:
+    """Neither the element nor a wrapper up to its code block is hidden or transparent (Playwright's visible
+    allows opacity 0)."""
+    return element.evaluate("""b => { for (let e = b; e && e.dataset.testid !== 'stCode'; e = e.parentElement) {
+                                   const cs = getComputedStyle(e);
+                                   if (cs.visibility !== 'visible' || cs.opacity !== '1') return false; }
+                               return true; }""")
+
+
+def disclaimer(page: Page):
+    """The disclaimer at the top of the page's main area (webapp.views.shell.frame)."""
+    return page.get_by_test_id("stMain").get_by_test_id("stAlertContentWarning").filter(has_text="not a diagnosis").first
+
+
+def phone_nav(page: Page, link: str, title: str) -> None:
+    """On a phone: open the collapsed sidebar, tap the page, and see the sidebar close over the new page
+    (Streamlit closes it after a choice when the browser says it is a phone)."""
+    sidebar = page.get_by_test_id("stSidebar")
+    page.get_by_test_id("stExpandSidebarButton").tap()
+    expect(sidebar.get_by_test_id("stSidebarNav")).to_be_in_viewport()
+    sidebar.get_by_test_id("stSidebarNav").get_by_text(link, exact=True).tap()
+    expect(page.get_by_role("heading", level=1).filter(has_text=title)).to_be_visible()
+    expect(sidebar.get_by_test_id("stSidebarNav")).not_to_be_in_viewport()
+    expect(disclaimer(page)).to_be_in_viewport()  # top of every page
+
+
+def test_a_clinicians_walk_on_a_phone(playwright, server: str, screenshots: Path | None):
+    """#28 on a phone (390x844, a phone's user agent, touch): the disclaimer on every page, navigation that
+    closes the sidebar, the report line copied with a tap, the batch table's decision and score first, no
+    "Choose an option" or None, and no console error or failed request."""
+    p, browser = playwright
+    traffic = {"requests": [], "failed": [], "console_errors": [], "bad_responses": []}
+    context = browser.new_context(viewport=PHONE, user_agent=p.devices["iPhone 13"]["user_agent"], is_mobile=True,
+                                  has_touch=True, device_scale_factor=2)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server)
+    page = watched(context, traffic)
+    try:
+        page.goto(server)
+        drop = uploader(page, "Drop one or more films")
+        drop.wait_for(state="attached")
+        expect(disclaimer(page)).to_be_in_viewport()
+        drop.set_input_files(str(SAMPLES / "covid" / "0578e08b.jpg"))
+        expect(page.get_by_text(re.compile(VERDICT_PATTERN)).first).to_be_visible()
+        wait_for_overlays(page, 1)
+        expect(page.get_by_text(re.compile(r"\(operating point [\d.]+%, shipped model\)")).first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"At a prevalence of 10% .*PPV, 95% CI")).first).to_be_visible()
+        copy = page.get_by_test_id("stCode").get_by_role("button", name="Copy to clipboard")
+        expect(copy).to_be_visible()                  # shown without a hover, which a phone does not have:
+        assert shown_plainly(copy)                    # no hidden or transparent wrapper up to the code block
+        copy.tap()
+        copied = page.evaluate("navigator.clipboard.readText()")
+        assert copied.startswith("0578e08b.jpg · ") and "operating point" in copied
+        shows_nothing_unfit(page)
+        shot(page, screenshots, "phone_screen.png", max_height=2600)
+
+        phone_nav(page, "Batch evaluation", "Batch evaluation")
+        uploader(page, "Drop films, or a .zip").set_input_files(
+            files=[{"name": "samples.zip", "mimeType": "application/zip", "buffer": samples_zip()}])
+        run = page.get_by_role("button", name="Run evaluation")
+        expect(run).to_be_enabled()
+        run.tap()
+        expect(page.get_by_text("6 labelled films scored", exact=False)).to_be_visible()
+        page.get_by_text("Per image", exact=True).scroll_into_view_if_needed()   # the grid draws once in view
+        per_image = page.get_by_test_id("stDataFrame").filter(has=page.locator("th", has_text=re.compile(r"^decision$")))
+        expect(per_image).to_have_count(1)
+        assert column_headers(per_image)[:2] == ["decision", "COVID-19 score"]
+        shows_nothing_unfit(page)
+        shot(page, screenshots, "phone_evaluate.png", max_height=2600)
+
+        phone_nav(page, "Heatmap review", "Heatmap review")
+        expect(page.locator('img[alt$="(heatmap)"]')).to_have_count(6)
+        shows_nothing_unfit(page)
+        shot(page, screenshots, "phone_review.png", max_height=2600)
+
+        phone_nav(page, "Model card", "Model card")
+        expect(page.get_by_role("heading", name="Who it must not be used on")).to_be_visible()
+        shows_nothing_unfit(page)
+        shot(page, screenshots, "phone_model_card.png", max_height=2600)
+    finally:
+        context.close()
+    assert outside(traffic["requests"], server) == [], "requests left the app's origin"
     assert real_failures(traffic["failed"], server) == []
     assert traffic["bad_responses"] == [] and traffic["console_errors"] == []
 
