@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, classifier_for, prediction_row, print_predictions
+from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, classifier_for, finish_predictions, prediction_row
 
 
 # --- site profiles (covidxr.site): `site fit`, and `--site` on predict/evaluate -------------------------------
@@ -121,17 +121,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.engine != "local":  # covidxr.engines: the films scored on a Ray cluster
         from .engines.cli import predict_with
 
-        return predict_with(clf, args)
+        return predict_with(clf, args, audit)
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     if heat_dir:
         from .explain import explain, heatmap_image
 
         heat_dir.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], False
+    rows = []
     for path in args.files:
         film, error = _read(path)
         if film is None:
-            failed = True
             rows.append({"path": path, "error": error})
             print(f"{path}: {error}", file=sys.stderr)
             continue
@@ -143,19 +142,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             pred = clf.predict([film])[0]
         rows.append(prediction_row(path, pred, args.include_non_chest))
-    if getattr(clf, "site", None) is not None:  # every result names the profile and its version
-        from .profiles import version_of
-
-        for row in rows:
-            if "error" not in row:
-                row["site_version"] = version_of(clf.site)
-    if audit is not None:
-        from .audit_cli import record_or_exit, predict_event
-
-        for path, row in zip(args.files, rows):
-            record_or_exit(audit, predict_event(clf, path, row))
-    print_predictions(rows, args.json)
-    return EXIT_UNREADABLE if failed else EXIT_OK
+    return finish_predictions(clf, audit, rows, args.json)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -54,6 +54,25 @@ def print_predictions(rows: list[dict], as_json: bool) -> None:
             print(f"{r['path']}: {r['label']} (p = {r['probability']:.3f}, threshold {r['threshold']:.3f}){flag}{extra}")
 
 
+def finish_predictions(clf, audit, rows: list[dict], as_json: bool) -> int:
+    """What `predict` does with its rows on any engine: each scored row names the site profile's version, each
+    film (scored or unreadable) is recorded in the audit store when one is set (by its sha256; exit 1 before
+    anything is printed if a record cannot be written), then the rows are printed. Returns the exit code."""
+    if getattr(clf, "site", None) is not None:  # every result names the profile and its version
+        from .profiles import version_of
+
+        for row in rows:
+            if "error" not in row:
+                row["site_version"] = version_of(clf.site)
+    if audit is not None:
+        from .audit_cli import predict_event, record_or_exit
+
+        for row in rows:
+            record_or_exit(audit, predict_event(clf, row["path"], row))
+    print_predictions(rows, as_json)
+    return EXIT_UNREADABLE if any("error" in r for r in rows) else EXIT_OK
+
+
 def classifier_for(args) -> "Classifier":  # noqa: F821 - covidxr.classifier, imported when called
     """The model as every command loads it (covidxr.classifier.load): `--weights`, `--threads`, and the `--site`
     profile's operating point if one is named. Here, not in cli.py, so that subcommands in other modules

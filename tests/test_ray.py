@@ -142,11 +142,21 @@ def test_predict_engine_path_prints_the_in_process_objects(classifier, tmp_path,
     args = argparse.Namespace(files=files, json=True, include_non_chest=False, heatmap_dir=None, engine="local",
                               results=None, resume=False, weights=str(classifier.directory), threads=1,
                               batch_size=4, workers=None, address=None, spill_dir=None, site=None)
-    assert predict_with(classifier, args) == 2           # the unreadable file: exit status 2, the rest scored
+    from covidxr.audit import open_store
+    from covidxr.audit_cli import file_sha256
+
+    engine_audit = open_store(f"sqlite:///{tmp_path / 'engine.db'}")
+    assert predict_with(classifier, args, engine_audit) == 2   # the unreadable file: exit status 2, the rest scored
     engine = json.loads(capsys.readouterr().out)
     monkeypatch.setattr("covidxr.cli.classifier_for", lambda a: classifier)
+    monkeypatch.setenv("COVIDXR_DB", f"sqlite:///{tmp_path / 'direct.db'}")
     assert cmd_predict(args) == 2
     direct = json.loads(capsys.readouterr().out)
+    # both paths record one screen event per file, by its sha256, with the same decisions
+    recorded = [[(r.action, r.object, r.decision, r.outcome) for r in store.records()]
+                for store in (engine_audit, open_store(f"sqlite:///{tmp_path / 'direct.db'}"))]
+    assert recorded[0] == recorded[1] and [r[1] for r in recorded[0]] == [file_sha256(f) for f in files]
+    assert {r[3] for r in recorded[0]} == {"success", "failure"} and engine_audit.verify().broken is None
     assert [r["path"] for r in engine] == files and len(direct) == len(engine)
     assert any(r.get("chest_xray") is False for r in direct), "the noise image is refused"
     for e, d in zip(engine, direct):

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_common import EXIT_FAILED, EXIT_OK, EXIT_UNREADABLE, predict_json, print_predictions
+from ..cli_common import EXIT_FAILED, finish_predictions, predict_json
 from . import ENGINES, EngineError, score_all
 
 
@@ -74,9 +74,9 @@ def _items(paths: list[str]):
     return items
 
 
-def predict_with(clf, args: argparse.Namespace) -> int:
+def predict_with(clf, args: argparse.Namespace, audit=None) -> int:
     """`predict FILE|DIR ... --engine ray`: the in-process predict's objects (covidxr.cli.predict_json), built
-    from the engine's rows."""
+    from the engine's rows, recorded in `audit` like the in-process ones (cli_common.finish_predictions)."""
     if getattr(args, "heatmap_dir", None):
         print("error: --heatmap-dir runs in-process only (leave out --engine)", file=sys.stderr)
         return EXIT_FAILED
@@ -86,14 +86,12 @@ def predict_with(clf, args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001
         raise _fail(e) from None
     site = clf.site.name if getattr(clf, "site", None) is not None else None
-    out, failed = [], False
+    out = []
     for r in rows:
         if r.error is not None:
-            failed = True
             out.append({"path": r.path, "error": r.error})
             print(f"{r.path}: {r.error}", file=sys.stderr)
             continue
         out.append(predict_json(r.path, r.probability, r.prediction, clf.threshold, r.class_probabilities, r.gate(),
                                 site))
-    print_predictions(out, args.json)
-    return EXIT_UNREADABLE if failed else EXIT_OK
+    return finish_predictions(clf, audit, out, args.json)
