@@ -22,7 +22,7 @@ from webapp.session import state
 from webapp.views import icons
 from tests.hostile import plain
 from webapp.views.literal import literal
-from webapp.views.wording import fmt_threshold
+from webapp.views.wording import fmt_pct, fmt_threshold
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -109,6 +109,17 @@ def run_evaluation(at: AppTest, source: str = "The sample films") -> AppTest:
     at.button(key=state.EVAL_RUN).click().run()
     assert not at.exception
     return at
+
+
+def displayed(frame):
+    """What an st.dataframe given a pandas Styler shows in its cells (its `value` holds the data it sorts by)."""
+    from streamlit import dataframe_util
+
+    return dataframe_util.convert_arrow_bytes_to_pandas_df(frame.proto.arrow_data.styler.display_values)
+
+
+def per_image_threshold(at: AppTest) -> float:
+    return at.session_state[state.BATCH].threshold
 
 
 def metric(at: AppTest, label: str) -> str:
@@ -276,7 +287,12 @@ def test_batch_leaves_a_refused_film_out_of_the_metrics_and_shows_no_score(app):
     per_image = app.dataframe[-1].value
     refused = per_image[per_image["film"] == NOT_CHEST_DICOM.name]
     assert list(refused["decision"]) == ["not a frontal chest radiograph"]
-    assert list(refused["COVID-19 score"]) == ["not scored: not a frontal chest radiograph"]   # never "None"
+    assert refused["COVID-19 score"].isna().all()                          # no score, so it sorts apart
+    shown = displayed(app.dataframe[-1])                                   # and on screen: its reason, never "None"
+    assert list(shown[per_image["film"] == NOT_CHEST_DICOM.name]["COVID-19 score"]) == [
+        "not scored: not a frontal chest radiograph"]
+    assert list(shown[per_image["film"] != NOT_CHEST_DICOM.name]["COVID-19 score"]) == [
+        fmt_pct(p, per_image_threshold(app)) for p in per_image[per_image["film"] != NOT_CHEST_DICOM.name]["COVID-19 score"]]
     assert any("2 labelled films scored" in c.value and "left out of the metrics" in c.value for c in app.caption)
     app.checkbox(key=state.EVAL_INCLUDE_REFUSED).check().run()
     assert any("3 labelled films scored" in c.value for c in app.caption)

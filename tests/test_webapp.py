@@ -269,6 +269,23 @@ def test_refused_films_show_no_score_anywhere_in_the_tables():
     assert "90" not in str(table[1]) and "0.9" not in str(table[1])
 
 
+def test_the_per_image_table_sorts_by_score_and_shows_the_banners_words():
+    """Text scores sorted "10%" before "9%" and "< 1%" after "97%": the table holds the probability, shows fmt_pct."""
+    rows = [row("a", "covid", 0.97), row("b", "normal", 0.002), refused_row("hip.dcm", "normal"),
+            row("c", "normal", 0.1), row("d", "normal", 0.09)]
+    table = tables.image_table(rows, 0.5)
+    data = table.data
+    assert str(data["COVID-19 score"].dtype) == "Float64" and data["COVID-19 score"].isna().tolist() == [
+        False, False, True, False, False]
+    assert list(data.sort_values("COVID-19 score", na_position="first")["film"]) == ["hip.dcm", "b", "d", "c", "a"]
+    shown = table.to_string()
+    for text in ("97%", "< 1%", "10%", "9%", "not scored: not a frontal chest radiograph"):
+        assert text in shown
+    assert "0.97" not in shown and "0.002" not in shown and "nan" not in shown.lower().replace("non-covid", "")
+    words = tables.image_rows(rows, 0.5)                     # the same rows and columns as the words' table
+    assert list(data.columns) == list(words[0]) and list(data["film"]) == [r["film"] for r in words]
+
+
 def test_a_childs_scored_film_carries_its_warning_in_the_batch_table_and_the_report_line():
     from covidxr.gate import CHILD_WARNING
 

@@ -26,7 +26,7 @@ from webapp.session.films import SAMPLES, UPLOAD_TYPES, sample_films
 from webapp.views.literal import literal, without_paths
 from webapp.services.roots import data_roots
 from webapp.views.grids import fitted_table
-from webapp.views.tables import (breakdown_rows, confusion_table, fmt_metric, image_rows, metric_rows,
+from webapp.views.tables import (breakdown_rows, confusion_table, fmt_metric, image_table, metric_rows,
                                  refused_rows, roc_points, score_column)
 from webapp.views.wording import (DECISION_CAPTION, METRIC_HELP, METRIC_TITLES, NOT_CHEST, class_title, fmt_threshold,
                                   score_meaning)
@@ -234,12 +234,11 @@ def results(batch: Batch, card: ModelCard) -> None:
         fitted_table(breakdown_rows(d["per_source"], card.positive_class))
 
     st.markdown("**Per image**")
-    per_image = image_rows(report.rows, batch.threshold, card.positive_class)
-    score = score_column(card.positive_class)
-    st.dataframe(per_image, hide_index=True, column_config={score: st.column_config.TextColumn(
+    per_image = image_table(report.rows, batch.threshold, card.positive_class)  # sorts by score, shows fmt_pct
+    score, columns = score_column(card.positive_class), per_image.data.columns
+    st.dataframe(per_image, hide_index=True, column_config={score: st.column_config.Column(
                      help=score_meaning(card.positive_class))},
-                 column_order=[c for c in (per_image[0] if per_image else {}) if c != "source"
-                               or any(r["source"] for r in per_image)])
+                 column_order=[c for c in columns if c != "source" or per_image.data[c].fillna("").str.len().any()])
     st.caption(DECISION_CAPTION.format(pos=card.positive_class, title=class_title(card.positive_class))
                + f" A film judged {NOT_CHEST} gets no score; the outcome column gives the reasons.")
     if report.failures:

@@ -99,6 +99,23 @@ def score_column(positive_class: str) -> str:
 NOT_SCORED = "not scored"
 
 
+def _image_entries(rows: Iterable[Any], threshold: float, positive_class: str):
+    """(table row, probability or None) for each film image_rows lists."""
+    score = score_column(positive_class)
+    for r in rows:
+        if is_refused(r) and getattr(r, "error", None) is None:
+            yield {"decision": NOT_CHEST, score: f"{NOT_SCORED}: {NOT_CHEST}", "film": r.path,
+                   "outcome": row_reasons(r) or NOT_CHEST, "label": r.label or "", "source": r.source or "",
+                   "warnings": ""}, None
+            continue
+        if r.probability is None:
+            continue
+        called = r.probability >= threshold
+        yield {"decision": decision_label(called, positive_class), score: fmt_pct(float(r.probability), threshold),
+               "film": r.path, "outcome": OUTCOME_TITLES[outcome(r.positive, called)], "label": r.label or "",
+               "source": r.source or "", "warnings": row_warnings(r)}, float(r.probability)
+
+
 def image_rows(rows: Iterable[Any], threshold: float, positive_class: str = "covid") -> list[dict[str, Any]]:
     """The per-image table: one dict per scored or refused film (evaluate.Row), with its decision in the
     exports' words (`covid` / `non-covid`) and its outcome at `threshold`; the score rounded as the banner rounds
@@ -107,20 +124,22 @@ def image_rows(rows: Iterable[Any], threshold: float, positive_class: str = "cov
     warnings (a child's film). Decision and score come first: a phone's narrow table shows them before the film's
     name and label, which a reader can scroll to.
     Failures are listed elsewhere."""
-    out, score = [], score_column(positive_class)
-    for r in rows:
-        if is_refused(r) and getattr(r, "error", None) is None:
-            out.append({"decision": NOT_CHEST, score: f"{NOT_SCORED}: {NOT_CHEST}", "film": r.path,
-                        "outcome": row_reasons(r) or NOT_CHEST, "label": r.label or "", "source": r.source or "",
-                        "warnings": ""})
-            continue
-        if r.probability is None:
-            continue
-        called = r.probability >= threshold
-        out.append({"decision": decision_label(called, positive_class), score: fmt_pct(float(r.probability), threshold),
-                    "film": r.path, "outcome": OUTCOME_TITLES[outcome(r.positive, called)], "label": r.label or "",
-                    "source": r.source or "", "warnings": row_warnings(r)})
-    return out
+    return [row for row, _ in _image_entries(rows, threshold, positive_class)]
+
+
+def image_table(rows: Iterable[Any], threshold: float, positive_class: str = "covid"):
+    """image_rows for st.dataframe, with a score column that sorts by the score: the column holds the probability
+    (none for a refused film) and shows image_rows' words (a pandas Styler's display values), where text would
+    sort "10%" before "9%" and "< 1%" after "97%"."""
+    import pandas as pd
+
+    entries = list(_image_entries(rows, threshold, positive_class))
+    score = score_column(positive_class)
+    frame = pd.DataFrame([row for row, _ in entries], columns=list(entries[0][0]) if entries else None)
+    if entries:
+        frame[score] = pd.array([p for _, p in entries], dtype="Float64")
+    return frame.style.format(lambda p: fmt_pct(float(p), threshold), subset=[score] if entries else None,
+                              na_rep=f"{NOT_SCORED}: {NOT_CHEST}")
 
 
 def refused_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
