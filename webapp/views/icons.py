@@ -4,6 +4,8 @@ One name per meaning; tests/test_icons.py checks each against Streamlit's list a
 """
 from __future__ import annotations
 
+import functools
+
 # navigation
 SCREEN = ":material/radiology:"
 BATCH = ":material/bar_chart:"
@@ -35,10 +37,12 @@ NEXT = ":material/chevron_right:"
 ALL = {k: v for k, v in dict(globals()).items() if k.isupper()}
 
 
+@functools.cache
 def favicon() -> str:
     """The browser tab's icon as an inline PNG data: URL. A Material page icon would make the browser fetch the
     Material font from fonts.gstatic.com (an outbound call from a clinical tool) and an emoji needs an emoji
-    font; an inline image needs neither (tests/test_browser.py checks every request stays on the app's origin)."""
+    font; an inline image needs neither (tests/test_browser.py checks every request stays on the app's origin).
+    Drawn once per process: app.py asks for it on every script run."""
     import base64
     import io
 
