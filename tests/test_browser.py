@@ -44,10 +44,15 @@ def server(tmp_path_factory, classifier):
         yield app.url
 
 
+def new_traffic() -> dict[str, list[str]]:
+    """Where watched() puts every request a page made, every failure, error response and console error."""
+    return {"requests": [], "failed": [], "console_errors": [], "bad_responses": []}
+
+
 @pytest.fixture(scope="module")
 def traffic() -> dict[str, list[str]]:
-    """Every request the browser made and every console error, for the whole module."""
-    return {"requests": [], "failed": [], "console_errors": [], "bad_responses": []}
+    """The desktop page's traffic, for the whole module."""
+    return new_traffic()
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +151,24 @@ def shows_nothing_unfit(page: Page) -> None:
     assert not NEVER_SHOWN.search(text), NEVER_SHOWN.search(text).group(0)
 
 
-def column_headers(grid) -> list[str]:
-    """A table's header cells, left to right (Streamlit's data grid draws on a canvas and keeps an accessible table
-    inside it, never displayed: read by its text, not by what is visible)."""
+def per_image_headers(page: Page) -> list[str]:
+    """The batch page's per-image table's header cells, left to right. Streamlit's data grid draws on a canvas and
+    keeps an accessible table inside it, never displayed (read by its text, not by what is visible), holding the
+    columns in view only; the grid draws once scrolled into view."""
+    page.get_by_text("Per image", exact=True).scroll_into_view_if_needed()
+    grid = page.get_by_test_id("stDataFrame").filter(has=page.locator("th", has_text=re.compile(r"^decision$")))
+    expect(grid).to_have_count(1)
     return grid.locator("th[role=columnheader]").evaluate_all("els => els.map(e => e.textContent.trim())")
+
+
+def assert_spotless(traffic: dict[str, list[str]], server: str) -> None:
+    """Requests were made, none left the app's origin, none failed (the browser's own cancelled chunks aside,
+    printed), nothing answered with an error and the console logged no error."""
+    assert traffic["requests"] and outside(traffic["requests"], server) == [], "requests left the app's origin"
+    if traffic["failed"]:
+        print(f"\n[browser] chunk requests the browser cancelled: {traffic['failed']}")
+    assert real_failures(traffic["failed"], server) == []
+    assert traffic["bad_responses"] == [] and traffic["console_errors"] == []
 
 
 def move_slider_quickly(page: Page, steps: int = 26) -> None:
@@ -242,10 +261,7 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
     expect(page.get_by_test_id("stMetric").filter(has_text="Sensitivity")).to_be_visible()
     expect(page.get_by_text("6 labelled films scored", exact=False)).to_be_visible()
     expect(page.locator('[data-testid="stVegaLiteChart"], [data-testid="stArrowVegaLiteChart"]').first).to_be_visible()
-    page.get_by_text("Per image", exact=True).scroll_into_view_if_needed()       # the grid draws once in view
-    per_image = page.get_by_test_id("stDataFrame").filter(has=page.locator("th", has_text=re.compile(r"^decision$")))
-    expect(per_image).to_have_count(1)
-    assert column_headers(per_image)[:2] == ["decision", "COVID-19 score"]     # what a narrow screen shows first
+    assert per_image_headers(page)[:2] == ["decision", "COVID-19 score"]     # what a narrow screen shows first
     shows_nothing_unfit(page)
     shot(page, screenshots, "evaluate.png")
 
@@ -273,11 +289,7 @@ def test_clinician_flow_in_chromium(page: Page, server: str, screenshots: Path |
     expect(page.get_by_role("heading", name="Known limits")).to_be_visible()
     shows_nothing_unfit(page)
     shot(page, screenshots, "model_card.png")
-    assert traffic["requests"] and outside(traffic["requests"], server) == [], "requests left the app's origin"
-    if traffic["failed"]:
-        print(f"\n[browser] chunk requests the browser cancelled: {traffic['failed']}")
-    assert real_failures(traffic["failed"], server) == []
-    assert traffic["bad_responses"] == [] and traffic["console_errors"] == []
+    assert_spotless(traffic, server)
 
 
 def shown_plainly(element) -> bool:
@@ -311,7 +323,7 @@ def test_a_clinicians_walk_on_a_phone(playwright, server: str, screenshots: Path
     closes the sidebar, the report line copied with a tap, the batch table's decision and score first, no
     "Choose an option" or None, and no console error or failed request."""
     p, browser = playwright
-    traffic = {"requests": [], "failed": [], "console_errors": [], "bad_responses": []}
+    traffic = new_traffic()
     context = browser.new_context(viewport=PHONE, user_agent=p.devices["iPhone 13"]["user_agent"], is_mobile=True,
                                   has_touch=True, device_scale_factor=2)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server)
@@ -342,10 +354,7 @@ def test_a_clinicians_walk_on_a_phone(playwright, server: str, screenshots: Path
         expect(run).to_be_enabled()
         run.tap()
         expect(page.get_by_text("6 labelled films scored", exact=False)).to_be_visible()
-        page.get_by_text("Per image", exact=True).scroll_into_view_if_needed()   # the grid draws once in view
-        per_image = page.get_by_test_id("stDataFrame").filter(has=page.locator("th", has_text=re.compile(r"^decision$")))
-        expect(per_image).to_have_count(1)
-        assert column_headers(per_image)[:2] == ["decision", "COVID-19 score"]
+        assert per_image_headers(page)[:2] == ["decision", "COVID-19 score"]  # on a phone, only these and the film
         shows_nothing_unfit(page)
         shot(page, screenshots, "phone_evaluate.png", max_height=2600)
 
@@ -360,9 +369,7 @@ def test_a_clinicians_walk_on_a_phone(playwright, server: str, screenshots: Path
         shot(page, screenshots, "phone_model_card.png", max_height=2600)
     finally:
         context.close()
-    assert outside(traffic["requests"], server) == [], "requests left the app's origin"
-    assert real_failures(traffic["failed"], server) == []
-    assert traffic["bad_responses"] == [] and traffic["console_errors"] == []
+    assert_spotless(traffic, server)
 
 
 def test_hostile_names_render_literally_in_chromium(page: Page, server: str, traffic):

@@ -118,10 +118,6 @@ def displayed(frame):
     return dataframe_util.convert_arrow_bytes_to_pandas_df(frame.proto.arrow_data.styler.display_values)
 
 
-def per_image_threshold(at: AppTest) -> float:
-    return at.session_state[state.BATCH].threshold
-
-
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -289,10 +285,9 @@ def test_batch_leaves_a_refused_film_out_of_the_metrics_and_shows_no_score(app):
     assert list(refused["decision"]) == ["not a frontal chest radiograph"]
     assert refused["COVID-19 score"].isna().all()                          # no score, so it sorts apart
     shown = displayed(app.dataframe[-1])                                   # and on screen: its reason, never "None"
-    assert list(shown[per_image["film"] == NOT_CHEST_DICOM.name]["COVID-19 score"]) == [
-        "not scored: not a frontal chest radiograph"]
-    assert list(shown[per_image["film"] != NOT_CHEST_DICOM.name]["COVID-19 score"]) == [
-        fmt_pct(p, per_image_threshold(app)) for p in per_image[per_image["film"] != NOT_CHEST_DICOM.name]["COVID-19 score"]]
+    scored, threshold = per_image["film"] != NOT_CHEST_DICOM.name, app.session_state[state.BATCH].threshold
+    assert list(shown[~scored]["COVID-19 score"]) == ["not scored: not a frontal chest radiograph"]
+    assert list(shown[scored]["COVID-19 score"]) == [fmt_pct(p, threshold) for p in per_image[scored]["COVID-19 score"]]
     assert any("2 labelled films scored" in c.value and "left out of the metrics" in c.value for c in app.caption)
     app.checkbox(key=state.EVAL_INCLUDE_REFUSED).check().run()
     assert any("3 labelled films scored" in c.value for c in app.caption)
